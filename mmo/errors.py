@@ -1,0 +1,69 @@
+"""The errors a caller of a service can get, each distinct and clear.
+
+Every class carries a stable ``code`` (the wire's ``ErrorCode``) so that an
+error crossing a process boundary comes back as the same class.
+"""
+
+from __future__ import annotations
+
+from mmo.wire.gen.mmo.ttypes import ErrorCode
+
+
+class MmoError(Exception):
+    """Base class of every error mmo raises to its users."""
+
+    code: int = 0
+
+
+class RemoteError(MmoError):
+    """The remote handler raised; ``type`` and ``message`` say what it raised."""
+
+    code = ErrorCode.REMOTE
+
+    def __init__(self, message: str, type: str = "Exception") -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+
+
+class UnknownMethod(MmoError):
+    """The service has no handler for the method called."""
+
+    code = ErrorCode.UNKNOWN_METHOD
+
+
+class NoLiveInstance(MmoError):
+    """No live instance of the service is known to the registry."""
+
+    code = ErrorCode.NO_INSTANCE
+
+
+class DeadlineExceeded(MmoError):
+    """The call's deadline passed before an answer came."""
+
+    code = ErrorCode.DEADLINE
+
+
+class BadRequest(MmoError):
+    """The message could not be decoded or is not valid."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class InstanceLost(MmoError):
+    """The instance died with this (non-idempotent) call in flight: it may or may not have run."""
+
+    code = ErrorCode.INSTANCE_LOST
+
+
+_BY_CODE: dict[int, type[MmoError]] = {
+    cls.code: cls
+    for cls in (UnknownMethod, NoLiveInstance, DeadlineExceeded, BadRequest, InstanceLost)
+}
+
+
+def from_wire(code: int | None, type_name: str | None, message: str | None) -> MmoError:
+    """Rebuild the error a remote process reported."""
+    if code == ErrorCode.REMOTE or code not in _BY_CODE:
+        return RemoteError(message or "", type_name or "Exception")
+    return _BY_CODE[code](message or "")

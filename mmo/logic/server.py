@@ -1,0 +1,234 @@
+"""The serving side of a logic service: sockets in front of a handler.
+
+A :class:`HandlerServer` binds three ZeroMQ sockets (see docs/protocol.md):
+``rep`` (ROUTER: requests, answered with a REPLY or an ERROR), ``pull``
+(PULL: one-way pushes) and ``pub`` (PUB: events the handler publishes). It
+dispatches to a :class:`~mmo.logic.handler.ServiceHandler` and, when stopped,
+drains: it stops taking work, answers what it holds (up to a limit), then closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from mmo.errors import BadRequest, MmoError, RemoteError
+from mmo.logic.handler import Context, ServiceHandler
+from mmo.wire import WireError, decode, decode_value, encode, encode_value
+from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind
+from mmo.zmq import ZmqContext, ZmqSocket
+
+log = Logger()
+
+_EMPTY = b""
+
+
+class HandlerServer(Service):
+    """Serves one handler on ROUTER, PULL and PUB sockets.
+
+    Args:
+        context: the process's ZeroMQ context.
+        handler: the handler instance to dispatch to.
+        bind_host: interface to bind (ports are picked by the system).
+        drain_timeout: seconds :meth:`stopService` waits for calls in flight.
+    """
+
+    def __init__(
+        self,
+        context: ZmqContext,
+        handler: ServiceHandler,
+        *,
+        bind_host: str = "127.0.0.1",
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.context = context
+        self.handler = handler
+        self.bind_host = bind_host
+        self.drain_timeout = drain_timeout
+        self.endpoints: dict[str, str] = {}
+        self.in_flight = 0
+        self.served = 0
+        self.bad_messages = 0
+        self.accepting = False
+        self._rep: ZmqSocket | None = None
+        self._pull: ZmqSocket | None = None
+        self._pub: ZmqSocket | None = None
+        self._drained: defer.Deferred[None] | None = None
+
+    def bind(self) -> dict[str, str]:
+        """Bind the sockets (before registering, so the endpoints are known)."""
+        if not self.endpoints:
+            any_port = f"tcp://{self.bind_host}:*"
+            self._rep = self.context.socket(zmq.ROUTER, self._request, options={zmq.SNDHWM: 0})
+            self._pull = self.context.socket(zmq.PULL, self._push)
+            self._pub = self.context.socket(zmq.PUB)
+            self.endpoints = {
+                "rep": self._rep.bind(any_port),
+                "pull": self._pull.bind(any_port),
+                "pub": self._pub.bind(any_port),
+            }
+        return self.endpoints
+
+    @override
+    def startService(self) -> None:
+        """Bind (if not yet) and take requests."""
+        super().startService()
+        self.bind()
+        self.accepting = True
+
+    @override
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop taking work, wait for calls in flight (up to the drain timeout), close."""
+        super().stopService()
+        self.accepting = False
+        if self._pull is not None:
+            self._pull.close()
+            self._pull = None
+        if self.in_flight:
+            self._drained = defer.Deferred()
+            self._drained.addTimeout(self.drain_timeout, self.context.reactor)
+            self._drained.addErrback(lambda _: log.warn("worker: drain timed out"))
+            return self._drained.addBoth(self._close)
+        self._close(None)
+        return defer.succeed(None)
+
+    def _close(self, _: Any) -> None:
+        for sock in (self._rep, self._pub):
+            if sock is not None:
+                sock.close()
+        self._rep = self._pub = None
+
+    def publish(self, topic: str, payload: Any) -> None:
+        """Send an event to every subscriber of ``topic``."""
+        if self._pub is None:
+            raise RuntimeError("the service is not running")
+        header = encode(
+            Header(kind=Kind.EVENT, topic=topic, service_name=self.handler.service_name)
+        )
+        self._pub.send([topic.encode(), header, encode_value(payload)])
+
+    # -- incoming ------------------------------------------------------------
+
+    def _bad(self, reason: str) -> None:
+        self.bad_messages += 1
+        log.warn("worker: bad message ({reason})", reason=reason)
+
+    def _request(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            self._bad(f"expected 3 frames, got {len(frames)}")
+            return
+        ident, raw_header, body = frames
+        try:
+            header = decode(Header, raw_header)
+        except WireError as e:
+            self._bad(str(e))
+            return
+        if header.kind != Kind.REQUEST or header.call_id is None:
+            self._bad(f"unexpected kind {header.kind} on the request socket")
+            return
+        if not self.accepting:
+            # Draining: the caller's deadline (and registry) moves it elsewhere.
+            return
+        clock = self.context.reactor
+        timeout_ms = header.timeout_ms if header.timeout_ms is not None else 5000
+        if timeout_ms <= 0:
+            return
+        self.in_flight += 1
+        d = self._call(header, body, clock.seconds() + timeout_ms / 1000.0)
+        d.addCallbacks(
+            self._reply,
+            self._error,
+            callbackArgs=(ident, header.call_id),
+            errbackArgs=(ident, header.call_id),
+        )
+        d.addBoth(self._done)
+
+    def _push(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._bad(f"expected 2 frames, got {len(frames)}")
+            return
+        try:
+            header = decode(Header, frames[0])
+        except WireError as e:
+            self._bad(str(e))
+            return
+        if header.kind != Kind.PUSH:
+            self._bad(f"unexpected kind {header.kind} on the push socket")
+            return
+        self.in_flight += 1
+        d = self._call(header, frames[1], self.context.reactor.seconds() + 3600.0)
+        d.addErrback(self._push_failed, header.method)
+        d.addBoth(self._done)
+
+    def _call(self, header: Header, body: bytes, deadline: float) -> defer.Deferred[Any]:
+        try:
+            kwargs = decode_value(body) if body else {}
+            if not isinstance(kwargs, dict):
+                raise BadRequest("the body of a call must be a map of keyword arguments")
+            ctx = Context(
+                service=header.service_name or self.handler.service_name,
+                method=header.method or "",
+                caller=header.caller,
+                session=header.session,
+                deadline=deadline,
+                clock=self.context.reactor,
+            )
+            return defer.maybeDeferred(self.handler.dispatch, ctx, kwargs)
+        except WireError as e:
+            return defer.fail(BadRequest(str(e)))
+        except Exception:
+            return defer.fail()
+
+    def _done(self, result: Any) -> Any:
+        self.in_flight -= 1
+        self.served += 1
+        if self.in_flight == 0 and self._drained is not None and not self._drained.called:
+            self._drained.callback(None)
+        return result
+
+    # -- outgoing ------------------------------------------------------------
+
+    def _send(self, frames: list[bytes]) -> None:
+        if self._rep is None:
+            return
+        try:
+            self._rep.send(frames)
+        except zmq.ZMQError as e:
+            log.warn("worker: reply dropped ({e})", e=e)
+
+    def _reply(self, result: Any, ident: bytes, call_id: int) -> None:
+        try:
+            body = encode_value(result)
+        except WireError as e:
+            self._error(Failure(e), ident, call_id)
+            return
+        self._send([ident, encode(Header(kind=Kind.REPLY, call_id=call_id)), body])
+
+    def _error(self, failure: Failure, ident: bytes, call_id: int) -> None:
+        error = failure.value
+        error_type = type(error).__name__
+        if isinstance(error, RemoteError):
+            # A nested call's error passes through with the original type.
+            code, error_type = error.code, error.type
+        elif isinstance(error, MmoError):
+            code = error.code
+        else:
+            code = ErrorCode.REMOTE
+            log.failure("handler raised", failure)
+        header = Header(
+            kind=Kind.ERROR,
+            call_id=call_id,
+            error_code=code,
+            error_type=error_type,
+            error_message=str(getattr(error, "message", None) or error),
+        )
+        self._send([ident, encode(header), _EMPTY])
+
+    def _push_failed(self, failure: Failure, method: str | None) -> None:
+        log.failure("push {method} failed", failure, method=method)

@@ -1,0 +1,106 @@
+/*
+ * mmo wire: the Thrift types that travel between mmo processes (over ZeroMQ).
+ *
+ * Generated Python code lives in mmo/wire/gen/ and is committed;
+ * regenerate it with scripts/gen-thrift after changing this file.
+ * Every struct is encoded with TBinaryProtocol. docs/protocol.md describes the frames.
+ */
+
+namespace py mmo.wire.gen.mmo
+
+/* A generic dynamic value, so that a service works with no IDL of its own.
+ * Exactly one field is set. null_value is set (to true) for a null. */
+union Value {
+  1: bool null_value
+  2: bool bool_value
+  3: i64 int_value
+  4: double double_value
+  5: string string_value
+  6: binary bytes_value
+  7: list<Value> list_value
+  8: map<string, Value> map_value
+}
+
+/* Kinds of logic-layer messages between processes. */
+enum Kind {
+  REQUEST = 1,   // caller -> worker ROUTER; answered by REPLY or ERROR
+  REPLY = 2,     // worker -> caller; body is the result
+  ERROR = 3,     // worker -> caller; header carries error_code, error_type, error_message
+  PUSH = 4,      // caller -> worker PULL; one-way, never answered
+  EVENT = 5,     // worker PUB -> subscribers; topic is the first frame
+}
+
+/* Why a call failed. */
+enum ErrorCode {
+  REMOTE = 1,          // the handler raised; error_type and error_message say what
+  UNKNOWN_METHOD = 2,  // the service has no such method
+  NO_INSTANCE = 3,     // no live instance of the service
+  DEADLINE = 4,        // the deadline passed
+  BAD_REQUEST = 5,     // the frames could not be decoded
+  INSTANCE_LOST = 6,   // the instance died with a non-idempotent call in flight
+}
+
+/* A client session, as it travels with each request (set by brokers). */
+struct Session {
+  1: required string id
+  2: optional string user_id
+  3: optional string broker
+  4: optional map<string, Value> props
+}
+
+/* The first frame of every logic-layer message (after ZeroMQ routing frames).
+ * The second frame is the body: a Value (kwargs map for a REQUEST/PUSH,
+ * the result for a REPLY, the payload of an EVENT), empty for an ERROR. */
+struct Header {
+  1: required Kind kind
+  2: optional i64 call_id
+  3: optional string service_name
+  4: optional string method
+  5: optional i32 timeout_ms       // remaining budget when sent; the receiver derives its deadline
+  6: optional string caller        // instance id (or process name) of the caller
+  7: optional Session session
+  8: optional ErrorCode error_code
+  9: optional string error_type
+  10: optional string error_message
+  11: optional string topic
+}
+
+/* ---- registry (yellow) ---- */
+
+/* One live instance of a service, as registered in yellow. */
+struct Instance {
+  1: required string service_name
+  2: required string instance_id
+  3: optional map<string, string> endpoints   // e.g. {"rep": "tcp://127.0.0.1:5501"}
+  4: optional map<string, Value> meta         // load, capacity, stateful, methods, pid, ...
+  5: optional i32 ttl_ms                      // the entry expires this long after the last heartbeat
+}
+
+enum RegistryOp {
+  REGISTER = 1,    // provider -> yellow: register or heartbeat (full record, upsert)
+  DEREGISTER = 2,  // provider -> yellow: graceful goodbye
+  QUERY = 3,       // consumer -> yellow: live instances (of service, or all when unset)
+  WATCH = 4,       // consumer -> yellow: start or renew a watch (a lease)
+  ACK = 5,         // yellow -> any: request done; carries yellow_id and seq
+  SNAPSHOT = 6,    // yellow -> watcher / querier: instances and the seq they are current at
+  UPDATE = 7,      // yellow -> watcher: one change, seq = previous seq + 1
+  UNWATCH = 8,     // consumer -> yellow: stop a watch
+}
+
+enum Change {
+  UP = 1,          // new or changed instance
+  DOWN = 2,        // instance gone (reason: deregistered / expired)
+}
+
+struct RegistryMessage {
+  1: required RegistryOp op
+  2: optional i64 request_id
+  3: optional Instance instance
+  4: optional string service_name
+  5: optional list<Instance> instances
+  6: optional i64 seq
+  7: optional string yellow_id       // changes when a yellow restarts
+  8: optional Change change
+  9: optional string reason
+  10: optional string instance_id
+}

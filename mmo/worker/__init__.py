@@ -1,0 +1,1 @@
+"""worker: a process that runs one logic service (a handler class)."""

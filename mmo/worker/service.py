@@ -1,0 +1,157 @@
+"""The service tree of a logic worker: registry, directory, handler server."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from mmo.config import ConfigError
+from mmo.logic.client import Directory
+from mmo.logic.handler import ServiceHandler
+from mmo.logic.server import HandlerServer
+from mmo.registry import Registration, make_instance
+from mmo.types import Clock
+from mmo.worker.config import WorkerConfig
+from mmo.zmq import ZmqContextService
+
+log = Logger()
+
+
+def load_handler(path: str) -> type[ServiceHandler]:
+    """Import ``module:Class`` and check it is a ServiceHandler subclass."""
+    module_name, _, class_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError("handler", f"cannot import {module_name!r}: {e}") from e
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ServiceHandler)):
+        raise ConfigError("handler", f"{path!r} is not a ServiceHandler subclass")
+    return cls
+
+
+class WorkerRuntime:
+    """What the handler sees of its worker process (implements ``Runtime``)."""
+
+    def __init__(
+        self, service_name: str, instance_id: str, clock: Clock, directory: Directory
+    ) -> None:
+        self.service_name = service_name
+        self.instance_id = instance_id
+        self.clock = clock
+        self.directory = directory
+        self.server: HandlerServer | None = None
+
+    def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
+        """A proxy to another service."""
+        return self.directory.get_service(name, pattern, timeout)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        """Publish an event to this service's subscribers."""
+        assert self.server is not None
+        self.server.publish(topic, payload)
+
+
+class WorkerService(Service):
+    """Starts the handler, then serves and registers; stops in the reverse order.
+
+    Stopping deregisters first (callers stop sending within a second), then
+    drains the calls in flight, then calls the handler's ``stop``.
+    """
+
+    def __init__(
+        self, handler: ServiceHandler, server: HandlerServer, registration: Registration
+    ) -> None:
+        self.handler = handler
+        self.server = server
+        self.registration = registration
+        self._started: defer.Deferred[None] | None = None
+
+    @override
+    def startService(self) -> None:
+        """Run the handler's ``start`` hook, then bind, serve and register."""
+        super().startService()
+        self._started = defer.maybeDeferred(self.handler.start)
+        self._started.addCallback(self._serve)
+        self._started.addErrback(self._failed)
+
+    def _serve(self, _: Any) -> None:
+        self.server.startService()
+        self.registration.instance.endpoints = dict(self.server.endpoints)
+        self.registration.startService()
+        log.info(
+            "worker {id} serving {service} on {endpoints}",
+            id=self.handler.instance_id,
+            service=self.handler.service_name,
+            endpoints=self.server.endpoints,
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("handler failed to start; stopping", failure)
+        self.server.context.reactor.stop()
+
+    @override
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Deregister, drain, then stop the handler."""
+        super().stopService()
+        if self.registration.running:
+            yield self.registration.stopService()
+        if self.server.running:
+            yield self.server.stopService()
+        yield defer.maybeDeferred(self.handler.stop)
+
+
+def make_worker_service(
+    config: WorkerConfig,
+    *,
+    reactor: Any = None,
+    handler_class: type[ServiceHandler] | None = None,
+) -> MultiService:
+    """Build (without starting) the service tree of a worker process."""
+    handler_class = handler_class or load_handler(config.handler)
+    service_name = config.service or handler_class.default_service
+    if not service_name:
+        raise ConfigError("service", "no service name given and the handler names none")
+    instance_id = config.instance_id or f"{service_name}-{os.uname().nodename}-{os.getpid()}"
+
+    top = MultiService()
+    zmq_service = ZmqContextService(reactor)
+    zmq_service.setServiceParent(top)
+    ctx = zmq_service.context
+    directory = Directory(
+        ctx, config.yellow, caller_id=instance_id, default_timeout=config.call_timeout
+    )
+    directory.setServiceParent(top)
+
+    runtime = WorkerRuntime(service_name, instance_id, ctx.reactor, directory)
+    handler = handler_class(runtime)
+    server = HandlerServer(
+        ctx, handler, bind_host=config.bind_host, drain_timeout=config.drain_timeout
+    )
+    runtime.server = server
+    methods = handler_class.method_names()
+    instance = make_instance(
+        service_name,
+        instance_id,
+        {},
+        {
+            "methods": sorted(methods),
+            "idempotent": sorted(m for m, safe in methods.items() if safe),
+            "handler": f"{handler_class.__module__}:{handler_class.__qualname__}",
+            "pid": os.getpid(),
+        },
+        heartbeat=config.heartbeat,
+    )
+    registration = Registration(ctx, config.yellow, instance, config.heartbeat)
+    worker = WorkerService(handler, server, registration)
+    worker.setName("worker")
+    worker.setServiceParent(top)
+    return top

@@ -1,0 +1,52 @@
+"""``twistd mmo-worker``: run one logic service."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+from typing_extensions import override
+
+from mmo.config import ConfigError
+from mmo.tap import RoleOptions
+from mmo.worker.config import WorkerConfig
+
+
+class Options(RoleOptions):
+    """Options of ``twistd mmo-worker``."""
+
+    section = "worker"
+    config_class = WorkerConfig
+    multi = ("yellow",)
+    optParameters: ClassVar[list[list[Any]]] = [
+        *RoleOptions.optParameters,
+        ["service", "s", None, "Service name to register under."],
+        ["handler", None, None, "Handler class, module:Class."],
+        ["instance-id", None, None, "Instance id (default: service-host-pid)."],
+        ["bind-host", None, None, "Interface the worker's sockets bind."],
+        ["heartbeat", None, None, "Seconds between registry heartbeats."],
+        ["drain-timeout", None, None, "Seconds a graceful stop waits for calls in flight."],
+    ]
+
+    def opt_yellow(self, address: str) -> None:
+        """Yellow address (repeat, or separate with commas, for several)."""
+        self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
+
+    @override
+    def postOptions(self) -> None:
+        """Build the config and check the handler imports, before anything starts."""
+        super().postOptions()
+        from mmo.worker.service import load_handler
+
+        try:
+            self.handler_class = load_handler(self.config.handler)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from e
+
+
+def makeService(options: Options) -> MultiService:
+    """Build the worker service tree from parsed options."""
+    from mmo.worker.service import make_worker_service
+
+    return make_worker_service(options.config, handler_class=options.handler_class)

@@ -1,0 +1,1 @@
+"""yellow: the registry every mmo process registers with and finds the others in."""

@@ -1,0 +1,164 @@
+"""The yellow registry server: a ROUTER socket in front of a :class:`Registry`."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import zmq
+from twisted.application.service import MultiService, Service
+from twisted.internet import task
+from twisted.logger import Logger
+from typing_extensions import override
+
+from mmo.wire import WireError, decode, encode
+from mmo.wire.gen.mmo.ttypes import RegistryMessage, RegistryOp
+from mmo.yellow.config import YellowConfig
+from mmo.yellow.registry import Registry
+from mmo.zmq import ZmqContextService, ZmqSocket
+
+
+class YellowServer(Service):
+    """Serves the registry protocol (docs/protocol.md, "Registry") on one address.
+
+    Providers send ``REGISTER`` (also the heartbeat) and ``DEREGISTER``;
+    consumers send ``QUERY``, or ``WATCH`` to get a ``SNAPSHOT`` and then every
+    ``UPDATE`` in order; a watch is a lease the consumer renews.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: YellowConfig, zmq_service: ZmqContextService) -> None:
+        self.config = config
+        self.zmq = zmq_service
+        self.yellow_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.registry: Registry | None = None
+        self.address: str | None = None
+        self.bad_messages = 0
+        self._socket: ZmqSocket | None = None
+        self._watchers: dict[bytes, float] = {}
+        self._sweeper: task.LoopingCall | None = None
+
+    @override
+    def startService(self) -> None:
+        """Bind the socket and start expiring instances."""
+        super().startService()
+        ctx = self.zmq.context
+        self.registry = Registry(ctx.reactor, self.yellow_id, self._broadcast)
+        self._socket = ctx.socket(zmq.ROUTER, self._received)
+        self.address = self._socket.bind(self.config.listen)
+        self._sweeper = task.LoopingCall(self._sweep)
+        self._sweeper.clock = ctx.reactor
+        self._sweeper.start(self.config.expire_interval, now=False)
+        self.log.info(
+            "yellow {yellow_id} listening on {address}",
+            yellow_id=self.yellow_id,
+            address=self.address,
+        )
+
+    @override
+    def stopService(self) -> None:
+        """Stop sweeping and close the socket."""
+        super().stopService()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def _sweep(self) -> None:
+        assert self.registry is not None
+        self.registry.expire()
+        now = self.zmq.context.reactor.seconds()
+        for ident in [i for i, until in self._watchers.items() if until <= now]:
+            del self._watchers[ident]
+
+    def _send(self, ident: bytes, msg: RegistryMessage) -> None:
+        if self._socket is None:
+            return
+        try:
+            self._socket.send([ident, encode(msg)])
+        except zmq.Again:
+            # The peer is not reading; it recovers through a snapshot when it renews.
+            self.log.warn("yellow: peer queue full, message dropped")
+
+    def _broadcast(self, update: RegistryMessage) -> None:
+        if not self._watchers:
+            return
+        data = encode(update)
+        assert self._socket is not None
+        for ident in list(self._watchers):
+            try:
+                self._socket.send([ident, data])
+            except zmq.Again:
+                # A watcher that cannot keep up gets a fresh snapshot on its next renewal.
+                del self._watchers[ident]
+
+    def _received(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._bad(f"expected 2 frames, got {len(frames)}")
+            return
+        ident, data = frames
+        try:
+            msg = decode(RegistryMessage, data)
+            self._handle(ident, msg)
+        except (WireError, ValueError, TypeError, AttributeError) as e:
+            self._bad(str(e))
+
+    def _bad(self, reason: str) -> None:
+        self.bad_messages += 1
+        self.log.warn("yellow: bad message ({reason})", reason=reason)
+
+    def _handle(self, ident: bytes, msg: RegistryMessage) -> None:
+        registry = self.registry
+        assert registry is not None
+        op = msg.op
+        reply = RegistryMessage(
+            op=RegistryOp.ACK, request_id=msg.request_id, yellow_id=self.yellow_id
+        )
+        if op == RegistryOp.REGISTER:
+            if msg.instance is None or not msg.instance.service_name:
+                raise ValueError("REGISTER without an instance")
+            registry.register(msg.instance)
+        elif op == RegistryOp.DEREGISTER:
+            if not msg.service_name or not msg.instance_id:
+                raise ValueError("DEREGISTER needs service_name and instance_id")
+            registry.deregister(msg.service_name, msg.instance_id)
+        elif op == RegistryOp.QUERY:
+            reply.op = RegistryOp.SNAPSHOT
+            reply.instances = registry.query(msg.service_name or None)
+        elif op == RegistryOp.WATCH:
+            now = self.zmq.context.reactor.seconds()
+            known = ident in self._watchers and msg.yellow_id == self.yellow_id
+            self._watchers[ident] = now + self.config.watch_lease
+            if not known:
+                reply.op = RegistryOp.SNAPSHOT
+                reply.instances = registry.query()
+        elif op == RegistryOp.UNWATCH:
+            self._watchers.pop(ident, None)
+        else:
+            raise ValueError(f"unexpected op {op}")
+        reply.seq = registry.seq
+        self._send(ident, reply)
+
+    def status(self) -> dict[str, Any]:
+        """Counts for operators: instances, watchers, seq, bad messages."""
+        return {
+            "yellow_id": self.yellow_id,
+            "instances": len(self.registry) if self.registry else 0,
+            "watchers": len(self._watchers),
+            "seq": self.registry.seq if self.registry else 0,
+            "bad_messages": self.bad_messages,
+        }
+
+
+def make_yellow_service(config: YellowConfig, *, reactor: Any = None) -> MultiService:
+    """Build (without starting) the service tree of a yellow process."""
+    top = MultiService()
+    zmq_service = ZmqContextService(reactor)
+    zmq_service.setServiceParent(top)
+    server = YellowServer(config, zmq_service)
+    server.setName("yellow")
+    server.setServiceParent(top)
+    return top

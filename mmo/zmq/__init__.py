@@ -1,0 +1,185 @@
+"""ZeroMQ sockets on the Twisted reactor (a thin layer over txZMQ).
+
+One :class:`ZmqContext` per process owns the ZeroMQ context; sockets are made
+from it with :meth:`ZmqContext.socket`, one class per use rather than per
+pattern: a :class:`ZmqSocket` hands each multipart message to a callback and can
+report connection events (connected, disconnected) through a monitor socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import zmq
+from twisted.application.service import Service
+from twisted.logger import Logger
+from txzmq import ZmqConnection, ZmqEndpoint, ZmqFactory
+from typing_extensions import override
+from zmq.utils.monitor import parse_monitor_message
+
+__all__ = [
+    "EVENT_CONNECTED",
+    "EVENT_DISCONNECTED",
+    "ZmqContext",
+    "ZmqContextService",
+    "ZmqSocket",
+]
+
+log = Logger()
+
+EVENT_CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED
+EVENT_DISCONNECTED = zmq.EVENT_DISCONNECTED
+
+MessageHandler = Callable[[list[bytes]], None]
+EventHandler = Callable[[int, str], None]
+
+_monitor_ids = itertools.count(1)
+
+
+class ZmqContext:
+    """The process's ZeroMQ context, bound to one reactor.
+
+    Args:
+        reactor: the reactor sockets register with (the global one if ``None``).
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self._lazy_factory: ZmqFactory | None = None
+
+    @property
+    def _factory(self) -> ZmqFactory:
+        # Made on first use: a ZeroMQ context starts an I/O thread.
+        if self._lazy_factory is None:
+            self._lazy_factory = ZmqFactory()
+            self._lazy_factory.reactor = self.reactor
+            self._lazy_factory.lingerPeriod = 0
+        return self._lazy_factory
+
+    def socket(
+        self,
+        socket_type: int,
+        on_message: MessageHandler | None = None,
+        *,
+        options: Mapping[Any, Any] | None = None,
+    ) -> ZmqSocket:
+        """Make a socket of ``socket_type`` (``zmq.ROUTER``, ...) on this context."""
+        return ZmqSocket(self, socket_type, on_message, options or {})
+
+    def close(self) -> None:
+        """Close every socket and terminate the context."""
+        factory, self._lazy_factory = self._lazy_factory, None
+        if factory is not None:
+            for conn in list(factory.connections):
+                conn.close()
+            factory.shutdown()
+
+
+class ZmqContextService(Service):
+    """Owns a process's :class:`ZmqContext`: closes it when the service stops.
+
+    Put it first in a service tree: children stop in reverse order, so every
+    socket user has stopped before the context is terminated.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        self.context = ZmqContext(reactor)
+
+    @override
+    def stopService(self) -> None:
+        """Terminate the context."""
+        super().stopService()
+        self.context.close()
+
+
+class ZmqSocket(ZmqConnection):
+    """A ZeroMQ socket whose messages go to ``on_message`` on the reactor thread.
+
+    Sends never block: when ZeroMQ's high-water mark is reached, :meth:`send`
+    raises ``zmq.Again`` and the caller decides (the logic layer fails that call).
+    """
+
+    def __init__(
+        self,
+        context: ZmqContext,
+        socket_type: int,
+        on_message: MessageHandler | None,
+        options: Mapping[Any, Any],
+    ) -> None:
+        self.socketType = socket_type
+        self.on_message = on_message
+        self._ctx = context
+        self._monitor: ZmqSocket | None = None
+        self.read_scheduled: Any = None
+        self.closed = False
+        super().__init__(context._factory)
+        for opt, value in options.items():
+            self.socket.set(opt, value)
+
+    def bind(self, address: str) -> str:
+        """Bind to ``address`` (``tcp://127.0.0.1:*`` picks a free port); return the address."""
+        self.addEndpoints([ZmqEndpoint("bind", address)])
+        return str(self.socket.get(zmq.LAST_ENDPOINT).decode())
+
+    def connect(self, address: str) -> None:
+        """Connect to ``address``; ZeroMQ reconnects by itself when the link drops."""
+        self.addEndpoints([ZmqEndpoint("connect", address)])
+
+    def disconnect(self, address: str) -> None:
+        """Stop connecting to ``address``."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.socket.disconnect(address)
+
+    def monitor(self, on_event: EventHandler) -> None:
+        """Report connection events as ``on_event(event, peer_address)``."""
+        address = f"inproc://mmo-monitor-{id(self)}-{next(_monitor_ids)}"
+        self.socket.monitor(address, EVENT_CONNECTED | EVENT_DISCONNECTED)
+
+        def got(frames: list[bytes]) -> None:
+            event = parse_monitor_message(frames)
+            on_event(event["event"], event["endpoint"].decode(errors="replace"))
+
+        self._monitor = self._ctx.socket(zmq.PAIR, got)
+        self._monitor.connect(address)
+
+    @override
+    def send(self, message: Sequence[bytes]) -> None:
+        """Send a multipart message without blocking."""
+        sock = self.socket
+        last = len(message) - 1
+        for i, part in enumerate(message):
+            sock.send(part, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0))
+        # ZeroMQ's descriptor is edge-triggered: touching the socket may swallow
+        # the read edge, so look for input on the next reactor turn.
+        if self.read_scheduled is None:
+            self.read_scheduled = self._ctx.reactor.callLater(0, self.doRead)
+
+    @override
+    def messageReceived(self, message: list[bytes]) -> None:
+        """Hand a complete multipart message to the callback."""
+        if self.on_message is not None:
+            self.on_message(message)
+
+    def close(self) -> None:
+        """Close the socket (and its monitor)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.socket.disable_monitor()
+            self._monitor.close()
+            self._monitor = None
+        self.shutdown()
+
+    @override
+    def logPrefix(self) -> str:
+        """Prefix for Twisted's log lines."""
+        return "mmo.zmq"
