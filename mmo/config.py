@@ -8,7 +8,9 @@ turns it into a ``UsageError`` before anything starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -35,7 +37,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as e:
         raise ConfigError(str(path), e.strerror or str(e)) from e
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(str(path), f"not valid TOML: {e}") from e
 
 
@@ -77,19 +79,21 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
             return value
         raise ConfigError(key, f"expected true or false, got {value!r}")
     if hint is float:
+        number: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(key, f"expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None or not math.isfinite(number):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
+        return number
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value, 10)
         raise ConfigError(key, f"expected an integer, got {value!r}")
     if hint is str:
         if isinstance(value, str):

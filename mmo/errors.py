@@ -56,9 +56,22 @@ class InstanceLost(MmoError):
     code = ErrorCode.INSTANCE_LOST
 
 
+class Unavailable(MmoError):
+    """The instance is stopping and did not run the call (callers resend it elsewhere)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 _BY_CODE: dict[int, type[MmoError]] = {
     cls.code: cls
-    for cls in (UnknownMethod, NoLiveInstance, DeadlineExceeded, BadRequest, InstanceLost)
+    for cls in (
+        UnknownMethod,
+        NoLiveInstance,
+        DeadlineExceeded,
+        BadRequest,
+        InstanceLost,
+        Unavailable,
+    )
 }
 
 

@@ -14,9 +14,18 @@ class EchoFailure(Exception):
 
 
 class EchoService(ServiceHandler):
-    """Echoes, sleeps, fails and tells who it is, on request."""
+    """Echoes, sleeps, fails and tells who it is, on request.
+
+    Beyond the four basic methods, ``work`` is a non-idempotent ``sleep`` (so a
+    call to it is not retried elsewhere), and ``note`` records its arguments and
+    publishes them on the topic ``noted`` (a target for pushes and pub-sub).
+    """
 
     default_service = "echo"
+
+    def __init__(self, runtime: Any) -> None:
+        super().__init__(runtime)
+        self.notes: list[dict[str, Any]] = []
 
     @idempotent
     def on_echo(self, ctx: Context, **kwargs: Any) -> dict[str, Any]:
@@ -36,3 +45,18 @@ class EchoService(ServiceHandler):
     def on_whoami(self, ctx: Context) -> str:
         """Return this instance's id."""
         return self.instance_id
+
+    def on_work(self, ctx: Context, seconds: float = 0.0) -> defer.Deferred[float]:
+        """Like ``sleep``, but not idempotent: a lost call is reported, not retried."""
+        return self.on_sleep(ctx, seconds)
+
+    def on_note(self, ctx: Context, **kwargs: Any) -> int:
+        """Record ``kwargs``, publish them on ``noted``; return how many notes there are."""
+        self.notes.append(kwargs)
+        self.publish("noted", {"by": self.instance_id, **kwargs})
+        return len(self.notes)
+
+    @idempotent
+    def on_notes(self, ctx: Context) -> list[dict[str, Any]]:
+        """The notes recorded so far by this instance."""
+        return self.notes

@@ -33,6 +33,7 @@ from mmo.errors import (
     InstanceLost,
     MmoError,
     NoLiveInstance,
+    Unavailable,
     from_wire,
 )
 from mmo.registry import Change, Instance, RegistryView
@@ -49,6 +50,7 @@ log = Logger()
 DEFAULT_TIMEOUT = 5.0
 #: How many instances an idempotent call is tried on at most.
 MAX_ATTEMPTS = 3
+_MAX_TIMEOUT_MS = 2**31 - 1
 
 # ZeroMQ heartbeats on each link to an instance: a hung (stopped) process is
 # disconnected after HEARTBEAT_TIMEOUT and its calls fail over like a dead one's.
@@ -108,6 +110,7 @@ class _Conn:
         self.up = False
         self.draining = False
         self.outstanding: dict[int, _Call] = {}
+        self.sent = 0
         self.idempotent = _meta_set(instance, "idempotent")
         assert instance.endpoints is not None
         self.socket: ZmqSocket | None = directory.context.socket(
@@ -123,6 +126,7 @@ class _Conn:
     def send(self, frames: list[bytes]) -> None:
         assert self.socket is not None
         self.socket.send(frames)
+        self.sent += 1
 
     def _received(self, frames: list[bytes]) -> None:
         self.directory._answered(self, frames)
@@ -269,6 +273,21 @@ class Directory(MultiService):
             d.addBoth(lambda _: self.context.close())
         return d
 
+    def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per service and instance: calls sent, outstanding, connected, draining."""
+        return {
+            name: {
+                iid: {
+                    "sent": conn.sent,
+                    "outstanding": len(conn.outstanding),
+                    "up": conn.up,
+                    "draining": conn.draining,
+                }
+                for iid, conn in pool.conns.items()
+            }
+            for name, pool in self._pools.items()
+        }
+
     # -- proxies -------------------------------------------------------------
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
@@ -328,18 +347,30 @@ class Directory(MultiService):
 
     def _add(self, pool: _Pool, instance: Instance) -> None:
         endpoints = instance.endpoints or {}
-        conn = pool.conns.get(instance.instance_id)
+        iid = instance.instance_id
+        conn = pool.conns.get(iid)
+        if conn is not None and (conn.instance.endpoints or {}).get("rep") != endpoints.get("rep"):
+            # Restarted under the same id, on new ports: the old link is dead.
+            self._lost(conn, "restarted")
+            self._remove(conn)
+            conn = None
         if conn is not None:
             conn.update(instance)
+            conn.draining = False
         elif "rep" in endpoints:
-            pool.conns[instance.instance_id] = _Conn(self, instance)
+            pool.conns[iid] = _Conn(self, instance)
         for kind, sock, known in (
             ("pull", pool.push, pool.push_endpoints),
             ("pub", pool.sub, pool.sub_endpoints),
         ):
             address = endpoints.get(kind)
-            if sock is not None and address and instance.instance_id not in known:
-                known[instance.instance_id] = address
+            if sock is None or known.get(iid) == address:
+                continue
+            old = known.pop(iid, None)
+            if old:
+                sock.disconnect(old)
+            if address:
+                known[iid] = address
                 sock.connect(address)
 
     def _dispatch(self, call: _Call, exclude: Iterable[str] = ()) -> None:
@@ -347,6 +378,11 @@ class Directory(MultiService):
             return
         pool = self._pool(call.service)
         conn = pool.pick(exclude)
+        if conn is None and not self.view.warm:
+            # The yellow has just started and may not know every instance yet.
+            waiting = self.view.wait_for(lambda: self.view.warm, call.timeout)
+            waiting.addCallbacks(lambda _: self._dispatch(call, exclude), lambda _: None)
+            return
         if conn is None:
             self._finish(
                 call, error=NoLiveInstance(f"no live instance of service {call.service!r}")
@@ -358,7 +394,7 @@ class Directory(MultiService):
             call_id=call.call_id,
             service_name=call.service,
             method=call.method,
-            timeout_ms=max(remaining_ms, 1),
+            timeout_ms=min(max(remaining_ms, 1), _MAX_TIMEOUT_MS),
             caller=self.caller_id,
             session=call.session,
         )
@@ -381,8 +417,7 @@ class Directory(MultiService):
         if call is None:
             self.late_replies += 1
             return
-        if conn.draining and not conn.outstanding:
-            self._remove(conn)
+        self._release(conn)
         if header.kind == Kind.REPLY:
             try:
                 result = decode_value(frames[1])
@@ -392,6 +427,11 @@ class Directory(MultiService):
             self._finish(call, result=result)
         else:
             error = from_wire(header.error_code, header.error_type, header.error_message)
+            if isinstance(error, Unavailable) and call.attempts < MAX_ATTEMPTS:
+                # The instance is stopping and ran nothing: safe to send anywhere else.
+                conn.draining = True
+                self._dispatch(call, exclude={conn.instance_id})
+                return
             self._finish(call, error=error)
 
     def _finish(self, call: _Call, *, result: Any = None, error: MmoError | None = None) -> None:
@@ -409,6 +449,7 @@ class Directory(MultiService):
         call.timer = None
         if call.conn is not None:
             call.conn.outstanding.pop(call.call_id, None)
+            self._release(call.conn)
         where = f" (on {call.conn.instance_id})" if call.conn is not None else ""
         self._finish(
             call,
@@ -422,6 +463,7 @@ class Directory(MultiService):
             call.timer.cancel()
         if call.conn is not None:
             call.conn.outstanding.pop(call.call_id, None)
+            self._release(call.conn)
 
     def _lost(self, conn: _Conn, why: str) -> None:
         """An instance is gone: move its idempotent calls elsewhere, fail the rest."""
@@ -447,6 +489,11 @@ class Directory(MultiService):
                     ),
                 )
 
+    def _release(self, conn: _Conn) -> None:
+        """Close a draining link once nothing is outstanding on it."""
+        if conn.draining and not conn.outstanding:
+            self._remove(conn)
+
     def _remove(self, conn: _Conn) -> None:
         pool = self._pools.get(conn.instance.service_name)
         if pool is not None and pool.conns.get(conn.instance_id) is conn:
@@ -470,8 +517,7 @@ class Directory(MultiService):
         if reason == "deregistered" and conn.up:
             # A graceful stop: the instance answers what it holds, then leaves.
             conn.draining = True
-            if not conn.outstanding:
-                self._remove(conn)
+            self._release(conn)
         else:
             self._lost(conn, reason)
             self._remove(conn)

@@ -155,8 +155,9 @@ class ServiceHandler:
         """Every method this handler serves, mapped to whether it is idempotent."""
         return {name: m.idempotent for name, m in cls._methods.items()}
 
-    def on_unknown(self, ctx: Context, **kwargs: Any) -> Any:
-        """Called for a method with no ``on_<name>``; raises UnknownMethod by default."""
+    def on_unknown(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
+        """Called for a method with no ``on_<name>`` (``ctx.method`` names it) with the
+        call's keyword arguments as a dict; raises UnknownMethod by default."""
         raise UnknownMethod(f"service {ctx.service!r} has no method {ctx.method!r}")
 
     def dispatch(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
@@ -168,7 +169,7 @@ class ServiceHandler:
         """
         method = self._methods.get(ctx.method)
         if method is None:
-            return self.on_unknown(ctx, **kwargs)
+            return self.on_unknown(ctx, kwargs)
         try:
             method.signature.bind(self, ctx, **kwargs)
         except TypeError as e:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mmo.errors import BadRequest, MmoError, RemoteError
+from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable
 from mmo.logic.handler import Context, ServiceHandler
 from mmo.wire import WireError, decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind
@@ -37,6 +37,7 @@ class HandlerServer(Service):
         handler: the handler instance to dispatch to.
         bind_host: interface to bind (ports are picked by the system).
         drain_timeout: seconds :meth:`stopService` waits for calls in flight.
+        max_message: largest message accepted, in bytes (ZeroMQ drops a bigger sender).
     """
 
     def __init__(
@@ -46,11 +47,13 @@ class HandlerServer(Service):
         *,
         bind_host: str = "127.0.0.1",
         drain_timeout: float = 10.0,
+        max_message: int = 16 * 1024 * 1024,
     ) -> None:
         self.context = context
         self.handler = handler
         self.bind_host = bind_host
         self.drain_timeout = drain_timeout
+        self.max_message = max_message
         self.endpoints: dict[str, str] = {}
         self.in_flight = 0
         self.served = 0
@@ -65,8 +68,11 @@ class HandlerServer(Service):
         """Bind the sockets (before registering, so the endpoints are known)."""
         if not self.endpoints:
             any_port = f"tcp://{self.bind_host}:*"
-            self._rep = self.context.socket(zmq.ROUTER, self._request, options={zmq.SNDHWM: 0})
-            self._pull = self.context.socket(zmq.PULL, self._push)
+            limits = {zmq.MAXMSGSIZE: self.max_message}
+            self._rep = self.context.socket(
+                zmq.ROUTER, self._request, options={zmq.SNDHWM: 0, **limits}
+            )
+            self._pull = self.context.socket(zmq.PULL, self._push, options=limits)
             self._pub = self.context.socket(zmq.PUB)
             self.endpoints = {
                 "rep": self._rep.bind(any_port),
@@ -133,7 +139,12 @@ class HandlerServer(Service):
             self._bad(f"unexpected kind {header.kind} on the request socket")
             return
         if not self.accepting:
-            # Draining: the caller's deadline (and registry) moves it elsewhere.
+            # Stopping: nothing runs, so the caller may resend it anywhere.
+            self._error(
+                Failure(Unavailable(f"{self.handler.instance_id} is stopping")),
+                ident,
+                header.call_id,
+            )
             return
         clock = self.context.reactor
         timeout_ms = header.timeout_ms if header.timeout_ms is not None else 5000

@@ -36,6 +36,8 @@ log = Logger()
 
 #: Default heartbeat interval in seconds; an instance expires after 3 missed beats.
 HEARTBEAT = 1.0
+#: Largest registry message accepted (ZeroMQ drops the connection of a bigger sender).
+MAX_MESSAGE = 16 * 1024 * 1024
 
 
 class YellowLink:
@@ -59,9 +61,12 @@ class YellowLink:
         self.address = address
         self.on_push = on_push
         self.last_heard = -1.0
+        self._full = False
         self._pending: dict[int, defer.Deferred[RegistryMessage]] = {}
         self._socket: ZmqSocket | None = context.socket(
-            zmq.DEALER, self._received, options={zmq.SNDHWM: 1000, zmq.RCVHWM: 0}
+            zmq.DEALER,
+            self._received,
+            options={zmq.SNDHWM: 16, zmq.RCVHWM: 0, zmq.MAXMSGSIZE: MAX_MESSAGE},
         )
         self._socket.connect(address)
 
@@ -71,8 +76,13 @@ class YellowLink:
             return
         try:
             self._socket.send([encode(msg)])
+            self._full = False
         except zmq.Again:
-            log.warn("registry: queue to {address} full, message dropped", address=self.address)
+            # The yellow is away: the queue holds a few messages, the rest wait for a
+            # later heartbeat or renewal. Said once per outage.
+            if not self._full:
+                log.warn("registry: yellow at {address} is not reading", address=self.address)
+            self._full = True
 
     def request(
         self, msg: RegistryMessage, timeout: float = 2.0
@@ -221,6 +231,8 @@ class RegistryView(Service):
         renew: seconds between watch renewals (which double as liveness probes).
         quiet: seconds without a word from the yellow before failing over.
         settle: seconds that instances missing after a switch are kept.
+        warmup: how long a yellow must have run before its snapshot is taken as
+            complete (every provider has heartbeated since it started).
     """
 
     def __init__(
@@ -231,6 +243,7 @@ class RegistryView(Service):
         renew: float = 1.0,
         quiet: float = 3.0,
         settle: float = 4.0,
+        warmup: float = 2.5,
     ) -> None:
         self._context = context
         self.yellows = tuple(yellows)
@@ -239,16 +252,21 @@ class RegistryView(Service):
         self.renew = renew
         self.quiet = quiet
         self.settle = settle
+        self.warmup = warmup
+        self._warm_at = 0.0
         self.instances: dict[str, dict[str, Instance]] = {}
         self.synced = False
         self._listeners: list[Listener] = []
         self._link: YellowLink | None = None
         self._index = 0
         self._yellow_id: str | None = None
+        self._resync = False
+        self._batch = False
         self._seq = 0
         self._since = 0.0
         self._unconfirmed: set[tuple[str, str]] = set()
         self._settle_call: DelayedCall | None = None
+        self._warm_call: DelayedCall | None = None
         self._loop: task.LoopingCall | None = None
         self._waiters: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
 
@@ -257,6 +275,11 @@ class RegistryView(Service):
     def listen(self, listener: Listener) -> None:
         """Call ``listener(change, instance, reason)`` for every UP and DOWN from now on."""
         self._listeners.append(listener)
+
+    @property
+    def warm(self) -> bool:
+        """Whether the view is synced with a yellow old enough to know every provider."""
+        return self.synced and self._context.reactor.seconds() >= self._warm_at
 
     def get(self, service: str) -> list[Instance]:
         """The live instances of ``service`` as last known."""
@@ -292,8 +315,9 @@ class RegistryView(Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        if self._settle_call is not None and self._settle_call.active():
-            self._settle_call.cancel()
+        for call in (self._settle_call, self._warm_call):
+            if call is not None and call.active():
+                call.cancel()
         if self._link is not None:
             self._link.send(RegistryMessage(op=RegistryOp.UNWATCH))
             self._link.close()
@@ -320,7 +344,9 @@ class RegistryView(Service):
         self._watch(link)
 
     def _watch(self, link: YellowLink) -> None:
-        msg = RegistryMessage(op=RegistryOp.WATCH, yellow_id=self._yellow_id, seq=self._seq)
+        # Naming no yellow_id asks for a fresh snapshot.
+        known = None if self._resync else self._yellow_id
+        msg = RegistryMessage(op=RegistryOp.WATCH, yellow_id=known, seq=self._seq)
         d = link.request(msg, timeout=self.renew * 2)
         d.addCallbacks(lambda reply: self._answered(link, reply), lambda _: None)
 
@@ -331,14 +357,14 @@ class RegistryView(Service):
             self._snapshot(reply)
         elif reply.yellow_id != self._yellow_id or (reply.seq or 0) > self._seq:
             # An update went missing (or the yellow restarted): start afresh.
-            self._yellow_id = None
+            self._resync = True
             self._watch(link)
 
     def _pushed(self, link: YellowLink, msg: RegistryMessage) -> None:
-        if link is not self._link or msg.yellow_id != self._yellow_id:
+        if link is not self._link or self._resync or msg.yellow_id != self._yellow_id:
             return
         if msg.seq != self._seq + 1:
-            self._yellow_id = None
+            self._resync = True
             self._watch(link)
             return
         self._seq = msg.seq
@@ -348,8 +374,17 @@ class RegistryView(Service):
     def _snapshot(self, msg: RegistryMessage) -> None:
         fresh = {(i.service_name, i.instance_id): i for i in msg.instances or []}
         switched = self.synced and msg.yellow_id != self._yellow_id
+        self._resync = False
         self._yellow_id = msg.yellow_id
         self._seq = msg.seq or 0
+        young = self.warmup - (msg.uptime_ms or 0) / 1000.0
+        if young > 0:
+            self._warm_at = self._context.reactor.seconds() + young
+            if self._warm_call is not None and self._warm_call.active():
+                self._warm_call.cancel()
+            self._warm_call = self._context.reactor.callLater(young, self._check_waiters)
+        # Waiters are checked once the whole snapshot is in, never on a partial view.
+        self._batch = True
         for instance in fresh.values():
             self._apply(Change.UP, instance, "registered")
         missing = {
@@ -363,6 +398,7 @@ class RegistryView(Service):
         else:
             for svc, iid in missing:
                 self._apply(Change.DOWN, self.instances[svc][iid], "expired")
+        self._batch = False
         self.synced = True
         self._check_waiters()
 
@@ -394,7 +430,7 @@ class RegistryView(Service):
         self._check_waiters()
 
     def _check_waiters(self) -> None:
-        if not self._waiters:
+        if not self._waiters or self._batch:
             return
         still = []
         for predicate, d in self._waiters:

@@ -20,7 +20,9 @@ T = TypeVar("T")
 #: Limits applied while decoding, so a hostile length prefix cannot make us allocate.
 MAX_STRING = 16 * 1024 * 1024
 MAX_CONTAINER = 1024 * 1024
-MAX_DEPTH = 64
+#: Deepest Value nesting accepted (Thrift itself refuses 64 nested structs, and a
+#: Value may sit inside a Header or an Instance).
+MAX_DEPTH = 48
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -37,7 +39,10 @@ class WireError(ValueError):
 def encode(struct: Any) -> bytes:
     """Serialize a generated Thrift struct with the binary protocol."""
     buf = TMemoryBuffer()
-    struct.write(_factory.getProtocol(buf))
+    try:
+        struct.write(_factory.getProtocol(buf))
+    except Exception as e:
+        raise WireError(f"cannot encode {type(struct).__name__}: {e}") from e
     return buf.getvalue()  # type: ignore[no-any-return,unused-ignore]
 
 
@@ -53,7 +58,7 @@ def decode(cls: type[T], data: bytes) -> T:
 
 def to_value(obj: Any, _depth: int = 0) -> Value:
     """Convert a Python value into a Thrift ``Value``."""
-    if _depth > MAX_DEPTH:
+    if _depth >= MAX_DEPTH:
         raise WireError("value nested too deeply")
     if obj is None:
         return Value(null_value=True)
@@ -83,7 +88,7 @@ def to_value(obj: Any, _depth: int = 0) -> Value:
 
 def from_value(value: Value, _depth: int = 0) -> Any:
     """Convert a Thrift ``Value`` back into a Python value."""
-    if _depth > MAX_DEPTH:
+    if _depth >= MAX_DEPTH:
         raise WireError("value nested too deeply")
     if value.string_value is not None:
         return value.string_value

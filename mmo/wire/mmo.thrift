@@ -38,6 +38,7 @@ enum ErrorCode {
   DEADLINE = 4,        // the deadline passed
   BAD_REQUEST = 5,     // the frames could not be decoded
   INSTANCE_LOST = 6,   // the instance died with a non-idempotent call in flight
+  UNAVAILABLE = 7,     // the instance is stopping and did not run the call: send it elsewhere
 }
 
 /* A client session, as it travels with each request (set by brokers). */
@@ -103,4 +104,6 @@ struct RegistryMessage {
   8: optional Change change
   9: optional string reason
   10: optional string instance_id
+  11: optional i64 uptime_ms         // how long the yellow has run (in SNAPSHOT): a young one may
+                                     // not have heard every provider's heartbeat yet
 }

@@ -12,6 +12,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 from typing_extensions import override
 
+from mmo.registry import MAX_MESSAGE
 from mmo.wire import WireError, decode, encode
 from mmo.wire.gen.mmo.ttypes import RegistryMessage, RegistryOp
 from mmo.yellow.config import YellowConfig
@@ -34,6 +35,7 @@ class YellowServer(Service):
         self.zmq = zmq_service
         self.yellow_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.registry: Registry | None = None
+        self.started_at = 0.0
         self.address: str | None = None
         self.bad_messages = 0
         self._socket: ZmqSocket | None = None
@@ -46,7 +48,18 @@ class YellowServer(Service):
         super().startService()
         ctx = self.zmq.context
         self.registry = Registry(ctx.reactor, self.yellow_id, self._broadcast)
-        self._socket = ctx.socket(zmq.ROUTER, self._received)
+        self.started_at = ctx.reactor.seconds()
+        # ROUTER_MANDATORY + a bounded queue: a watcher that cannot keep up raises
+        # here and is dropped (it re-snapshots on its next renewal), memory stays bounded.
+        self._socket = ctx.socket(
+            zmq.ROUTER,
+            self._received,
+            options={
+                zmq.ROUTER_MANDATORY: 1,
+                zmq.SNDHWM: 10_000,
+                zmq.MAXMSGSIZE: MAX_MESSAGE,
+            },
+        )
         self.address = self._socket.bind(self.config.listen)
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = ctx.reactor
@@ -79,9 +92,9 @@ class YellowServer(Service):
             return
         try:
             self._socket.send([ident, encode(msg)])
-        except zmq.Again:
+        except zmq.ZMQError:
             # The peer is not reading; it recovers through a snapshot when it renews.
-            self.log.warn("yellow: peer queue full, message dropped")
+            self.log.warn("yellow: reply dropped, peer gone or not reading")
 
     def _broadcast(self, update: RegistryMessage) -> None:
         if not self._watchers:
@@ -91,7 +104,7 @@ class YellowServer(Service):
         for ident in list(self._watchers):
             try:
                 self._socket.send([ident, data])
-            except zmq.Again:
+            except zmq.ZMQError:
                 # A watcher that cannot keep up gets a fresh snapshot on its next renewal.
                 del self._watchers[ident]
 
@@ -118,8 +131,9 @@ class YellowServer(Service):
             op=RegistryOp.ACK, request_id=msg.request_id, yellow_id=self.yellow_id
         )
         if op == RegistryOp.REGISTER:
-            if msg.instance is None or not msg.instance.service_name:
-                raise ValueError("REGISTER without an instance")
+            instance = msg.instance
+            if instance is None or not instance.service_name or not instance.instance_id:
+                raise ValueError("REGISTER needs an instance with service_name and instance_id")
             registry.register(msg.instance)
         elif op == RegistryOp.DEREGISTER:
             if not msg.service_name or not msg.instance_id:
@@ -140,6 +154,9 @@ class YellowServer(Service):
         else:
             raise ValueError(f"unexpected op {op}")
         reply.seq = registry.seq
+        if reply.op == RegistryOp.SNAPSHOT:
+            age = self.zmq.context.reactor.seconds() - self.started_at
+            reply.uptime_ms = int(age * 1000)
         self._send(ident, reply)
 
     def status(self) -> dict[str, Any]:

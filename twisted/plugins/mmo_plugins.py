@@ -3,7 +3,10 @@
 from twisted.application.service import ServiceMaker
 
 mmo_yellow = ServiceMaker(
-    "mmo yellow", "mmo.yellow.tap", "mmo registry: providers register, consumers watch", "mmo-yellow"
+    "mmo yellow",
+    "mmo.yellow.tap",
+    "mmo registry: providers register, consumers watch",
+    "mmo-yellow",
 )
 mmo_worker = ServiceMaker(
     "mmo worker", "mmo.worker.tap", "mmo logic worker: runs one service handler", "mmo-worker"

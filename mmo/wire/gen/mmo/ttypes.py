@@ -47,6 +47,7 @@ class ErrorCode(object):
     DEADLINE = 4
     BAD_REQUEST = 5
     INSTANCE_LOST = 6
+    UNAVAILABLE = 7
 
     _VALUES_TO_NAMES = {
         1: "REMOTE",
@@ -55,6 +56,7 @@ class ErrorCode(object):
         4: "DEADLINE",
         5: "BAD_REQUEST",
         6: "INSTANCE_LOST",
+        7: "UNAVAILABLE",
     }
 
     _NAMES_TO_VALUES = {
@@ -64,6 +66,7 @@ class ErrorCode(object):
         "DEADLINE": 4,
         "BAD_REQUEST": 5,
         "INSTANCE_LOST": 6,
+        "UNAVAILABLE": 7,
     }
 
 
@@ -749,6 +752,7 @@ class RegistryMessage(object):
      - change
      - reason
      - instance_id
+     - uptime_ms
 
     """
 
@@ -763,10 +767,11 @@ class RegistryMessage(object):
         'change',
         'reason',
         'instance_id',
+        'uptime_ms',
     )
 
 
-    def __init__(self, op=None, request_id=None, instance=None, service_name=None, instances=None, seq=None, yellow_id=None, change=None, reason=None, instance_id=None,):
+    def __init__(self, op=None, request_id=None, instance=None, service_name=None, instances=None, seq=None, yellow_id=None, change=None, reason=None, instance_id=None, uptime_ms=None,):
         self.op = op
         self.request_id = request_id
         self.instance = instance
@@ -777,6 +782,7 @@ class RegistryMessage(object):
         self.change = change
         self.reason = reason
         self.instance_id = instance_id
+        self.uptime_ms = uptime_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -844,6 +850,11 @@ class RegistryMessage(object):
                     self.instance_id = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.I64:
+                    self.uptime_ms = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -896,6 +907,10 @@ class RegistryMessage(object):
         if self.instance_id is not None:
             oprot.writeFieldBegin('instance_id', TType.STRING, 10)
             oprot.writeString(self.instance_id.encode('utf-8') if sys.version_info[0] == 2 else self.instance_id)
+            oprot.writeFieldEnd()
+        if self.uptime_ms is not None:
+            oprot.writeFieldBegin('uptime_ms', TType.I64, 11)
+            oprot.writeI64(self.uptime_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -979,6 +994,7 @@ RegistryMessage.thrift_spec = (
     (8, TType.I32, 'change', None, None, ),  # 8
     (9, TType.STRING, 'reason', 'UTF8', None, ),  # 9
     (10, TType.STRING, 'instance_id', 'UTF8', None, ),  # 10
+    (11, TType.I64, 'uptime_ms', None, None, ),  # 11
 )
 fix_spec(all_structs)
 del all_structs

@@ -1,0 +1,119 @@
+"""Real ``twistd`` processes for integration tests (and the demo)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def twistd_command() -> list[str]:
+    """How to run ``twistd`` with this interpreter."""
+    script = Path(sys.executable).with_name("twistd")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class TwistdProcess:
+    """One ``twistd -n <role> ...`` child process, its output in a log file.
+
+    Args:
+        role: the twistd plugin, e.g. ``"mmo-worker"``.
+        args: the role's arguments.
+        log_dir: where ``<name>.log`` is written.
+        name: a readable name (default: the role).
+    """
+
+    def __init__(self, role: str, args: list[str], log_dir: Path, name: str | None = None) -> None:
+        self.role = role
+        self.args = list(args)
+        self.name = name or role
+        self.log_path = Path(log_dir) / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def start(self) -> TwistdProcess:
+        """Start the child (returns at once; wait for it through the registry)."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [*twistd_command(), "-n", "--pidfile=", self.role, *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        """Whether the child is still running."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child (only ever to the process we started)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """``kill -9`` the child and reap it."""
+        self.signal(signal.SIGKILL)
+        self.wait(5)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the child to exit; its exit code or None."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; return the exit code."""
+        if not self.alive():
+            return self.proc.returncode if self.proc is not None else None
+        if self.proc is not None and self.proc.poll() is None:
+            # SIGCONT first: a stopped child cannot handle SIGTERM.
+            self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        code = self.wait(timeout)
+        if code is None:
+            self.kill()
+            code = self.proc.returncode if self.proc is not None else None
+        return code
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the child's output."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0) -> bool:
+        """Poll the log until ``needle`` appears (or ``timeout``); whether it did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_tail(400):
+                return True
+            time.sleep(0.05)
+        return False
