@@ -450,7 +450,14 @@ class Directory(MultiService):
         if call.conn is not None:
             call.conn.outstanding.pop(call.call_id, None)
             self._release(call.conn)
-        where = f" (on {call.conn.instance_id})" if call.conn is not None else ""
+        if call.conn is not None:
+            where = f" (on {call.conn.instance_id})"
+        elif not self.view.synced:
+            where = f" (no answer from the registry at {', '.join(self.view.yellows)})"
+        elif not self.view.warm:
+            where = " (no instance known yet: the registry started moments ago)"
+        else:
+            where = ""
         self._finish(
             call,
             error=DeadlineExceeded(

@@ -15,7 +15,8 @@ class WorkerConfig:
         yellow: addresses of the yellows (registered with all, watched on one).
         handler: the handler class, ``module:Class``.
         service: the service name (default: the handler's ``service_name``).
-        instance_id: this instance's id in the registry (default: ``service-host-pid``).
+        instance_id: this instance's id in the registry (default: ``$MMO_NAME``, which
+            ``mmo-cluster`` sets to the child's name, else ``service-host-pid``).
         bind_host: interface the worker's sockets bind (ports are picked by the system).
         heartbeat: seconds between registry heartbeats (gone after 3 missed).
         drain_timeout: seconds a graceful stop waits for calls in flight.

@@ -120,7 +120,11 @@ def make_worker_service(
     service_name = config.service or handler_class.default_service
     if not service_name:
         raise ConfigError("service", "no service name given and the handler names none")
-    instance_id = config.instance_id or f"{service_name}-{os.uname().nodename}-{os.getpid()}"
+    instance_id = (
+        config.instance_id
+        or os.environ.get("MMO_NAME")
+        or f"{service_name}-{os.uname().nodename}-{os.getpid()}"
+    )
 
     top = MultiService()
     zmq_service = ZmqContextService(reactor)

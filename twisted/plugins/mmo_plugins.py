@@ -9,5 +9,14 @@ mmo_yellow = ServiceMaker(
     "mmo-yellow",
 )
 mmo_worker = ServiceMaker(
-    "mmo worker", "mmo.worker.tap", "mmo logic worker: runs one service handler", "mmo-worker"
+    "mmo worker",
+    "mmo.worker.tap",
+    "mmo logic worker: runs one service handler",
+    "mmo-worker",
+)
+mmo_cluster = ServiceMaker(
+    "mmo cluster",
+    "mmo.cluster.tap",
+    "a whole mmo cluster as supervised child processes",
+    "mmo-cluster",
 )

@@ -1,0 +1,1 @@
+"""``mmo bench``: the project's own load generator and its workloads."""

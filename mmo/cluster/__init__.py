@@ -1,0 +1,1 @@
+"""cluster: a whole mmo cluster on one machine, as supervised child processes."""

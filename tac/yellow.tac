@@ -1,0 +1,8 @@
+# twistd -ny tac/yellow.tac -- a registry on tcp://127.0.0.1:5555
+from twisted.application import service
+
+from mmo.yellow.config import YellowConfig
+from mmo.yellow.service import make_yellow_service
+
+application = service.Application("mmo-yellow")
+make_yellow_service(YellowConfig(listen="tcp://127.0.0.1:5555")).setServiceParent(application)
