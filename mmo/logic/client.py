@@ -70,7 +70,9 @@ class _Call:
         "conn",
         "d",
         "deadline",
+        "instance",
         "method",
+        "raw",
         "service",
         "session",
         "timeout",
@@ -95,6 +97,8 @@ class _Call:
         self.deadline = deadline
         self.session = session
         self.attempts = 0
+        self.instance: str | None = None
+        self.raw = False
         self.conn: _Conn | None = None
         self.timer: DelayedCall | None = None
         self.d: defer.Deferred[Any] = defer.Deferred()
@@ -170,8 +174,14 @@ class _Pool:
         self.sub_endpoints: dict[str, str] = {}
         self.subscriptions: list[Subscription] = []
 
-    def pick(self, exclude: Iterable[str] = ()) -> _Conn | None:
-        """The live instance with the fewest calls outstanding (connected ones first)."""
+    def pick(self, exclude: Iterable[str] = (), instance: str | None = None) -> _Conn | None:
+        """The live instance with the fewest calls outstanding (connected ones first),
+        or ``instance`` if given (None if it is not live)."""
+        if instance is not None:
+            conn = self.conns.get(instance)
+            if conn is None or conn.draining or instance in exclude:
+                return None
+            return conn
         best: _Conn | None = None
         best_key: tuple[int, int, int] | None = None
         self.turn += 1
@@ -311,13 +321,26 @@ class Directory(MultiService):
         *,
         timeout: float | None = None,
         session: Session | None = None,
+        instance: str | None = None,
+        raw_body: bytes | None = None,
     ) -> defer.Deferred[Any]:
-        """Call ``service.method(**kwargs)``; fire with the reply or fail with an MmoError."""
+        """Call ``service.method(**kwargs)``; fire with the reply or fail with an MmoError.
+
+        Args:
+            timeout: the deadline in seconds (default: the directory's).
+            session: the client session the call is made for (brokers set it).
+            instance: call this instance only (a bound, stateful one).
+            raw_body: send these bytes as the body instead of encoding ``kwargs``, and
+                fire with the reply's body bytes undecoded (brokers forward both as is).
+        """
         timeout = self.default_timeout if timeout is None else timeout
-        try:
-            body = encode_value(kwargs or {})
-        except WireError as e:
-            return defer.fail(BadRequest(f"{service}.{method}: {e}"))
+        if raw_body is not None:
+            body = raw_body
+        else:
+            try:
+                body = encode_value(kwargs or {})
+            except WireError as e:
+                return defer.fail(BadRequest(f"{service}.{method}: {e}"))
         call = _Call(
             next(self._call_ids),
             service,
@@ -327,6 +350,8 @@ class Directory(MultiService):
             self.clock.seconds() + timeout,
             session,
         )
+        call.instance = instance
+        call.raw = raw_body is not None
         call.d = defer.Deferred(lambda _: self._cancelled(call))
         call.timer = self.clock.callLater(timeout, self._expired, call)
         if self.view.synced:
@@ -377,16 +402,16 @@ class Directory(MultiService):
         if call.d.called:
             return
         pool = self._pool(call.service)
-        conn = pool.pick(exclude)
+        conn = pool.pick(exclude, call.instance)
         if conn is None and not self.view.warm:
             # The yellow has just started and may not know every instance yet.
             waiting = self.view.wait_for(lambda: self.view.warm, call.timeout)
             waiting.addCallbacks(lambda _: self._dispatch(call, exclude), lambda _: None)
             return
         if conn is None:
-            self._finish(
-                call, error=NoLiveInstance(f"no live instance of service {call.service!r}")
-            )
+            which = f"instance {call.instance!r}" if call.instance else "live instance"
+            error = NoLiveInstance(f"no {which} of service {call.service!r}")
+            self._finish(call, error=error)
             return
         remaining_ms = int((call.deadline - self.clock.seconds()) * 1000)
         header = Header(
@@ -419,6 +444,9 @@ class Directory(MultiService):
             return
         self._release(conn)
         if header.kind == Kind.REPLY:
+            if call.raw:
+                self._finish(call, result=frames[1] if len(frames) > 1 else b"")
+                return
             try:
                 result = decode_value(frames[1])
             except (WireError, IndexError) as e:
@@ -427,7 +455,7 @@ class Directory(MultiService):
             self._finish(call, result=result)
         else:
             error = from_wire(header.error_code, header.error_type, header.error_message)
-            if isinstance(error, Unavailable) and call.attempts < MAX_ATTEMPTS:
+            if isinstance(error, Unavailable) and call.instance is None and call.attempts < 3:
                 # The instance is stopping and ran nothing: safe to send anywhere else.
                 conn.draining = True
                 self._dispatch(call, exclude={conn.instance_id})
@@ -485,7 +513,8 @@ class Directory(MultiService):
                 n=len(calls),
             )
         for call in calls:
-            if call.method in conn.idempotent and call.attempts < MAX_ATTEMPTS:
+            movable = call.instance is None and call.method in conn.idempotent
+            if movable and call.attempts < MAX_ATTEMPTS:
                 self._dispatch(call, exclude={conn.instance_id})
             else:
                 self._finish(
@@ -528,6 +557,56 @@ class Directory(MultiService):
         else:
             self._lost(conn, reason)
             self._remove(conn)
+
+    # -- one-way sends on the request links ------------------------------------
+
+    def send(
+        self,
+        service: str,
+        method: str,
+        body: bytes,
+        *,
+        instance: str | None = None,
+        **header: Any,
+    ) -> bool:
+        """Send a one-way request (no answer) to ``instance`` (or the least busy one).
+
+        Unlike a push, it travels on the same link as calls, so it keeps its order
+        relative to them and can reach one chosen instance. ``header`` sets extra
+        ``Header`` fields (session, targets, channel, route, instance_id).
+        Returns whether it was sent (False: no such live instance).
+        """
+        conn = self._pool(service).pick((), instance)
+        if conn is None:
+            return False
+        return self._send_one_way(conn, service, method, body, header)
+
+    def send_all(self, service: str, method: str, body: bytes, **header: Any) -> int:
+        """Send a one-way request to every live instance of ``service``; return how many."""
+        sent = 0
+        for conn in list(self._pool(service).conns.values()):
+            if not conn.draining and self._send_one_way(conn, service, method, body, header):
+                sent += 1
+        return sent
+
+    def _send_one_way(
+        self, conn: _Conn, service: str, method: str, body: bytes, fields: dict[str, Any]
+    ) -> bool:
+        header = Header(
+            kind=Kind.REQUEST,
+            service_name=service,
+            method=method,
+            caller=self.caller_id,
+            one_way=True,
+            timeout_ms=int(self.default_timeout * 1000),
+            **fields,
+        )
+        try:
+            conn.send([encode(header), body])
+        except zmq.ZMQError as e:
+            log.warn("send to {id} failed: {e}", id=conn.instance_id, e=e)
+            return False
+        return True
 
     # -- push-pull and pub-sub ------------------------------------------------
 
@@ -600,14 +679,17 @@ class ServiceProxy:
         *,
         timeout: float | None = None,
         session: Session | None = None,
+        instance: str | None = None,
     ) -> defer.Deferred[Any]:
-        """Call ``method`` with ``kwargs``, with a deadline of ``timeout`` seconds."""
+        """Call ``method`` with ``kwargs``, with a deadline of ``timeout`` seconds
+        (on ``instance`` only, if given)."""
         return self._directory.call(
             self._name,
             method,
             kwargs,
             timeout=self._timeout if timeout is None else timeout,
             session=session,
+            instance=instance,
         )
 
     def __getattr__(self, method: str) -> Callable[..., defer.Deferred[Any]]:

@@ -74,6 +74,11 @@ class Runtime(Protocol):
         """Publish ``payload`` on ``topic`` to this service's subscribers."""
         ...
 
+    @property
+    def sessions(self) -> Any:
+        """Pushes, channels and bindings of sessions (:class:`mmo.logic.sessions.Sessions`)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Method:
@@ -91,6 +96,10 @@ class ServiceHandler:
 
     #: The service name when the worker's config gives none.
     default_service: ClassVar[str | None] = None
+    #: Methods whose body is a Thrift struct rather than a map of keyword arguments:
+    #: ``{"move": MoveStruct}`` calls ``on_move(ctx, body=<MoveStruct>)``. A method
+    #: may return a Thrift struct; it is sent as is.
+    body_types: ClassVar[dict[str, type]] = {}
 
     _methods: ClassVar[dict[str, _Method]] = {}
 
@@ -137,6 +146,12 @@ class ServiceHandler:
     def publish(self, topic: str, payload: Any) -> None:
         """Publish an event to the subscribers of this service."""
         self.runtime.publish(topic, payload)
+
+    @property
+    def sessions(self) -> Any:
+        """Reach clients: ``self.sessions.push(ctx.session, "chat.message", {...})``,
+        ``broadcast``, ``join``, ``leave``, ``kick``, ``bind`` (see :mod:`mmo.logic.sessions`)."""
+        return self.runtime.sessions
 
     # -- lifecycle hooks -------------------------------------------------------
 

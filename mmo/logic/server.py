@@ -152,6 +152,10 @@ class HandlerServer(Service):
             return
         self.in_flight += 1
         d = self._call(header, body, clock.seconds() + timeout_ms / 1000.0)
+        if header.one_way:
+            d.addErrback(self._push_failed, header.method)
+            d.addBoth(self._done)
+            return
         d.addCallbacks(
             self._reply,
             self._error,
@@ -179,7 +183,13 @@ class HandlerServer(Service):
 
     def _call(self, header: Header, body: bytes, deadline: float) -> defer.Deferred[Any]:
         try:
-            kwargs = decode_value(body) if body else {}
+            struct = self.handler.body_types.get(header.method or "")
+            kwargs: Any
+            if struct is not None:
+                # The route declares a Thrift struct: it arrives as the ``body`` argument.
+                kwargs = {"body": decode(struct, body)}
+            else:
+                kwargs = decode_value(body) if body else {}
             if not isinstance(kwargs, dict):
                 raise BadRequest("the body of a call must be a map of keyword arguments")
             ctx = Context(
@@ -215,7 +225,7 @@ class HandlerServer(Service):
 
     def _reply(self, result: Any, ident: bytes, call_id: int) -> None:
         try:
-            body = encode_value(result)
+            body = encode(result) if hasattr(result, "thrift_spec") else encode_value(result)
         except WireError as e:
             self._error(Failure(e), ident, call_id)
             return

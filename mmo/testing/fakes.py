@@ -12,6 +12,27 @@ from mmo.types import Clock
 H = TypeVar("H", bound=ServiceHandler)
 
 
+class FakeSessions:
+    """Records what a handler does to sessions: ``calls`` holds ``(method, args)`` in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def record(*args: Any, **kwargs: Any) -> int:
+            self.calls.append((method, (*args, *sorted(kwargs.items()))))
+            return 1
+
+        return record
+
+    def of(self, method: str) -> list[tuple[Any, ...]]:
+        """The arguments of each call to ``method``."""
+        return [args for name, args in self.calls if name == method]
+
+
 class FakeRuntime:
     """A ``Runtime`` that records what the handler publishes and serves fake services.
 
@@ -32,6 +53,7 @@ class FakeRuntime:
         self.clock: Clock = clock if clock is not None else task.Clock()
         self.services = dict(services or {})
         self.published: list[tuple[str, Any]] = []
+        self.sessions = FakeSessions()
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
         """The fake registered for ``name`` (KeyError names what is missing)."""

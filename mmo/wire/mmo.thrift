@@ -64,6 +64,11 @@ struct Header {
   9: optional string error_type
   10: optional string error_message
   11: optional string topic
+  12: optional bool one_way         // REQUEST: answer nothing (client notifies, pushes to brokers)
+  13: optional list<string> targets // broker methods: the session ids concerned
+  14: optional string channel       // broker methods: a channel ("*": every session)
+  15: optional string route         // broker push/broadcast: the client route of the push
+  16: optional string instance_id   // broker bind: the instance a session's prefix is bound to
 }
 
 /* ---- registry (yellow) ---- */
@@ -106,4 +111,49 @@ struct RegistryMessage {
   10: optional string instance_id
   11: optional i64 uptime_ms         // how long the yellow has run (in SNAPSHOT): a young one may
                                      // not have heard every provider's heartbeat yet
+}
+
+/* ---- client wire (game client <-> broker) ---- */
+
+/* Kinds of packets between a game client and a broker. */
+enum PacketKind {
+  REQUEST = 1,     // client -> broker: answered by a RESPONSE or an ERROR with the same seq
+  NOTIFY = 2,      // client -> broker: one-way, never answered (unless it is refused: ERROR)
+  RESPONSE = 3,    // broker -> client: the reply to the REQUEST with this seq
+  PUSH = 4,        // broker -> client: a message from logic (route, body)
+  ERROR = 5,       // broker -> client: a REQUEST/NOTIFY (seq) or the connection failed: code, message
+  HEARTBEAT = 6,   // both ways: keeps the connection alive; the broker answers each one
+  KICK = 7,        // broker -> client: the session is ended (code, message); the broker closes
+}
+
+/* Why a client packet or connection failed (Packet.code of ERROR and KICK). */
+enum ClientError {
+  BAD_PACKET = 1,       // undecodable packet or frame (connection closed)
+  TOO_LARGE = 2,        // frame over the broker's limit (connection closed)
+  NOT_LOGGED_IN = 3,    // anything but login/resume before logging in (connection closed)
+  UNKNOWN_ROUTE = 4,    // no service serves this route (connection stays open)
+  RATE_LIMITED = 5,     // over the per-session message rate (packet dropped; a flood closes)
+  LOGIN_FAILED = 6,     // the auth service refused the login (connection stays open)
+  LOGIN_TIMEOUT = 7,    // no login within the limit (connection closed)
+  RESUME_FAILED = 8,    // unknown/expired session or wrong token (connection stays open)
+  SERVICE_ERROR = 9,    // the service raised: message is "Type: message"
+  UNAVAILABLE = 10,     // no live instance of the service
+  TIMEOUT = 11,         // the service did not answer in time
+  IDLE = 12,            // no packet within the idle timeout (connection closed)
+  KICKED = 13,          // logic ended the session
+  SLOW_CONSUMER = 14,   // the client did not read its pushes (connection closed)
+  SHUTDOWN = 15,        // the broker is stopping; reconnect and resume elsewhere
+  REPLACED = 16,        // the session was resumed on another connection
+  BAD_REQUEST = 17,     // the service refused the arguments
+}
+
+/* One client packet; framed over TCP by a 4-byte big-endian length, or one per
+ * binary WebSocket message. The broker never decodes the body of a packet it forwards. */
+struct Packet {
+  1: required PacketKind kind
+  2: optional i32 seq          // REQUEST: chosen by the client (> 0), echoed by RESPONSE/ERROR
+  3: optional string route     // REQUEST, NOTIFY, PUSH: "service.method", e.g. "chat.send"
+  4: optional binary body      // a binary-protocol Value (or the route's own struct)
+  5: optional i32 code         // ERROR, KICK: a ClientError
+  6: optional string message   // ERROR, KICK: what happened, for people
 }

@@ -16,6 +16,7 @@ from mmo.config import ConfigError
 from mmo.logic.client import Directory
 from mmo.logic.handler import ServiceHandler
 from mmo.logic.server import HandlerServer
+from mmo.logic.sessions import Sessions
 from mmo.registry import Registration, make_instance
 from mmo.types import Clock
 from mmo.worker.config import WorkerConfig
@@ -48,6 +49,7 @@ class WorkerRuntime:
         self.clock = clock
         self.directory = directory
         self.server: HandlerServer | None = None
+        self.sessions = Sessions(directory, instance_id)
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
         """A proxy to another service."""

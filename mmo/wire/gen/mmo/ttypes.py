@@ -118,6 +118,96 @@ class Change(object):
     }
 
 
+class PacketKind(object):
+    REQUEST = 1
+    NOTIFY = 2
+    RESPONSE = 3
+    PUSH = 4
+    ERROR = 5
+    HEARTBEAT = 6
+    KICK = 7
+
+    _VALUES_TO_NAMES = {
+        1: "REQUEST",
+        2: "NOTIFY",
+        3: "RESPONSE",
+        4: "PUSH",
+        5: "ERROR",
+        6: "HEARTBEAT",
+        7: "KICK",
+    }
+
+    _NAMES_TO_VALUES = {
+        "REQUEST": 1,
+        "NOTIFY": 2,
+        "RESPONSE": 3,
+        "PUSH": 4,
+        "ERROR": 5,
+        "HEARTBEAT": 6,
+        "KICK": 7,
+    }
+
+
+class ClientError(object):
+    BAD_PACKET = 1
+    TOO_LARGE = 2
+    NOT_LOGGED_IN = 3
+    UNKNOWN_ROUTE = 4
+    RATE_LIMITED = 5
+    LOGIN_FAILED = 6
+    LOGIN_TIMEOUT = 7
+    RESUME_FAILED = 8
+    SERVICE_ERROR = 9
+    UNAVAILABLE = 10
+    TIMEOUT = 11
+    IDLE = 12
+    KICKED = 13
+    SLOW_CONSUMER = 14
+    SHUTDOWN = 15
+    REPLACED = 16
+    BAD_REQUEST = 17
+
+    _VALUES_TO_NAMES = {
+        1: "BAD_PACKET",
+        2: "TOO_LARGE",
+        3: "NOT_LOGGED_IN",
+        4: "UNKNOWN_ROUTE",
+        5: "RATE_LIMITED",
+        6: "LOGIN_FAILED",
+        7: "LOGIN_TIMEOUT",
+        8: "RESUME_FAILED",
+        9: "SERVICE_ERROR",
+        10: "UNAVAILABLE",
+        11: "TIMEOUT",
+        12: "IDLE",
+        13: "KICKED",
+        14: "SLOW_CONSUMER",
+        15: "SHUTDOWN",
+        16: "REPLACED",
+        17: "BAD_REQUEST",
+    }
+
+    _NAMES_TO_VALUES = {
+        "BAD_PACKET": 1,
+        "TOO_LARGE": 2,
+        "NOT_LOGGED_IN": 3,
+        "UNKNOWN_ROUTE": 4,
+        "RATE_LIMITED": 5,
+        "LOGIN_FAILED": 6,
+        "LOGIN_TIMEOUT": 7,
+        "RESUME_FAILED": 8,
+        "SERVICE_ERROR": 9,
+        "UNAVAILABLE": 10,
+        "TIMEOUT": 11,
+        "IDLE": 12,
+        "KICKED": 13,
+        "SLOW_CONSUMER": 14,
+        "SHUTDOWN": 15,
+        "REPLACED": 16,
+        "BAD_REQUEST": 17,
+    }
+
+
 class Value(object):
     """
     Attributes:
@@ -421,6 +511,11 @@ class Header(object):
      - error_type
      - error_message
      - topic
+     - one_way
+     - targets
+     - channel
+     - route
+     - instance_id
 
     """
 
@@ -436,10 +531,15 @@ class Header(object):
         'error_type',
         'error_message',
         'topic',
+        'one_way',
+        'targets',
+        'channel',
+        'route',
+        'instance_id',
     )
 
 
-    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None,):
+    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None,):
         self.kind = kind
         self.call_id = call_id
         self.service_name = service_name
@@ -451,6 +551,11 @@ class Header(object):
         self.error_type = error_type
         self.error_message = error_message
         self.topic = topic
+        self.one_way = one_way
+        self.targets = targets
+        self.channel = channel
+        self.route = route
+        self.instance_id = instance_id
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -517,6 +622,36 @@ class Header(object):
                     self.topic = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 12:
+                if ftype == TType.BOOL:
+                    self.one_way = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 13:
+                if ftype == TType.LIST:
+                    self.targets = []
+                    (_etype28, _size25) = iprot.readListBegin()
+                    for _i29 in range(_size25):
+                        _elem30 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.targets.append(_elem30)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 14:
+                if ftype == TType.STRING:
+                    self.channel = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 15:
+                if ftype == TType.STRING:
+                    self.route = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 16:
+                if ftype == TType.STRING:
+                    self.instance_id = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -570,6 +705,29 @@ class Header(object):
         if self.topic is not None:
             oprot.writeFieldBegin('topic', TType.STRING, 11)
             oprot.writeString(self.topic.encode('utf-8') if sys.version_info[0] == 2 else self.topic)
+            oprot.writeFieldEnd()
+        if self.one_way is not None:
+            oprot.writeFieldBegin('one_way', TType.BOOL, 12)
+            oprot.writeBool(self.one_way)
+            oprot.writeFieldEnd()
+        if self.targets is not None:
+            oprot.writeFieldBegin('targets', TType.LIST, 13)
+            oprot.writeListBegin(TType.STRING, len(self.targets))
+            for iter31 in self.targets:
+                oprot.writeString(iter31.encode('utf-8') if sys.version_info[0] == 2 else iter31)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.channel is not None:
+            oprot.writeFieldBegin('channel', TType.STRING, 14)
+            oprot.writeString(self.channel.encode('utf-8') if sys.version_info[0] == 2 else self.channel)
+            oprot.writeFieldEnd()
+        if self.route is not None:
+            oprot.writeFieldBegin('route', TType.STRING, 15)
+            oprot.writeString(self.route.encode('utf-8') if sys.version_info[0] == 2 else self.route)
+            oprot.writeFieldEnd()
+        if self.instance_id is not None:
+            oprot.writeFieldBegin('instance_id', TType.STRING, 16)
+            oprot.writeString(self.instance_id.encode('utf-8') if sys.version_info[0] == 2 else self.instance_id)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -647,23 +805,23 @@ class Instance(object):
             elif fid == 3:
                 if ftype == TType.MAP:
                     self.endpoints = {}
-                    (_ktype26, _vtype27, _size25) = iprot.readMapBegin()
-                    for _i29 in range(_size25):
-                        _key30 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val31 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        self.endpoints[_key30] = _val31
+                    (_ktype33, _vtype34, _size32) = iprot.readMapBegin()
+                    for _i36 in range(_size32):
+                        _key37 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val38 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.endpoints[_key37] = _val38
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 4:
                 if ftype == TType.MAP:
                     self.meta = {}
-                    (_ktype33, _vtype34, _size32) = iprot.readMapBegin()
-                    for _i36 in range(_size32):
-                        _key37 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val38 = Value()
-                        _val38.read(iprot)
-                        self.meta[_key37] = _val38
+                    (_ktype40, _vtype41, _size39) = iprot.readMapBegin()
+                    for _i43 in range(_size39):
+                        _key44 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val45 = Value()
+                        _val45.read(iprot)
+                        self.meta[_key44] = _val45
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -693,17 +851,17 @@ class Instance(object):
         if self.endpoints is not None:
             oprot.writeFieldBegin('endpoints', TType.MAP, 3)
             oprot.writeMapBegin(TType.STRING, TType.STRING, len(self.endpoints))
-            for kiter39, viter40 in self.endpoints.items():
-                oprot.writeString(kiter39.encode('utf-8') if sys.version_info[0] == 2 else kiter39)
-                oprot.writeString(viter40.encode('utf-8') if sys.version_info[0] == 2 else viter40)
+            for kiter46, viter47 in self.endpoints.items():
+                oprot.writeString(kiter46.encode('utf-8') if sys.version_info[0] == 2 else kiter46)
+                oprot.writeString(viter47.encode('utf-8') if sys.version_info[0] == 2 else viter47)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         if self.meta is not None:
             oprot.writeFieldBegin('meta', TType.MAP, 4)
             oprot.writeMapBegin(TType.STRING, TType.STRUCT, len(self.meta))
-            for kiter41, viter42 in self.meta.items():
-                oprot.writeString(kiter41.encode('utf-8') if sys.version_info[0] == 2 else kiter41)
-                viter42.write(oprot)
+            for kiter48, viter49 in self.meta.items():
+                oprot.writeString(kiter48.encode('utf-8') if sys.version_info[0] == 2 else kiter48)
+                viter49.write(oprot)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         if self.ttl_ms is not None:
@@ -817,11 +975,11 @@ class RegistryMessage(object):
             elif fid == 5:
                 if ftype == TType.LIST:
                     self.instances = []
-                    (_etype46, _size43) = iprot.readListBegin()
-                    for _i47 in range(_size43):
-                        _elem48 = Instance()
-                        _elem48.read(iprot)
-                        self.instances.append(_elem48)
+                    (_etype53, _size50) = iprot.readListBegin()
+                    for _i54 in range(_size50):
+                        _elem55 = Instance()
+                        _elem55.read(iprot)
+                        self.instances.append(_elem55)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -884,8 +1042,8 @@ class RegistryMessage(object):
         if self.instances is not None:
             oprot.writeFieldBegin('instances', TType.LIST, 5)
             oprot.writeListBegin(TType.STRUCT, len(self.instances))
-            for iter49 in self.instances:
-                iter49.write(oprot)
+            for iter56 in self.instances:
+                iter56.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.seq is not None:
@@ -918,6 +1076,136 @@ class RegistryMessage(object):
     def validate(self):
         if self.op is None:
             raise TProtocolException(message='Required field op is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, getattr(self, key))
+             for key in self.__slots__]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        if not isinstance(other, self.__class__):
+            return False
+        for attr in self.__slots__:
+            my_val = getattr(self, attr)
+            other_val = getattr(other, attr)
+            if my_val != other_val:
+                return False
+        return True
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class Packet(object):
+    """
+    Attributes:
+     - kind
+     - seq
+     - route
+     - body
+     - code
+     - message
+
+    """
+
+    __slots__ = (
+        'kind',
+        'seq',
+        'route',
+        'body',
+        'code',
+        'message',
+    )
+
+
+    def __init__(self, kind=None, seq=None, route=None, body=None, code=None, message=None,):
+        self.kind = kind
+        self.seq = seq
+        self.route = route
+        self.body = body
+        self.code = code
+        self.message = message
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.I32:
+                    self.kind = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.I32:
+                    self.seq = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRING:
+                    self.route = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRING:
+                    self.body = iprot.readBinary()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.I32:
+                    self.code = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRING:
+                    self.message = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('Packet')
+        if self.kind is not None:
+            oprot.writeFieldBegin('kind', TType.I32, 1)
+            oprot.writeI32(self.kind)
+            oprot.writeFieldEnd()
+        if self.seq is not None:
+            oprot.writeFieldBegin('seq', TType.I32, 2)
+            oprot.writeI32(self.seq)
+            oprot.writeFieldEnd()
+        if self.route is not None:
+            oprot.writeFieldBegin('route', TType.STRING, 3)
+            oprot.writeString(self.route.encode('utf-8') if sys.version_info[0] == 2 else self.route)
+            oprot.writeFieldEnd()
+        if self.body is not None:
+            oprot.writeFieldBegin('body', TType.STRING, 4)
+            oprot.writeBinary(self.body)
+            oprot.writeFieldEnd()
+        if self.code is not None:
+            oprot.writeFieldBegin('code', TType.I32, 5)
+            oprot.writeI32(self.code)
+            oprot.writeFieldEnd()
+        if self.message is not None:
+            oprot.writeFieldBegin('message', TType.STRING, 6)
+            oprot.writeString(self.message.encode('utf-8') if sys.version_info[0] == 2 else self.message)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.kind is None:
+            raise TProtocolException(message='Required field kind is unset!')
         return
 
     def __repr__(self):
@@ -971,6 +1259,11 @@ Header.thrift_spec = (
     (9, TType.STRING, 'error_type', 'UTF8', None, ),  # 9
     (10, TType.STRING, 'error_message', 'UTF8', None, ),  # 10
     (11, TType.STRING, 'topic', 'UTF8', None, ),  # 11
+    (12, TType.BOOL, 'one_way', None, None, ),  # 12
+    (13, TType.LIST, 'targets', (TType.STRING, 'UTF8', False), None, ),  # 13
+    (14, TType.STRING, 'channel', 'UTF8', None, ),  # 14
+    (15, TType.STRING, 'route', 'UTF8', None, ),  # 15
+    (16, TType.STRING, 'instance_id', 'UTF8', None, ),  # 16
 )
 all_structs.append(Instance)
 Instance.thrift_spec = (
@@ -995,6 +1288,16 @@ RegistryMessage.thrift_spec = (
     (9, TType.STRING, 'reason', 'UTF8', None, ),  # 9
     (10, TType.STRING, 'instance_id', 'UTF8', None, ),  # 10
     (11, TType.I64, 'uptime_ms', None, None, ),  # 11
+)
+all_structs.append(Packet)
+Packet.thrift_spec = (
+    None,  # 0
+    (1, TType.I32, 'kind', None, None, ),  # 1
+    (2, TType.I32, 'seq', None, None, ),  # 2
+    (3, TType.STRING, 'route', 'UTF8', None, ),  # 3
+    (4, TType.STRING, 'body', 'BINARY', None, ),  # 4
+    (5, TType.I32, 'code', None, None, ),  # 5
+    (6, TType.STRING, 'message', 'UTF8', None, ),  # 6
 )
 fix_spec(all_structs)
 del all_structs
