@@ -3,6 +3,7 @@
     mmo services --yellow URL [--json]
     mmo call --yellow URL SERVICE.METHOD [JSON_KWARGS] [--timeout S]
     mmo bench calls [--concurrency 1 50] [--duration S] [--yellow URL] [--json]
+    mmo chat --brokerlist URL --user NAME --password PW --room ROOM [--register]
 
 ``--yellow`` defaults to ``$MMO_YELLOW`` or ``tcp://127.0.0.1:5555``; several
 addresses may be given, separated by commas. Exit status: 0 on success, 1 when
@@ -153,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mmo.bench.cli import add_parser as add_bench
 
     add_bench(sub)
+
+    from mmo.client.chat import add_parser as add_chat
+
+    add_chat(sub)
     return parser
 
 

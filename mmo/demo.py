@@ -1,10 +1,17 @@
-"""The demo: a local cluster (yellow + two echo workers) and a caller that shows what happens.
+"""The demo: a local cluster, a caller, and chat bots talking through two brokers.
 
-``python -m mmo.demo`` (or ``./dev demo``) starts the cluster as supervised
-child processes on 127.0.0.1, makes calls through ``get_service`` and prints
-each step: replies, load balancing, each kind of error, push and pub-sub, and a
-worker killed with ``kill -9`` under load while idempotent calls go on. It
-stops everything it started and exits 0 when every step went as expected.
+``python -m mmo.demo`` (or ``./dev demo``) starts the cluster of
+``etc/cluster.toml`` (yellow, session, sso, chat, two echo workers, two brokers,
+brokerlist) as supervised child processes on 127.0.0.1 (on free ports), then:
+
+* part 1, the logic layer: calls through ``get_service``, load balancing, each
+  kind of error, push and pub-sub, a worker killed with ``kill -9`` under load;
+* part 2, the edge: chat bots log in through the brokerlist, join a room, talk,
+  see each other's messages; a broker is killed and its bots resume their
+  sessions on the other broker, still in the room.
+
+It prints what happens, stops everything it started, and exits 0 when every
+step went as expected.
 """
 
 from __future__ import annotations
@@ -30,16 +37,36 @@ from mmo.types import InlineCallbacks
 ECHO = "mmo.examples.echo:EchoService"
 
 
-def cluster_config(yellow: str) -> ClusterConfig:
-    """A yellow and two echo workers."""
+BOTS = ["alice", "bob", "carol", "dave"]
+
+
+def cluster_config(yellow: str, brokers: list[int], http: int) -> ClusterConfig:
+    """The cluster of etc/cluster.toml, on the given ports."""
+
+    def worker(name: str, handler: str, count: int = 1) -> dict[str, Any]:
+        args = ["--yellow", yellow, "--handler", handler]
+        return {"name": name, "role": "mmo-worker", "count": count, "args": args}
+
+    listen = [f"tcp:{port}:interface=127.0.0.1" for port in brokers]
     return ClusterConfig(
         process=(
             {"name": "yellow", "role": "mmo-yellow", "args": ["--listen", yellow]},
+            worker("session", "mmo.sessions:SessionService"),
+            worker("sso", "mmo.examples.sso:SSOService"),
+            worker("chat", "mmo.examples.chat:ChatService"),
+            worker("echo", ECHO, count=2),
+            *(
+                {
+                    "name": f"broker-{i + 1}",
+                    "role": "mmo-broker",
+                    "args": ["--yellow", yellow, "--listen", address],
+                }
+                for i, address in enumerate(listen)
+            ),
             {
-                "name": "echo",
-                "role": "mmo-worker",
-                "count": 2,
-                "args": ["--yellow", yellow, "--service", "echo", "--handler", ECHO],
+                "name": "brokerlist",
+                "role": "mmo-brokerlist",
+                "args": ["--yellow", yellow, "--listen", f"tcp:{http}:interface=127.0.0.1"],
             },
         ),
         stop_timeout=10.0,
@@ -71,18 +98,24 @@ class Demo:
     def run(self, keep: bool) -> InlineCallbacks[None]:
         """Start the cluster, run the steps, stop the cluster."""
         yellow = f"tcp://127.0.0.1:{free_port()}"
+        self.brokers = [free_port(), free_port()]
+        self.http = free_port()
         log_file = open(self.log_path, "w")  # noqa: SIM115 - closed below
 
         def sink(name: str, line: str) -> None:
             log_file.write(f"[{name}] {line}\n")
             log_file.flush()
 
-        cluster = make_cluster_service(cluster_config(yellow), reactor=self.reactor, sink=sink)
+        config = cluster_config(yellow, self.brokers, self.http)
+        cluster = make_cluster_service(config, reactor=self.reactor, sink=sink)
         self.say(f"mmo demo: yellow at {yellow}; process logs in {self.log_path}")
         cluster.startService()
         directory = connect(yellow, reactor=self.reactor)
         try:
+            self.say("\n=== part 1: the logic layer (a caller using get_service) ===")
             yield self.steps(directory, cluster)
+            self.say("\n=== part 2: the edge (chat bots through two brokers) ===")
+            yield self.chat(directory, cluster)
             if keep:
                 self.say("\ncluster running; Ctrl-C to stop")
                 yield defer.Deferred()  # until interrupted
@@ -122,8 +155,8 @@ class Demo:
                 DeadlineExceeded,
             ),
             (
-                "sso.login() with no sso running",
-                directory.get_service("sso").login(user="harry"),
+                "inventory.count() with no inventory service",
+                directory.get_service("inventory").count(item="potion"),
                 NoLiveInstance,
             ),
         ]:
@@ -151,6 +184,7 @@ class Demo:
     def kill_under_load(self, directory: Any, cluster: Any) -> InlineCallbacks[None]:
         """kill -9 a worker while idempotent calls run; the supervisor restarts it."""
         self.say("\n6. kill -9 one worker while 8 callers loop on an idempotent call:")
+        self.say("   (the supervisor restarts it; idempotent calls move to the other worker)")
         echo = directory.get_service("echo", "REP")
         ok, errors, running = [0], [], [True]
 
@@ -181,6 +215,102 @@ class Demo:
             f"new pid {victim.pid}",
         )
 
+    @defer.inlineCallbacks
+    def chat(self, directory: Any, cluster: Any) -> InlineCallbacks[None]:
+        """Chat bots log in through the brokerlist, talk, and survive a broker's death."""
+        from mmo.client import Client
+        from mmo.client.session import http_fetcher
+
+        url = f"http://127.0.0.1:{self.http}/"
+        view = directory.view
+        yield view.wait_for(lambda: len(view.get("broker")) == 2, timeout=30)
+        yield self.sleep(0.5)
+        listing = yield http_fetcher(self.reactor)(url)
+        self.say(f"\n7. the brokerlist at {url} says:\n   {listing.decode()}")
+        self.say("   four bots log in (alternating brokers) and join the room 'tavern':")
+        bots: dict[str, Client] = {}
+        heard: dict[str, list[str]] = {bot: [] for bot in BOTS}
+        for i, bot in enumerate(BOTS):
+            # Alternate the first broker so the room spans both.
+            client = Client(self.reactor, brokerlist=url, broker=f"127.0.0.1:{self.brokers[i % 2]}")
+            yield client.connect()
+            reply = yield client.login(user=bot, password=f"pw-{bot}")
+
+            def show(route: str, body: Any, bot: str = bot) -> None:
+                if route == "chat.message":
+                    line = f"[{body['room']}] {body['from']}: {body['content']}"
+                else:
+                    line = f"* {body['user']} {route.split('.')[1]}"
+                heard[bot].append(line)
+                if bot == "alice":
+                    self.say(f"   alice sees  {line}")
+
+            client.on("chat.message", show)
+            client.on("chat.joined", show)
+            client.on("chat.left", show)
+            bots[bot] = client
+            self.say(
+                f"   {bot} logged in on {client.broker_address} (session {reply['session_id']})"
+            )
+        for bot, client in bots.items():
+            joined = yield client.request("chat.join", {"room": "tavern"})
+            if bot == BOTS[-1]:
+                self.check("everyone is in the tavern", joined["members"] == sorted(BOTS))
+        self.say("\n8. each bot says hello (a NOTIFY chat.send; the chat worker broadcasts to the")
+        self.say("   room; each broker fans out to the members it holds):")
+        for bot, client in bots.items():
+            client.notify("chat.send", {"content": f"hello from {bot}"})
+        yield self.wait_heard(heard, lambda lines: sum("hello from" in x for x in lines) == 4)
+        self.check(
+            "every bot heard all 4 hellos exactly once",
+            all(sum("hello from" in x for x in heard[b]) == 4 for b in BOTS),
+        )
+
+        victim = _child(cluster, "broker-1")
+        on_it = [b for b, c in bots.items() if c.broker_address == f"127.0.0.1:{self.brokers[0]}"]
+        sessions = {b: bots[b].session_id for b in BOTS}
+        self.say(f"\n9. kill -9 broker-1 (pid {victim.pid}); its bots {on_it} reconnect:")
+        resumed: list[defer.Deferred[None]] = [defer.Deferred() for _ in on_it]
+        for bot, d in zip(on_it, resumed, strict=True):
+            bots[bot].on_resumed(lambda *a, d=d: None if d.called else d.callback(None))
+        os.kill(victim.pid, signal.SIGKILL)
+        started = self.reactor.seconds()
+        yield defer.gatherResults([d.addTimeout(30, self.reactor) for d in resumed])
+        for bot in on_it:
+            self.say(
+                f"   {bot} resumed on {bots[bot].broker_address} within "
+                f"{self.reactor.seconds() - started:.2f}s, session {bots[bot].session_id}"
+            )
+        self.check(
+            "same sessions after the crash",
+            all(bots[b].session_id == sessions[b] for b in BOTS),
+        )
+        bots["bob"].notify("chat.send", {"content": "anyone still here?"})
+        yield self.wait_heard(heard, lambda lines: any("still here" in x for x in lines))
+        self.check(
+            "still in the room: everyone heard bob",
+            all(sum("still here" in x for x in heard[b]) == 1 for b in BOTS),
+        )
+        self.say("\n10. dave logs out; the others see him leave:")
+        yield bots["dave"].logout()
+        yield self.wait_heard(
+            {b: heard[b] for b in BOTS[:3]}, lambda lines: any("dave left" in x for x in lines)
+        )
+        self.check("alice saw dave leave", any("dave left" in x for x in heard["alice"]))
+        for client in bots.values():
+            yield client.close()
+
+    @defer.inlineCallbacks
+    def wait_heard(
+        self, heard: dict[str, list[str]], done: Any, timeout: float = 10.0
+    ) -> InlineCallbacks[None]:
+        """Wait until ``done(lines)`` holds for every bot (or the timeout)."""
+        deadline = self.reactor.seconds() + timeout
+        while self.reactor.seconds() < deadline:
+            if all(done(lines) for lines in heard.values()):
+                return
+            yield self.sleep(0.05)
+
 
 def _child(cluster: Any, name: str) -> Any:
     for tier in cluster:
@@ -196,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the cluster running at the end")
     args = parser.parse_args(argv)
     log_path = Path(tempfile.gettempdir()) / f"mmo-demo-{os.getpid()}.log"
+    # The children inherit these: demo accounts for the bots, the demo auth key.
+    os.environ.setdefault("MMO_SSO_ACCOUNTS", ",".join(f"{b}:pw-{b}" for b in BOTS))
+    os.environ.setdefault("MMO_DEMO", "1")
 
     def run(reactor: Any) -> defer.Deferred[None]:
         demo = Demo(reactor, log_path)

@@ -60,3 +60,17 @@ class EchoService(ServiceHandler):
     def on_notes(self, ctx: Context) -> list[dict[str, Any]]:
         """The notes recorded so far by this instance."""
         return self.notes
+
+    def on_stick(self, ctx: Context) -> str:
+        """Bind the caller's session's ``echo.*`` routes to this instance (dynamic routing)."""
+        if ctx.session is None:
+            raise ValueError("stick needs a client session")
+        self.sessions.bind(ctx.session, "echo")
+        return self.instance_id
+
+    def on_unstick(self, ctx: Context) -> str:
+        """Route the caller's ``echo.*`` by load again."""
+        if ctx.session is None:
+            raise ValueError("unstick needs a client session")
+        self.sessions.unbind(ctx.session, "echo")
+        return self.instance_id

@@ -283,6 +283,17 @@ class Directory(MultiService):
             d.addBoth(lambda _: self.context.close())
         return d
 
+    def links(self, service: str) -> dict[str, bool]:
+        """Instance id -> whether this process's link to it is connected, for every
+        instance of ``service`` that is not leaving (draining ones are left out).
+
+        Opens links to every instance, now and later, so that a dead instance is seen
+        at once (its connection drops), before the registry says so.
+        """
+        return {
+            iid: conn.up for iid, conn in self._pool(service).conns.items() if not conn.draining
+        }
+
     def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per service and instance: calls sent, outstanding, connected, draining."""
         return {
@@ -568,18 +579,18 @@ class Directory(MultiService):
         *,
         instance: str | None = None,
         **header: Any,
-    ) -> bool:
+    ) -> str | None:
         """Send a one-way request (no answer) to ``instance`` (or the least busy one).
 
         Unlike a push, it travels on the same link as calls, so it keeps its order
         relative to them and can reach one chosen instance. ``header`` sets extra
         ``Header`` fields (session, targets, channel, route, instance_id).
-        Returns whether it was sent (False: no such live instance).
+        Returns the instance id it went to, or None (no such live instance).
         """
         conn = self._pool(service).pick((), instance)
-        if conn is None:
-            return False
-        return self._send_one_way(conn, service, method, body, header)
+        if conn is None or not self._send_one_way(conn, service, method, body, header):
+            return None
+        return conn.instance_id
 
     def send_all(self, service: str, method: str, body: bytes, **header: Any) -> int:
         """Send a one-way request to every live instance of ``service``; return how many."""

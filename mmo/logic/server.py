@@ -135,8 +135,11 @@ class HandlerServer(Service):
         except WireError as e:
             self._bad(str(e))
             return
-        if header.kind != Kind.REQUEST or header.call_id is None:
+        if header.kind != Kind.REQUEST:
             self._bad(f"unexpected kind {header.kind} on the request socket")
+            return
+        if header.call_id is None and not header.one_way:
+            self._bad("a request without call_id")
             return
         if not self.accepting:
             # Stopping: nothing runs, so the caller may resend it anywhere.

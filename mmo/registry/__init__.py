@@ -188,12 +188,12 @@ class Registration(Service):
         for link in self._links:
             link.send(msg)
 
-    def update_meta(self, **meta: Any) -> None:
-        """Change metadata (load, ...) and tell the yellows at once."""
+    def update_meta(self, now: bool = True, **meta: Any) -> None:
+        """Change metadata (load, ...); tell the yellows at once, or with the next beat."""
         assert self.instance.meta is not None
         for key, value in meta.items():
             self.instance.meta[key] = to_value(value)
-        if self.running:
+        if now and self.running:
             self.beat()
 
     @override

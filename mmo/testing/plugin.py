@@ -31,9 +31,11 @@ class ProcessGroup:
         self.log_dir = log_dir
         self.children: list[TwistdProcess] = []
 
-    def start(self, role: str, *args: str, name: str | None = None) -> TwistdProcess:
+    def start(
+        self, role: str, *args: str, name: str | None = None, env: dict[str, str] | None = None
+    ) -> TwistdProcess:
         """Start ``twistd -n role args...``."""
-        child = TwistdProcess(role, list(args), self.log_dir, name=name)
+        child = TwistdProcess(role, list(args), self.log_dir, name=name, env=env)
         self.children.append(child.start())
         return child
 

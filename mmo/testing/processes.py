@@ -33,10 +33,19 @@ class TwistdProcess:
         role: the twistd plugin, e.g. ``"mmo-worker"``.
         args: the role's arguments.
         log_dir: where ``<name>.log`` is written.
-        name: a readable name (default: the role).
+        name: a readable name (default: the role); also its ``$MMO_NAME``.
+        env: extra environment variables.
     """
 
-    def __init__(self, role: str, args: list[str], log_dir: Path, name: str | None = None) -> None:
+    def __init__(
+        self,
+        role: str,
+        args: list[str],
+        log_dir: Path,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.env = dict(env or {})
         self.role = role
         self.args = list(args)
         self.name = name or role
@@ -52,7 +61,7 @@ class TwistdProcess:
     def start(self) -> TwistdProcess:
         """Start the child (returns at once; wait for it through the registry)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MMO_NAME=self.name, **self.env)
         self.proc = subprocess.Popen(
             [*twistd_command(), "-n", "--pidfile=", self.role, *self.args],
             stdout=log,

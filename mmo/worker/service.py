@@ -18,6 +18,7 @@ from mmo.logic.handler import ServiceHandler
 from mmo.logic.server import HandlerServer
 from mmo.logic.sessions import Sessions
 from mmo.registry import Registration, make_instance
+from mmo.service import OrderedMultiService
 from mmo.types import Clock
 from mmo.worker.config import WorkerConfig
 from mmo.zmq import ZmqContextService
@@ -128,7 +129,7 @@ def make_worker_service(
         or f"{service_name}-{os.uname().nodename}-{os.getpid()}"
     )
 
-    top = MultiService()
+    top = OrderedMultiService()
     zmq_service = ZmqContextService(reactor)
     zmq_service.setServiceParent(top)
     ctx = zmq_service.context

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from mmo.registry import MAX_MESSAGE
+from mmo.service import OrderedMultiService
 from mmo.wire import WireError, decode, encode
 from mmo.wire.gen.mmo.ttypes import RegistryMessage, RegistryOp
 from mmo.yellow.config import YellowConfig
@@ -172,7 +173,7 @@ class YellowServer(Service):
 
 def make_yellow_service(config: YellowConfig, *, reactor: Any = None) -> MultiService:
     """Build (without starting) the service tree of a yellow process."""
-    top = MultiService()
+    top = OrderedMultiService()
     zmq_service = ZmqContextService(reactor)
     zmq_service.setServiceParent(top)
     server = YellowServer(config, zmq_service)

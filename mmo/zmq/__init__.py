@@ -148,6 +148,9 @@ class ZmqSocket(ZmqConnection):
 
         self._monitor = self._ctx.socket(zmq.PAIR, got)
         self._monitor.connect(address)
+        # The descriptor is edge-triggered and the socket was first read before it was
+        # connected: read once more now, or the first event never raises an edge.
+        self._monitor.doRead()
 
     @override
     def send(self, message: Sequence[bytes]) -> None:

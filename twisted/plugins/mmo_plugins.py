@@ -14,9 +14,21 @@ mmo_worker = ServiceMaker(
     "mmo logic worker: runs one service handler",
     "mmo-worker",
 )
+mmo_broker = ServiceMaker(
+    "mmo broker",
+    "mmo.broker.tap",
+    "mmo edge: game clients' connections, sessions, routing, pushes",
+    "mmo-broker",
+)
 mmo_cluster = ServiceMaker(
     "mmo cluster",
     "mmo.cluster.tap",
     "a whole mmo cluster as supervised child processes",
     "mmo-cluster",
+)
+mmo_brokerlist = ServiceMaker(
+    "mmo brokerlist",
+    "mmo.brokerlist.tap",
+    "mmo brokerlist: HTTP JSON list of the live brokers and their load",
+    "mmo-brokerlist",
 )

@@ -1,0 +1,1 @@
+"""broker: the edge layer that holds game clients' connections and sessions."""

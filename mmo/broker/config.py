@@ -1,0 +1,75 @@
+"""Configuration of a broker process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmo.config import ConfigError, check_zmq_address
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Settings of ``twistd mmo-broker`` (TOML section ``[broker]``; see docs/edge.md).
+
+    Attributes:
+        yellow: addresses of the yellows.
+        listen: Twisted endpoint for TCP clients (4-byte length + Thrift packet).
+        websocket: Twisted endpoint for WebSocket clients (one packet per binary message).
+        advertise_host: the host clients are told to connect to (brokerlist).
+        instance_id: the broker's id in the registry.
+        login_route: the route of the login request (service.method).
+        anonymous_routes: routes served before login, without a session.
+        routes: route prefix -> service name, where they differ.
+        max_frame: largest client frame accepted, in bytes.
+        login_timeout: seconds a new connection has to log in.
+        heartbeat: seconds between client heartbeats (told to the client).
+        idle_timeout: seconds without a packet before the connection is closed.
+        rate: packets per second a session may send on average.
+        burst: packets a session may send at once.
+        max_outbound: bytes queued for one client before it is disconnected.
+        capacity: sessions this broker takes; load = sessions / capacity.
+        request_timeout: deadline of a forwarded request, in seconds.
+        registry_heartbeat: seconds between registry heartbeats.
+        drain_timeout: seconds a graceful stop waits for requests in flight.
+    """
+
+    yellow: tuple[str, ...]
+    listen: str = "tcp:6100:interface=127.0.0.1"
+    websocket: str | None = None
+    advertise_host: str = "127.0.0.1"
+    instance_id: str | None = None
+    login_route: str = "sso.login"
+    anonymous_routes: tuple[str, ...] = ("sso.register",)
+    routes: dict[str, str] = field(default_factory=dict)
+    max_frame: int = 4096
+    login_timeout: float = 5.0
+    heartbeat: float = 10.0
+    idle_timeout: float = 30.0
+    rate: float = 100.0
+    burst: int = 200
+    max_outbound: int = 1024 * 1024
+    capacity: int = 10_000
+    request_timeout: float = 5.0
+    registry_heartbeat: float = 1.0
+    drain_timeout: float = 5.0
+
+    def validate(self) -> None:
+        """Check values against each other."""
+        if not self.yellow:
+            raise ConfigError("yellow", "at least one yellow address is required")
+        for address in self.yellow:
+            check_zmq_address("yellow", address)
+        if "." not in self.login_route:
+            raise ConfigError("login-route", "must be service.method")
+        if not 64 <= self.max_frame <= 16 * 1024 * 1024:
+            raise ConfigError("max-frame", "must be between 64 bytes and 16 MiB")
+        for key in ("login_timeout", "heartbeat", "idle_timeout", "rate", "request_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(key.replace("_", "-"), "must be positive")
+        if self.idle_timeout <= self.heartbeat:
+            raise ConfigError("idle-timeout", "must be longer than heartbeat")
+        if self.burst < 1 or self.capacity < 1 or self.max_outbound < self.max_frame:
+            raise ConfigError("burst", "burst and capacity >= 1, max-outbound >= max-frame")
+        for prefix, service in self.routes.items():
+            if not isinstance(service, str) or not service:
+                raise ConfigError(f"routes.{prefix}", "must name a service")

@@ -1,0 +1,413 @@
+"""One client connection at the broker, whatever carries it (TCP or WebSocket).
+
+A :class:`ClientConnection` takes whole packets (bytes) from its carrier,
+enforces the session rules of docs/edge.md (login first, rate, idle, slow
+consumers) and hands requests to the :class:`~mmo.broker.core.Broker`. The
+carriers (:class:`TCPClientProtocol`, :class:`WebSocketClientProtocol`) only
+frame bytes and apply back-pressure.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from mmo.wire import WireError, decode, encode, encode_value
+from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind, Session, Value
+
+if TYPE_CHECKING:
+    from mmo.broker.core import Broker
+
+_HEARTBEAT = None  # filled lazily: the encoded HEARTBEAT frame
+
+
+def packet_bytes(kind: int, seq: int | None = None, **fields: Any) -> bytes:
+    """Encode one packet."""
+    return encode(Packet(kind=kind, seq=seq, **fields))
+
+
+def error_bytes(seq: int | None, code: int, message: str) -> bytes:
+    """Encode an ERROR packet."""
+    return packet_bytes(PacketKind.ERROR, seq, code=code, message=message)
+
+
+class Carrier(Protocol):
+    """What a connection needs of the transport-specific protocol."""
+
+    def send_frame(self, data: bytes) -> None:
+        """Send one packet."""
+        ...
+
+    def close(self, abort: bool = False) -> None:
+        """Close the connection (``abort``: drop what is queued)."""
+        ...
+
+    def peer(self) -> str:
+        """The client's address, for logs."""
+        ...
+
+
+class ClientConnection:
+    """The broker's side of one client: login state, session, limits.
+
+    Attributes:
+        session_id: set once logged in (or resumed).
+        user_id: the logged-in user.
+        props: session properties (travel with each request).
+        channels: channels this session is in (at this broker).
+        bindings: route prefix -> instance id (dynamic routing).
+    """
+
+    def __init__(self, broker: Broker, carrier: Carrier) -> None:
+        self.broker = broker
+        self.carrier = carrier
+        clock = broker.clock
+        self.connected_at = clock.seconds()
+        self.last_seen = self.connected_at
+        self.session_id: str | None = None
+        self.user_id: str | None = None
+        self.token: str | None = None
+        self.props: dict[str, Any] = {}
+        self.channels: set[str] = set()
+        self.bindings: dict[str, str] = {}
+        self.sticky: dict[str, str] = {}
+        self.logging_in = False
+        self.closed = False
+        self._session: Session | None = None
+        self._tokens = float(broker.config.burst)
+        self._refilled = self.connected_at
+        self._dropped_in_row = 0
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def logged_in(self) -> bool:
+        """Whether the connection holds a session."""
+        return self.session_id is not None
+
+    def session(self) -> Session:
+        """The session as it travels with each request (cached until props change)."""
+        if self._session is None:
+            from mmo.wire import to_value
+
+            props: dict[str, Value] = {k: to_value(v) for k, v in self.props.items()}
+            self._session = Session(
+                id=self.session_id or "",
+                user_id=self.user_id,
+                broker=self.broker.instance_id,
+                props=props,
+            )
+        return self._session
+
+    def set_props(self, props: dict[str, Any]) -> None:
+        """Merge properties (``None`` deletes)."""
+        for key, value in props.items():
+            if value is None:
+                self.props.pop(key, None)
+            else:
+                self.props[key] = value
+        self._session = None
+
+    # -- incoming --------------------------------------------------------------
+
+    def frame_received(self, data: bytes) -> None:
+        """One whole packet from the client."""
+        broker = self.broker
+        try:
+            packet = decode(Packet, data)
+            if packet.kind is None:
+                raise WireError("no kind")
+        except WireError as e:
+            broker.count("bad_packets")
+            broker.log.info("broker: bad packet from {peer}: {e}", peer=self.carrier.peer(), e=e)
+            self.fail(None, ClientError.BAD_PACKET, f"undecodable packet: {e}")
+            return
+        now = broker.clock.seconds()
+        self.last_seen = now
+        kind = packet.kind
+        if kind == PacketKind.HEARTBEAT:
+            self.send(_heartbeat())
+            return
+        if kind not in (PacketKind.REQUEST, PacketKind.NOTIFY):
+            broker.count("bad_packets")
+            self.send(error_bytes(packet.seq, ClientError.BAD_PACKET, f"unexpected kind {kind}"))
+            return
+        if not self._take_token(now):
+            return
+        if not self.logged_in:
+            broker.before_login(self, packet)
+        elif kind == PacketKind.REQUEST:
+            broker.request(self, packet)
+        else:
+            broker.notify(self, packet)
+
+    def _take_token(self, now: float) -> bool:
+        config = self.broker.config
+        self._tokens = min(float(config.burst), self._tokens + (now - self._refilled) * config.rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._dropped_in_row = 0
+            return True
+        self._dropped_in_row += 1
+        self.broker.count("rate_limited")
+        if self._dropped_in_row > 5 * config.burst:
+            self.broker.count("floods")
+            self.broker.log.warn(
+                "broker: flood from {peer} ({user}), closing",
+                peer=self.carrier.peer(),
+                user=self.user_id,
+            )
+            self.fail(None, ClientError.RATE_LIMITED, "flood: too many packets over the rate")
+        elif self._dropped_in_row == 1 or self._dropped_in_row % 100 == 0:
+            self.send(error_bytes(None, ClientError.RATE_LIMITED, "over the packet rate"))
+        return False
+
+    # -- outgoing --------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Send one encoded packet (dropped once closed)."""
+        if not self.closed:
+            self.carrier.send_frame(frame)
+
+    def respond(self, seq: int | None, body: bytes) -> None:
+        """Answer the REQUEST ``seq``."""
+        self.send(packet_bytes(PacketKind.RESPONSE, seq, body=body))
+
+    def respond_value(self, seq: int | None, value: Any) -> None:
+        """Answer the REQUEST ``seq`` with a Value."""
+        self.respond(seq, encode_value(value))
+
+    def error(self, seq: int | None, code: int, message: str) -> None:
+        """Refuse the REQUEST ``seq`` (the connection stays open)."""
+        self.send(error_bytes(seq, code, message))
+
+    def fail(self, seq: int | None, code: int, message: str) -> None:
+        """Send an ERROR and close the connection."""
+        self.send(error_bytes(seq, code, message))
+        self.close()
+
+    def kick(self, code: int, message: str) -> None:
+        """Send a KICK and close the connection."""
+        self.send(packet_bytes(PacketKind.KICK, None, code=code, message=message))
+        self.close()
+
+    def close(self, abort: bool = False) -> None:
+        """Close the connection."""
+        if not self.closed:
+            self.closed = True
+            self.carrier.close(abort)
+
+    def slow_consumer(self) -> None:
+        """The client stopped reading and its queue is full: drop it."""
+        self.broker.count("slow_consumers")
+        self.broker.log.warn(
+            "broker: slow consumer {peer} ({user}) disconnected",
+            peer=self.carrier.peer(),
+            user=self.user_id,
+        )
+        self.closed = True
+        self.carrier.close(abort=True)
+
+    def lost(self) -> None:
+        """The carrier's connection is gone."""
+        self.closed = True
+        self.broker.connection_lost(self)
+
+
+def _heartbeat() -> bytes:
+    global _HEARTBEAT
+    if _HEARTBEAT is None:
+        _HEARTBEAT = packet_bytes(PacketKind.HEARTBEAT)
+    return _HEARTBEAT
+
+
+@implementer(IPushProducer)
+class _OutboundQueue:
+    """Back-pressure: frames wait here while the transport is full; too many: drop the client."""
+
+    def __init__(self, write: Any, limit: int, on_overflow: Any) -> None:
+        self.write = write
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self.paused = False
+        self.queued: deque[bytes] = deque()
+        self.size = 0
+
+    def send(self, data: bytes) -> None:
+        if not self.paused:
+            self.write(data)
+            return
+        self.queued.append(data)
+        self.size += len(data)
+        if self.size > self.limit:
+            self.queued.clear()
+            self.size = 0
+            self.on_overflow()
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport drained: send what waited."""
+        self.paused = False
+        while self.queued and not self.paused:
+            data = self.queued.popleft()
+            self.size -= len(data)
+            self.write(data)
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self.queued.clear()
+        self.size = 0
+
+
+class TCPClientProtocol(Int32StringReceiver):
+    """TCP carrier: 4-byte big-endian length, then a Thrift ``Packet``."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.MAX_LENGTH = broker.config.max_frame
+        self.connection: ClientConnection | None = None
+        self._queue: _OutboundQueue | None = None
+
+    @override
+    def connectionMade(self) -> None:
+        """Admit the client (or refuse it when full)."""
+        self.connection = ClientConnection(self.broker, self)
+        self._queue = _OutboundQueue(
+            self.sendString, self.broker.config.max_outbound, self.connection.slow_consumer
+        )
+        self._tcp().registerProducer(self._queue, True)
+        self.broker.connection_made(self.connection)
+
+    @override
+    def stringReceived(self, data: bytes) -> None:
+        """A whole frame arrived."""
+        if self.connection is not None and not self.connection.closed:
+            self.connection.frame_received(data)
+
+    @override
+    def lengthLimitExceeded(self, length: int) -> None:
+        """The length prefix is over the limit: refuse before buffering the frame."""
+        self.broker.count("too_large")
+        self.broker.log.info(
+            "broker: {peer} announced a {length}-byte frame (limit {limit}), closing",
+            peer=self.peer(),
+            length=length,
+            limit=self.MAX_LENGTH,
+        )
+        if self.connection is not None:
+            self.connection.fail(
+                None, ClientError.TOO_LARGE, f"frame of {length} bytes is over the limit"
+            )
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
+        """Tell the broker."""
+        if self._queue is not None:
+            self._queue.stopProducing()
+        if self.connection is not None:
+            self.connection.lost()
+
+    # -- Carrier ---------------------------------------------------------------
+
+    def send_frame(self, data: bytes) -> None:
+        """Send one packet through the back-pressure queue."""
+        assert self._queue is not None
+        self._queue.send(data)
+
+    def close(self, abort: bool = False) -> None:
+        """Close (after what is written, unless ``abort``)."""
+        if abort:
+            self._tcp().abortConnection()
+        else:
+            self._tcp().loseConnection()
+
+    def peer(self) -> str:
+        """host:port of the client."""
+        address: Any = self._tcp().getPeer()
+        return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+
+    def _tcp(self) -> Any:
+        # A TCP transport (ITCPTransport + IProducerConsumer); typed as ITransport upstream.
+        return self.transport
+
+
+class WebSocketClientProtocol:
+    """WebSocket carrier: one packet per binary message (``twisted.web.websocket``)."""
+
+    def __init__(self, broker: Broker, peer: str) -> None:
+        self.broker = broker
+        self._peer = peer
+        self.transport: Any = None
+        self.connection: ClientConnection | None = None
+        self._queue: _OutboundQueue | None = None
+
+    def negotiationStarted(self, transport: Any) -> None:
+        """The WebSocket handshake began."""
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        """The WebSocket is open: admit the client."""
+        self.connection = ClientConnection(self.broker, self)
+        self._queue = _OutboundQueue(
+            self.transport.sendBytesMessage,
+            self.broker.config.max_outbound,
+            self.connection.slow_consumer,
+        )
+        self.transport.attachProducer(self._queue)
+        self.broker.connection_made(self.connection)
+
+    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
+        """One binary message = one packet."""
+        if self.connection is None or self.connection.closed:
+            return
+        if len(data) > self.broker.config.max_frame:
+            self.broker.count("too_large")
+            self.connection.fail(
+                None, ClientError.TOO_LARGE, f"message of {len(data)} bytes is over the limit"
+            )
+            return
+        self.connection.frame_received(bytes(data))
+
+    def textMessageReceived(self, message: str) -> None:
+        """Packets are binary: a text message is refused."""
+        if self.connection is not None:
+            self.broker.count("bad_packets")
+            self.connection.fail(None, ClientError.BAD_PACKET, "packets are binary messages")
+
+    def pongReceived(self, payload: bytes) -> None:
+        """Pongs count as life."""
+        if self.connection is not None:
+            self.connection.last_seen = self.broker.clock.seconds()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Tell the broker."""
+        if self._queue is not None:
+            self._queue.stopProducing()
+        if self.connection is not None:
+            self.connection.lost()
+
+    # -- Carrier ---------------------------------------------------------------
+
+    def send_frame(self, data: bytes) -> None:
+        """Send one packet as one binary message."""
+        assert self._queue is not None
+        self._queue.send(data)
+
+    def close(self, abort: bool = False) -> None:
+        """Close the WebSocket."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def peer(self) -> str:
+        """host:port of the client."""
+        return self._peer

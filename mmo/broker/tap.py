@@ -1,0 +1,42 @@
+"""``twistd mmo-broker``: the edge, where game clients connect."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from mmo.broker.config import BrokerConfig
+from mmo.service import OrderedMultiService
+from mmo.tap import RoleOptions
+
+
+class Options(RoleOptions):
+    """Options of ``twistd mmo-broker``."""
+
+    section = "broker"
+    config_class = BrokerConfig
+    multi = ("yellow",)
+    optParameters: ClassVar[list[list[Any]]] = [
+        *RoleOptions.optParameters,
+        ["listen", "l", None, "Endpoint for TCP clients, e.g. tcp:6100:interface=127.0.0.1."],
+        ["websocket", "w", None, "Endpoint for WebSocket clients."],
+        ["instance-id", None, None, "Instance id (default: $MMO_NAME or broker-host-pid)."],
+        ["advertise-host", None, None, "Host clients are told to connect to."],
+        ["login-route", None, None, "Route of the login request (default sso.login)."],
+        ["max-frame", None, None, "Largest client frame, in bytes."],
+        ["capacity", None, None, "Sessions this broker takes."],
+        ["idle-timeout", None, None, "Seconds without a packet before closing."],
+        ["login-timeout", None, None, "Seconds a new connection has to log in."],
+        ["rate", None, None, "Packets per second a session may send."],
+        ["burst", None, None, "Packets a session may send at once."],
+    ]
+
+    def opt_yellow(self, address: str) -> None:
+        """Yellow address (repeat, or separate with commas, for several)."""
+        self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
+
+
+def makeService(options: Options) -> OrderedMultiService:
+    """Build the broker service tree from parsed options."""
+    from mmo.broker.service import make_broker_service
+
+    return make_broker_service(options.config)

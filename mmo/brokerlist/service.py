@@ -1,0 +1,320 @@
+"""The brokerlist: which brokers are live and how loaded, as HTTP JSON.
+
+The service tree holds a :class:`~mmo.logic.client.Directory` watching the
+yellows, a :class:`LiveBrokers` that keeps a link open to every registered
+broker, and an HTTP site whose :class:`BrokerlistResource` answers from them on
+each request. A broker is listed while its link is up, so a killed broker drops
+out as soon as its TCP connection breaks, well before the registry expires it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import Resource
+from typing_extensions import override
+
+from mmo import __version__
+from mmo.brokerlist.config import BrokerlistConfig
+from mmo.logic.client import Directory
+from mmo.registry import Change, Instance
+from mmo.service import OrderedMultiService
+from mmo.wire import WireError, from_value
+from mmo.zmq import ZmqContextService
+
+__all__ = [
+    "BROKER_SERVICE",
+    "YOUNG",
+    "BrokerSource",
+    "BrokerState",
+    "BrokerlistResource",
+    "LiveBrokers",
+    "broker_load",
+    "make_brokerlist_service",
+]
+
+log = Logger()
+
+#: The registry service brokers register under.
+BROKER_SERVICE = "broker"
+#: Seconds a newly seen broker is listed while its link is still coming up.
+YOUNG = 1.0
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What the brokerlist knows of one registered broker instance.
+
+    Attributes:
+        instance_id: the broker's instance id in the registry.
+        address: its TCP client address ``host:port`` (meta ``address``), or None.
+        websocket: its WebSocket client address ``host:port`` (meta ``websocket``), or None.
+        load: its load, ``sessions / capacity`` (meta ``load``).
+        up: whether this process's link to the broker's ``rep`` socket is connected.
+        listed: whether ``GET /`` lists it (it has an address and a live link).
+        age: seconds since this process first saw the instance (inf if unknown).
+        meta: its registry metadata, decoded.
+    """
+
+    instance_id: str
+    address: str | None
+    websocket: str | None
+    load: float
+    up: bool
+    listed: bool
+    age: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class BrokerSource(Protocol):
+    """What :class:`BrokerlistResource` reads: a view of the registered brokers."""
+
+    @property
+    def synced(self) -> bool:
+        """Whether the registry has been read at least once."""
+        ...
+
+    def brokers(self) -> list[BrokerState]:
+        """Every registered broker, listed or not."""
+        ...
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def broker_load(meta: Mapping[str, Any]) -> float:
+    """A broker's load from its metadata: ``load``, else ``sessions / capacity``, else 0."""
+    load = _number(meta.get("load"))
+    if load is not None:
+        return load
+    sessions, capacity = _number(meta.get("sessions")), _number(meta.get("capacity"))
+    if sessions is not None and capacity:
+        return sessions / capacity
+    return 0.0
+
+
+def _decode_meta(instance: Instance) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for key, value in (instance.meta or {}).items():
+        try:
+            meta[key] = from_value(value)
+        except WireError:
+            # One undecodable entry must not hide the broker's other fields.
+            continue
+    return meta
+
+
+class LiveBrokers(Service):
+    """The registered brokers and whether each one's link is up.
+
+    While running, the directory keeps one DEALER link per broker instance and
+    tracks its state through ZeroMQ monitor events; nothing is ever sent on it.
+
+    Args:
+        directory: the process's directory (its view watches the yellows).
+        service: the registry service brokers register under.
+        young: seconds a newly seen broker is listed before its link is up.
+    """
+
+    def __init__(
+        self, directory: Directory, service: str = BROKER_SERVICE, young: float = YOUNG
+    ) -> None:
+        self.directory = directory
+        self.service = service
+        self.young = young
+        # instance id -> (rep endpoint, when first seen with it)
+        self._seen: dict[str, tuple[str | None, float]] = {}
+        directory.view.listen(self._changed)
+
+    @override
+    def startService(self) -> None:
+        """Open links to every broker instance, now and as they register."""
+        super().startService()
+        # Keep a link to every broker: a killed one drops out when its link breaks.
+        self.directory.links(self.service)
+        log.info(
+            "brokerlist: watching {service} instances via {yellows}",
+            service=self.service,
+            yellows=", ".join(self.directory.view.yellows),
+        )
+
+    @property
+    def synced(self) -> bool:
+        """Whether the directory has read the registry at least once."""
+        return bool(self.directory.view.synced)
+
+    def _changed(self, change: int, instance: Instance, reason: str) -> None:
+        if instance.service_name != self.service:
+            return
+        iid = instance.instance_id
+        if change == Change.DOWN:
+            self._seen.pop(iid, None)
+            return
+        rep = (instance.endpoints or {}).get("rep")
+        known = self._seen.get(iid)
+        if known is None or known[0] != rep:
+            # New, or restarted on a new port: its (new) link starts from scratch.
+            self._seen[iid] = (rep, self.directory.clock.seconds())
+
+    def brokers(self) -> list[BrokerState]:
+        """Every broker instance in the registry, in instance id order."""
+        now = self.directory.clock.seconds()
+        links = self.directory.links(self.service)
+        states = []
+        for instance in sorted(self.directory.view.get(self.service), key=_instance_id):
+            iid = instance.instance_id
+            meta = _decode_meta(instance)
+            address = _host_port(meta.get("address"))
+            up = links.get(iid, False)
+            seen = self._seen.get(iid)
+            age = now - seen[1] if seen is not None else math.inf
+            # A link takes a moment to connect: a broker seen less than `young` ago is
+            # listed whatever its link says (bounded: one killed in that time drops out
+            # when it ends). After that, only the link counts.
+            young = iid in links and age < self.young
+            states.append(
+                BrokerState(
+                    instance_id=iid,
+                    address=address,
+                    websocket=_host_port(meta.get("websocket")),
+                    load=broker_load(meta),
+                    up=up,
+                    listed=address is not None and (up or young),
+                    age=age,
+                    meta=meta,
+                )
+            )
+        return states
+
+
+def _instance_id(instance: Instance) -> str:
+    return str(instance.instance_id)
+
+
+def _host_port(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _jsonable(obj: Any) -> Any:
+    """Registry metadata made JSON-safe: bytes as hex, non-finite floats as null."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+class BrokerlistResource(Resource):
+    """Answers ``GET /`` (the broker list) and ``GET /status`` (every broker's record).
+
+    ``GET /`` is ``{"version": ..., "brokerList": {"host:port": load, ...},
+    "websocketList": {"host:port": load, ...}}``, least loaded first: the same
+    brokers' TCP and WebSocket client addresses. Other paths are 404, other methods
+    405 (``HEAD`` is allowed), and before the registry has been read both paths are
+    503 with ``Retry-After: 1``. Every answer, errors too, is ``application/json``.
+
+    Args:
+        source: the brokers (a :class:`LiveBrokers`).
+        version: the version announced (mmo's by default).
+    """
+
+    isLeaf = True
+    allowed_methods = (b"GET", b"HEAD")
+
+    def __init__(self, source: BrokerSource, version: str = __version__) -> None:
+        super().__init__()
+        self.source = source
+        self.version = version
+
+    @override
+    def render(self, request: server.Request) -> bytes:
+        """Dispatch on path and method; always answer with JSON."""
+        path = b"/".join(request.postpath or [b""])
+        if path not in (b"", b"status"):
+            return self._answer(request, 404, {"error": "not found"})
+        if request.method not in self.allowed_methods:
+            request.setHeader(b"allow", b", ".join(self.allowed_methods))
+            return self._answer(request, 405, {"error": "method not allowed"})
+        if not self.source.synced:
+            request.setHeader(b"retry-after", b"1")
+            return self._answer(request, 503, {"error": "the registry has not answered yet"})
+        brokers = self.source.brokers()
+        if path == b"status":
+            return self._answer(request, 200, self.status(brokers))
+        return self._answer(request, 200, self.broker_list(brokers))
+
+    def broker_list(self, brokers: list[BrokerState]) -> dict[str, Any]:
+        """The body of ``GET /``: the listed brokers' client addresses and loads."""
+        listed = sorted((b for b in brokers if b.listed), key=lambda b: (b.load, b.address or ""))
+        return {
+            "version": self.version,
+            "brokerList": {b.address: b.load for b in listed if b.address is not None},
+            # Browser clients cannot use the TCP address: the same brokers' WebSocket ones.
+            "websocketList": {b.websocket: b.load for b in listed if b.websocket is not None},
+        }
+
+    def status(self, brokers: list[BrokerState]) -> dict[str, Any]:
+        """The body of ``GET /status``: every registered broker, listed or not."""
+        return {
+            "version": self.version,
+            "brokers": {
+                b.instance_id: {
+                    "address": b.address,
+                    "websocket": b.websocket,
+                    "load": b.load,
+                    "up": b.up,
+                    "listed": b.listed,
+                    "age": round(b.age, 3) if math.isfinite(b.age) else None,
+                    "meta": _jsonable(b.meta),
+                }
+                for b in brokers
+            },
+        }
+
+    def _answer(self, request: server.Request, code: int, body: dict[str, Any]) -> bytes:
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        # Browser (WebSocket) clients fetch the list from their page's own origin.
+        request.setHeader(b"access-control-allow-origin", b"*")
+        if request.method == b"HEAD":
+            request.setHeader(b"content-length", b"%d" % len(data))
+            return b""
+        return data
+
+
+def make_brokerlist_service(config: BrokerlistConfig, *, reactor: Any = None) -> MultiService:
+    """Build (without starting) the service tree of a brokerlist process."""
+    top = OrderedMultiService()
+    zmq_service = ZmqContextService(reactor)
+    zmq_service.setServiceParent(top)
+    ctx = zmq_service.context
+    directory = Directory(ctx, config.yellow, caller_id=f"brokerlist-{os.getpid()}")
+    directory.setName("directory")
+    directory.setServiceParent(top)
+    brokers = LiveBrokers(directory)
+    brokers.setName("brokers")
+    brokers.setServiceParent(top)
+    site = server.Site(BrokerlistResource(brokers))
+    http = strports.service(config.listen, site, reactor=ctx.reactor)
+    http.setName("http")
+    http.setServiceParent(top)
+    return top

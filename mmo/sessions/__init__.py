@@ -1,0 +1,11 @@
+"""The session service: the record of every client session, so any broker can resume it.
+
+Run it as a logic worker (``--handler mmo.sessions:SessionService``, service
+``session``); brokers call it at login, on a lost connection, at resume and at
+logout, and logic subscribes to its ``enter``/``online``/``offline``/``leave``
+events. See ``docs/edge.md`` ("Sessions", "Session service calls").
+"""
+
+from mmo.sessions.service import ResumeFailed, SessionRecord, SessionService
+
+__all__ = ["ResumeFailed", "SessionRecord", "SessionService"]

@@ -1,0 +1,384 @@
+"""``SessionService``: every client session's record, its lifecycle and its events.
+
+A session is opened by a broker after a login, goes offline when its connection
+drops (or its broker disappears from the registry), comes back online when the
+client resumes it with its token (on any broker), and ends at logout or when it
+stays offline longer than :attr:`SessionService.grace`. Each step is published
+on the service's PUB socket (topics ``enter``, ``offline``, ``online``,
+``leave``; payload ``{"session_id", "user_id", "broker", "reason"}``).
+
+Records live in memory (one instance per cluster, as ``docs/edge.md`` says):
+a record is deleted when its session leaves, so memory is bounded by the live
+sessions plus those within their grace period.
+
+A method that names a ``broker`` only acts when that broker still holds the
+session: once a session has moved to another broker (resume), late messages
+from the old one (its ``closed``, ``track`` or ``logout`` of the replaced
+connection) change nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+from typing_extensions import override
+
+from mmo.config import ConfigError
+from mmo.errors import BadRequest, MmoError
+from mmo.logic import Context, ServiceHandler, idempotent
+from mmo.logic.sessions import BROKER_SERVICE
+from mmo.registry import Change, Instance
+from mmo.types import DelayedCall
+from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
+
+__all__ = ["GRACE_ENV", "ResumeFailed", "SessionRecord", "SessionService"]
+
+log = Logger()
+
+#: Environment variable that overrides :attr:`SessionService.grace` (seconds).
+GRACE_ENV = "MMO_SESSION_GRACE"
+
+#: Event reasons (the ``reason`` of an event's payload).
+REASON_LOGIN = "login"
+REASON_RESUMED = "resumed"
+REASON_CLOSED = "closed"
+REASON_BROKER_LOST = "broker lost"
+REASON_LOGOUT = "logout"
+REASON_EXPIRED = "expired"
+
+#: The kick reason a previous connection gets when its session is resumed elsewhere.
+KICK_REPLACED = "REPLACED"
+
+
+class ResumeFailed(MmoError):
+    """The session cannot be resumed: unknown, expired (past its grace), or wrong token.
+
+    It reaches the broker as a ``RemoteError`` whose ``type`` is ``"ResumeFailed"``.
+    """
+
+    code = ErrorCode.REMOTE
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """What the service knows of one session.
+
+    Attributes:
+        session_id: the session's id (random, URL-safe).
+        user_id: the user it belongs to.
+        broker: the instance id of the broker that holds (or last held) it.
+        token: the secret that resumes it (replaced at every resume).
+        online: whether a connection holds it now.
+        props: its properties (restored on resume).
+        channels: the channels it is in (restored on resume).
+        bindings: route prefix -> instance id it is bound to (restored on resume).
+        timer: while offline, the call that ends it when the grace period is over.
+    """
+
+    session_id: str
+    user_id: str
+    broker: str
+    token: str
+    online: bool = True
+    props: dict[str, Any] = field(default_factory=dict)
+    channels: set[str] = field(default_factory=set)
+    bindings: dict[str, str] = field(default_factory=dict)
+    timer: DelayedCall | None = field(default=None, repr=False)
+
+    def cancel_timer(self) -> None:
+        """Stop the grace timer, if one runs."""
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+def grace_from_env(default: float) -> float:
+    """The grace period: ``$MMO_SESSION_GRACE`` if set, else ``default``.
+
+    Raises:
+        ConfigError: the variable is set but is not a finite number >= 0.
+    """
+    raw = os.environ.get(GRACE_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(GRACE_ENV, f"not a number of seconds: {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(GRACE_ENV, f"must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
+def _text(method: str, name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"session.{method}: {name} must be a non-empty string")
+    return value
+
+
+def _user_id(method: str, value: Any) -> str:
+    # Auth services may answer a numeric id; sessions carry it as a string.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _text(method, "user_id", value)
+
+
+def _map(method: str, name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"session.{method}: {name} must be a map")
+    return value
+
+
+def _strings(method: str, name: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"session.{method}: {name} must be a list of strings")
+    return value
+
+
+class SessionService(ServiceHandler):
+    """The ``session`` service: open, resume, close, end and describe client sessions.
+
+    Attributes:
+        grace: seconds an offline session may be resumed before it ends; the class
+            default (30 s) may be overridden by a subclass, and ``$MMO_SESSION_GRACE``
+            overrides both (handy for tests and demos).
+        records: the sessions by id.
+    """
+
+    default_service = "session"
+    grace: float = 30.0
+
+    def __init__(self, runtime: Any) -> None:
+        super().__init__(runtime)
+        self.grace = grace_from_env(type(self).grace)
+        self.records: dict[str, SessionRecord] = {}
+        # user id -> its session ids (a dict as an insertion-ordered set).
+        self._by_user: dict[str, dict[str, None]] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @override
+    def start(self) -> None:
+        """Watch the registry, so that the sessions of a lost broker go offline."""
+        directory = getattr(self.runtime, "directory", None)
+        if directory is not None:
+            directory.view.listen(self.registry_changed)
+
+    @override
+    def stop(self) -> None:
+        """Cancel the grace timers (records live in memory and end with the process)."""
+        for record in self.records.values():
+            record.cancel_timer()
+
+    def registry_changed(self, change: int, instance: Instance, reason: str) -> None:
+        """Registry listener: a broker that went DOWN (for any reason) loses its sessions."""
+        if change == Change.DOWN and instance.service_name == BROKER_SERVICE:
+            self.broker_lost(instance.instance_id)
+
+    def broker_lost(self, broker: str) -> int:
+        """Set every online session held by ``broker`` offline; return how many."""
+        lost = [r for r in self.records.values() if r.online and r.broker == broker]
+        for record in lost:
+            self._go_offline(record, REASON_BROKER_LOST)
+        if lost:
+            log.info(
+                "sessions: broker {broker} lost; {n} sessions offline", broker=broker, n=len(lost)
+            )
+        return len(lost)
+
+    # -- service methods ---------------------------------------------------------
+
+    def on_open(
+        self, ctx: Context, user_id: Any, broker: str, props: dict[str, Any] | None = None
+    ) -> dict[str, str]:
+        """Open a session for ``user_id`` held by ``broker``; publish ``enter``.
+
+        Returns:
+            ``{"session_id", "token"}``; the token resumes the session.
+        """
+        user = _user_id("open", user_id)
+        broker = _text("open", "broker", broker)
+        props = dict(_map("open", "props", props))
+        session_id = secrets.token_urlsafe(12)
+        while session_id in self.records:
+            session_id = secrets.token_urlsafe(12)
+        record = SessionRecord(session_id, user, broker, secrets.token_urlsafe(24), props=props)
+        self.records[session_id] = record
+        self._by_user.setdefault(user, {})[session_id] = None
+        self._event("enter", record, REASON_LOGIN)
+        return {"session_id": session_id, "token": record.token}
+
+    def on_resume(self, ctx: Context, session_id: str, token: str, broker: str) -> dict[str, Any]:
+        """Resume a session on ``broker`` with its token; publish ``online``.
+
+        The token is replaced (the old one no longer works). A connection still
+        holding the session on another broker is kicked with ``REPLACED``.
+
+        Returns:
+            ``{"session_id", "user_id", "token", "props", "channels", "bindings"}``:
+            the new token and what the broker restores.
+
+        Raises:
+            ResumeFailed: unknown or expired session, or a wrong token.
+        """
+        broker = _text("resume", "broker", broker)
+        record = self._lookup(session_id)
+        if (
+            record is None
+            or not isinstance(token, str)
+            or not hmac.compare_digest(record.token.encode(), token.encode())
+        ):
+            raise ResumeFailed("unknown or expired session, or wrong token")
+        if record.online and record.broker != broker:
+            self.sessions.kick(Session(id=record.session_id, broker=record.broker), KICK_REPLACED)
+        record.cancel_timer()
+        record.online = True
+        record.broker = broker
+        record.token = secrets.token_urlsafe(24)
+        self._event("online", record, REASON_RESUMED)
+        return {
+            "session_id": record.session_id,
+            "user_id": record.user_id,
+            "token": record.token,
+            "props": dict(record.props),
+            "channels": sorted(record.channels),
+            "bindings": dict(record.bindings),
+        }
+
+    def on_closed(self, ctx: Context, session_id: str, broker: str) -> None:
+        """(one-way) ``broker`` lost the session's connection: offline, publish ``offline``.
+
+        The session ends after :attr:`grace` seconds unless resumed. Nothing happens
+        if ``broker`` no longer holds the session or it is already offline.
+        """
+        record = self._lookup(session_id)
+        if record is not None and record.online and record.broker == broker:
+            self._go_offline(record, REASON_CLOSED)
+
+    def on_logout(
+        self, ctx: Context, session_id: str, broker: str, reason: str = REASON_LOGOUT
+    ) -> bool:
+        """End the session held by ``broker`` at once; publish ``leave``.
+
+        Args:
+            reason: the ``leave`` event's reason (a broker ending a session that
+                logic kicked may say so).
+
+        Returns:
+            Whether a session was ended (False: unknown, or held by another broker).
+        """
+        record = self._lookup(session_id)
+        if record is None or record.broker != broker:
+            return False
+        self._end(record, str(reason) or REASON_LOGOUT)
+        return True
+
+    def on_track(
+        self,
+        ctx: Context,
+        session_id: str,
+        broker: str,
+        joined: list[str] | None = None,
+        left: list[str] | None = None,
+        props: dict[str, Any] | None = None,
+        bound: dict[str, str] | None = None,
+        unbound: list[str] | None = None,
+    ) -> None:
+        """(one-way) Record what a resume restores, as told by the broker holding it.
+
+        ``joined`` channels are added, then ``left`` ones removed; ``props`` are
+        merged (a ``None`` value deletes the property); ``bound`` prefixes are set,
+        then ``unbound`` ones removed. Ignored unless ``broker`` holds the session.
+        """
+        record = self._lookup(session_id)
+        if record is None or record.broker != broker:
+            return
+        record.channels.update(_strings("track", "joined", joined))
+        record.channels.difference_update(_strings("track", "left", left))
+        for key, value in _map("track", "props", props).items():
+            if value is None:
+                record.props.pop(key, None)
+            else:
+                record.props[key] = value
+        for prefix, instance_id in _map("track", "bound", bound).items():
+            record.bindings[prefix] = _text("track", "bound instance", instance_id)
+        for prefix in _strings("track", "unbound", unbound):
+            record.bindings.pop(prefix, None)
+
+    @idempotent
+    def on_get(self, ctx: Context, session_id: str) -> dict[str, Any] | None:
+        """The session's record, or None if there is no such session.
+
+        Returns:
+            ``{"user_id", "broker", "online", "props", "channels", "bindings"}``
+            (never the token).
+        """
+        record = self._lookup(session_id)
+        if record is None:
+            return None
+        return {
+            "user_id": record.user_id,
+            "broker": record.broker,
+            "online": record.online,
+            "props": dict(record.props),
+            "channels": sorted(record.channels),
+            "bindings": dict(record.bindings),
+        }
+
+    @idempotent
+    def on_find(self, ctx: Context, user_id: Any) -> list[dict[str, Any]]:
+        """The sessions of ``user_id``, oldest first: ``[{"session_id", "broker", "online"}]``."""
+        user = _user_id("find", user_id)
+        return [
+            {"session_id": sid, "broker": record.broker, "online": record.online}
+            for sid in self._by_user.get(user, {})
+            for record in (self.records[sid],)
+        ]
+
+    # -- internals -------------------------------------------------------------
+
+    def _lookup(self, session_id: Any) -> SessionRecord | None:
+        return self.records.get(session_id) if isinstance(session_id, str) else None
+
+    def _go_offline(self, record: SessionRecord, reason: str) -> None:
+        record.online = False
+        record.cancel_timer()
+        record.timer = self.clock.callLater(self.grace, self._expired, record.session_id)
+        self._event("offline", record, reason)
+
+    def _expired(self, session_id: str) -> None:
+        record = self._lookup(session_id)
+        if record is not None and not record.online:
+            record.timer = None
+            self._end(record, REASON_EXPIRED)
+
+    def _end(self, record: SessionRecord, reason: str) -> None:
+        record.cancel_timer()
+        del self.records[record.session_id]
+        sessions = self._by_user.get(record.user_id)
+        if sessions is not None:
+            sessions.pop(record.session_id, None)
+            if not sessions:
+                del self._by_user[record.user_id]
+        self._event("leave", record, reason)
+
+    def _event(self, topic: str, record: SessionRecord, reason: str) -> None:
+        self.publish(
+            topic,
+            {
+                "session_id": record.session_id,
+                "user_id": record.user_id,
+                "broker": record.broker,
+                "reason": reason,
+            },
+        )

@@ -1,0 +1,113 @@
+"""A blocking, byte-level client of the broker's TCP wire, for tests that misbehave on purpose."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from mmo.wire import decode, decode_value, encode, encode_value
+from mmo.wire.gen.mmo.ttypes import Packet, PacketKind
+
+
+@dataclass
+class Received:
+    """A packet as received, its body decoded."""
+
+    kind: int
+    seq: int | None
+    route: str | None
+    code: int | None
+    message: str | None
+    value: Any
+
+
+class RawClient:
+    """One TCP connection speaking (or abusing) the client wire by hand.
+
+    Args:
+        port: the broker's client port on 127.0.0.1.
+        timeout: seconds any receive waits.
+    """
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.seq = 0
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write bytes as they are."""
+        self.sock.sendall(data)
+
+    def send(self, kind: int, route: str | None = None, body: Any = None, **fields: Any) -> int:
+        """Frame and send a packet; return its seq (REQUESTs get the next one)."""
+        seq = fields.pop("seq", None)
+        if seq is None and kind == PacketKind.REQUEST:
+            self.seq += 1
+            seq = self.seq
+        data = encode(
+            Packet(
+                kind=kind,
+                seq=seq,
+                route=route,
+                body=None if body is None else encode_value(body),
+                **fields,
+            )
+        )
+        self.sock.sendall(struct.pack(">I", len(data)) + data)
+        return seq or 0
+
+    def _read(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("closed by the broker")
+            out += chunk
+        return out
+
+    def recv(self) -> Received:
+        """The next packet, its body decoded."""
+        (length,) = struct.unpack(">I", self._read(4))
+        packet = decode(Packet, self._read(length))
+        value = decode_value(packet.body) if packet.body else None
+        return Received(packet.kind, packet.seq, packet.route, packet.code, packet.message, value)
+
+    def recv_until(self, kind: int, limit: int = 10_000) -> Received:
+        """Skip packets until one of ``kind`` arrives."""
+        for _ in range(limit):
+            packet = self.recv()
+            if packet.kind == kind:
+                return packet
+        raise AssertionError(f"no packet of kind {kind} in {limit}")
+
+    def request(self, route: str, body: Any = None) -> Received:
+        """Send a REQUEST and return its RESPONSE or ERROR (pushes in between are skipped)."""
+        seq = self.send(PacketKind.REQUEST, route, body if body is not None else {})
+        while True:
+            packet = self.recv()
+            if packet.seq == seq and packet.kind in (PacketKind.RESPONSE, PacketKind.ERROR):
+                return packet
+
+    def login(self, user: str, password: str, route: str = "sso.login") -> dict[str, Any]:
+        """Log in; return the reply (raise if refused)."""
+        packet = self.request(route, {"user": user, "password": password})
+        if packet.kind != PacketKind.RESPONSE:
+            raise AssertionError(f"login refused: {packet.code} {packet.message}")
+        return packet.value
+
+    def closed(self) -> bool:
+        """Whether the broker closed the connection (reads what is left first)."""
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()

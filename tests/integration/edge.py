@@ -1,0 +1,107 @@
+"""A whole edge cluster for integration tests: yellow, session, sso, chat, echo, brokers."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+from mmo.testing import TwistdProcess, free_port
+from mmo.testing.rawclient import RawClient
+
+ACCOUNTS = ",".join(f"{u}:pw-{u}" for u in ["alice", "bob", "carol", "dave", "erin", "frank"])
+WORKERS = {
+    "session": "mmo.sessions:SessionService",
+    "sso": "mmo.examples.sso:SSOService",
+    "chat": "mmo.examples.chat:ChatService",
+    "echo-1": "mmo.examples.echo:EchoService",
+    "echo-2": "mmo.examples.echo:EchoService",
+}
+
+
+class EdgeCluster:
+    """Starts the processes of an edge cluster; :meth:`stop` stops them all."""
+
+    def __init__(self, log_dir: Path, brokers: int = 2, broker_args: tuple[str, ...] = ()) -> None:
+        self.log_dir = log_dir
+        self.yellow = f"tcp://127.0.0.1:{free_port()}"
+        self.ports = [free_port() for _ in range(brokers)]
+        self.ws_ports = [free_port() for _ in range(brokers)]
+        self.http_port = free_port()
+        self.broker_args = broker_args
+        self.processes: dict[str, TwistdProcess] = {}
+        env = {"MMO_SSO_ACCOUNTS": ACCOUNTS, "MMO_SESSION_GRACE": "30", "MMO_DEMO": "1"}
+        self._start("yellow", "mmo-yellow", ["--listen", self.yellow], env)
+        for name, handler in WORKERS.items():
+            args = ["--yellow", self.yellow, "--handler", handler, "--instance-id", name]
+            self._start(name, "mmo-worker", args, env)
+        for i in range(brokers):
+            self.start_broker(i)
+        self._start(
+            "brokerlist",
+            "mmo-brokerlist",
+            ["--yellow", self.yellow, "--listen", f"tcp:{self.http_port}:interface=127.0.0.1"],
+            env,
+        )
+
+    def _start(self, name: str, role: str, args: list[str], env: dict[str, str]) -> None:
+        self.processes[name] = TwistdProcess(role, args, self.log_dir, name, env).start()
+
+    def start_broker(self, i: int) -> TwistdProcess:
+        """(Re)start broker ``i`` (named broker-<i+1>)."""
+        name = f"broker-{i + 1}"
+        args = [
+            "--yellow",
+            self.yellow,
+            "--listen",
+            f"tcp:{self.ports[i]}:interface=127.0.0.1",
+            "--websocket",
+            f"tcp:{self.ws_ports[i]}:interface=127.0.0.1",
+            "--instance-id",
+            name,
+            *self.broker_args,
+        ]
+        self._start(name, "mmo-broker", args, {})
+        return self.processes[name]
+
+    @property
+    def brokerlist_url(self) -> str:
+        """The brokerlist's URL."""
+        return f"http://127.0.0.1:{self.http_port}/"
+
+    def brokerlist(self) -> dict:
+        """GET the brokerlist."""
+        with urllib.request.urlopen(self.brokerlist_url, timeout=2) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every broker is listed and a login works on each."""
+        deadline = time.monotonic() + timeout
+        want = {f"127.0.0.1:{p}" for p in self.ports}
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                listed = set(self.brokerlist()["brokerList"])
+                if listed == want:
+                    for port in self.ports:
+                        client = RawClient(port, timeout=3)
+                        try:
+                            client.login("alice", "pw-alice")
+                        finally:
+                            client.close()
+                    return
+                last = listed
+            except (OSError, AssertionError, ConnectionError) as e:
+                last = e
+            time.sleep(0.2)
+        raise AssertionError(f"edge cluster not ready: {last}\n{self.logs()}")
+
+    def logs(self) -> str:
+        """The tail of every process's log."""
+        return "\n".join(f"--- {n} ---\n{p.log_tail(30)}" for n, p in self.processes.items())
+
+    def stop(self) -> None:
+        """Stop everything (brokers first)."""
+        for name in reversed(list(self.processes)):
+            self.processes[name].stop(timeout=10)

@@ -1,0 +1,71 @@
+"""kill -9 a broker: its clients come back through the brokerlist on the other one."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from mmo.client import Client
+
+from .edge import EdgeCluster
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    """Let the reactor run."""
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest.fixture
+def edge(tmp_path):
+    """A fresh edge cluster with two brokers (this test kills one)."""
+    cluster = EdgeCluster(tmp_path, brokers=2)
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_killed_broker_clients_resume_elsewhere(edge):
+    """After kill -9 of a broker its clients resume on the other: same session, same room."""
+    users = ["alice", "bob", "carol", "dave"]
+    clients: dict[str, Client] = {}
+    heard: dict[str, list[str]] = {u: [] for u in users}
+    for i, user in enumerate(users):
+        client = Client(
+            reactor, brokerlist=edge.brokerlist_url, broker=f"127.0.0.1:{edge.ports[i % 2]}"
+        )
+        yield client.connect()
+        yield client.login(user=user, password=f"pw-{user}")
+        client.on("chat.message", lambda route, body, u=user: heard[u].append(body["content"]))
+        yield client.request("chat.join", {"room": "keep"})
+        clients[user] = client
+    before = {u: (c.session_id, c.broker_address) for u, c in clients.items()}
+    victims = [u for u, (_, addr) in before.items() if addr.endswith(f":{edge.ports[0]}")]
+    assert victims, before
+
+    resumed = {u: defer.Deferred() for u in victims}
+    for u in victims:
+        clients[u].on_resumed(lambda *args, d=resumed[u]: d.called or d.callback(None))
+    edge.processes["broker-1"].kill()
+    start = reactor.seconds()
+    yield defer.gatherResults([d.addTimeout(20, reactor) for d in resumed.values()])
+    took = reactor.seconds() - start
+
+    for u in users:
+        assert clients[u].session_id == before[u][0], u
+        assert clients[u].broker_address == f"127.0.0.1:{edge.ports[1]}", u
+    # Room membership survived: a message from anyone reaches everyone once.
+    clients["bob"].notify("chat.send", {"content": "after the crash"})
+    for _ in range(100):
+        if all("after the crash" in heard[u] for u in users):
+            break
+        yield sleep(0.05)
+    assert all(heard[u].count("after the crash") == 1 for u in users), heard
+    members = yield clients["alice"].request("chat.members", {})
+    assert members == sorted(users)
+    assert took < 30  # within the grace period
+    for client in clients.values():
+        yield client.close()

@@ -1,0 +1,577 @@
+"""SessionService: open, resume, closed, logout, track, get, find, grace and lost brokers.
+
+The service runs on a fake runtime (``mmo.testing.handler_factory``): what it
+publishes is in ``runtime.published``, what it does to sessions (kicks) in
+``runtime.sessions``; time is a ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from twisted.internet import task
+
+from mmo.config import ConfigError
+from mmo.errors import BadRequest, MmoError
+from mmo.registry import Change, Instance
+from mmo.sessions import ResumeFailed, SessionService
+from mmo.sessions.service import GRACE_ENV
+from mmo.testing import fake_context, handler_factory
+from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
+
+GRACE = 30.0
+URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@pytest.fixture(autouse=True)
+def _no_grace_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see the class default grace unless they set the variable themselves."""
+    monkeypatch.delenv(GRACE_ENV, raising=False)
+
+
+@pytest.fixture
+def clock() -> task.Clock:
+    """The session service's clock."""
+    return task.Clock()
+
+
+@pytest.fixture
+def svc(clock: task.Clock) -> SessionService:
+    """A session service on a fake runtime (grace: the class default, 30 s)."""
+    return handler_factory(SessionService, clock=clock)
+
+
+def call(svc: SessionService, method: str, **kwargs: Any) -> Any:
+    """Call a method the way the worker does: through the checked dispatch table."""
+    return svc.dispatch(fake_context(svc, method), kwargs)
+
+
+def published(svc: SessionService) -> list[tuple[str, Any]]:
+    """The (topic, payload) events published so far."""
+    return svc.runtime.published  # type: ignore[attr-defined,no-any-return]
+
+
+def kicks(svc: SessionService) -> list[tuple[Any, ...]]:
+    """The (session, reason) of each kick sent to a broker."""
+    return svc.runtime.sessions.of("kick")  # type: ignore[attr-defined,no-any-return]
+
+
+def topics(svc: SessionService) -> list[str]:
+    """The topics published so far, in order."""
+    return [topic for topic, _ in published(svc)]
+
+
+def open_session(svc: SessionService, user: str = "alice", broker: str = "b1") -> dict[str, str]:
+    """Open a session as a broker does after a login."""
+    return call(svc, "open", user_id=user, broker=broker)  # type: ignore[no-any-return]
+
+
+class FakeView:
+    """The ``view`` of a fake directory: records registry listeners."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Any] = []
+
+    def listen(self, listener: Any) -> None:
+        """Record ``listener``."""
+        self.listeners.append(listener)
+
+
+class FakeDirectory:
+    """Just enough of a ``Directory`` for ``start()``: its registry view."""
+
+    def __init__(self) -> None:
+        self.view = FakeView()
+
+
+def broker(instance_id: str) -> Instance:
+    """A broker's registry record."""
+    return Instance(service_name="broker", instance_id=instance_id)
+
+
+# -- open, get, find ------------------------------------------------------------
+
+
+def test_open_returns_random_urlsafe_id_and_token_and_publishes_enter(svc: SessionService) -> None:
+    """open answers a URL-safe session id and token and publishes enter with the full payload."""
+    reply = open_session(svc)
+    assert set(reply) == {"session_id", "token"}
+    assert URLSAFE.fullmatch(reply["session_id"]) and len(reply["session_id"]) == 16
+    assert URLSAFE.fullmatch(reply["token"]) and len(reply["token"]) == 32
+    assert published(svc) == [
+        (
+            "enter",
+            {
+                "session_id": reply["session_id"],
+                "user_id": "alice",
+                "broker": "b1",
+                "reason": "login",
+            },
+        )
+    ]
+
+
+def test_open_gives_every_session_its_own_id_and_token(svc: SessionService) -> None:
+    """Two sessions of the same user never share an id or a token."""
+    a, b = open_session(svc), open_session(svc)
+    assert a["session_id"] != b["session_id"]
+    assert a["token"] != b["token"]
+
+
+def test_get_returns_the_record_without_the_token(svc: SessionService) -> None:
+    """get shows user, broker, online, props, channels and bindings, never the token."""
+    sid = call(svc, "open", user_id="alice", broker="b1", props={"level": 3})["session_id"]
+    assert call(svc, "get", session_id=sid) == {
+        "user_id": "alice",
+        "broker": "b1",
+        "online": True,
+        "props": {"level": 3},
+        "channels": [],
+        "bindings": {},
+    }
+
+
+def test_get_of_an_unknown_session_is_none(svc: SessionService) -> None:
+    """get answers None for a session id it does not know."""
+    assert call(svc, "get", session_id="nope") is None
+
+
+def test_numeric_user_ids_are_kept_as_strings(svc: SessionService) -> None:
+    """A numeric user id (as some auth services answer) is stored and found as a string."""
+    sid = call(svc, "open", user_id=42, broker="b1")["session_id"]
+    assert call(svc, "get", session_id=sid)["user_id"] == "42"
+    assert call(svc, "find", user_id=42) == [{"session_id": sid, "broker": "b1", "online": True}]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"user_id": "", "broker": "b1"},
+        {"user_id": True, "broker": "b1"},
+        {"user_id": "alice", "broker": 7},
+        {"user_id": "alice", "broker": "b1", "props": [1, 2]},
+    ],
+)
+def test_open_refuses_bad_arguments(svc: SessionService, kwargs: dict[str, Any]) -> None:
+    """open raises BadRequest for an empty or non-string user, a bad broker or non-map props."""
+    with pytest.raises(BadRequest):
+        call(svc, "open", **kwargs)
+    assert svc.records == {}
+
+
+def test_find_lists_a_users_sessions_oldest_first(svc: SessionService) -> None:
+    """find answers each of the user's sessions with broker and online flag, oldest first."""
+    a = open_session(svc, "alice", "b1")["session_id"]
+    open_session(svc, "bob", "b1")
+    b = open_session(svc, "alice", "b2")["session_id"]
+    call(svc, "closed", session_id=a, broker="b1")
+    assert call(svc, "find", user_id="alice") == [
+        {"session_id": a, "broker": "b1", "online": False},
+        {"session_id": b, "broker": "b2", "online": True},
+    ]
+    assert call(svc, "find", user_id="carol") == []
+
+
+def test_only_get_and_find_are_idempotent() -> None:
+    """Only the read-only methods are marked safe to retry on another instance."""
+    methods = SessionService.method_names()
+    assert set(methods) == {"open", "resume", "closed", "logout", "track", "get", "find"}
+    assert {m for m, safe in methods.items() if safe} == {"get", "find"}
+
+
+# -- closed and grace ---------------------------------------------------------------
+
+
+def test_closed_sets_offline_and_the_grace_period_ends_the_session(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """closed publishes offline; after grace seconds the session leaves and is forgotten."""
+    sid = open_session(svc)["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    assert call(svc, "get", session_id=sid)["online"] is False
+    assert published(svc)[-1] == (
+        "offline",
+        {"session_id": sid, "user_id": "alice", "broker": "b1", "reason": "closed"},
+    )
+    clock.advance(GRACE - 0.1)
+    assert call(svc, "get", session_id=sid) is not None
+    clock.advance(0.1)
+    assert published(svc)[-1] == (
+        "leave",
+        {"session_id": sid, "user_id": "alice", "broker": "b1", "reason": "expired"},
+    )
+    assert call(svc, "get", session_id=sid) is None
+    assert call(svc, "find", user_id="alice") == []
+
+
+def test_closed_from_a_broker_that_no_longer_holds_the_session_is_ignored(
+    svc: SessionService,
+) -> None:
+    """A closed naming another broker changes nothing and publishes nothing."""
+    sid = open_session(svc)["session_id"]
+    call(svc, "closed", session_id=sid, broker="b2")
+    assert call(svc, "get", session_id=sid)["online"] is True
+    assert topics(svc) == ["enter"]
+
+
+def test_closed_twice_publishes_offline_once_and_keeps_the_first_deadline(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """A repeated closed neither republishes offline nor restarts the grace period."""
+    sid = open_session(svc)["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    clock.advance(GRACE / 2)
+    call(svc, "closed", session_id=sid, broker="b1")
+    clock.advance(GRACE / 2)
+    assert topics(svc) == ["enter", "offline", "leave"]
+
+
+def test_closed_of_an_unknown_session_is_ignored(svc: SessionService) -> None:
+    """closed for an unknown (or malformed) session id does nothing."""
+    call(svc, "closed", session_id="nope", broker="b1")
+    call(svc, "closed", session_id=["not", "a", "string"], broker="b1")
+    assert published(svc) == []
+
+
+def test_grace_is_a_class_attribute_a_subclass_may_change(clock: task.Clock) -> None:
+    """A subclass setting grace gets that grace period."""
+
+    class Quick(SessionService):
+        grace = 2.0
+
+    svc = handler_factory(Quick, clock=clock)
+    sid = open_session(svc)["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    clock.advance(2.0)
+    assert call(svc, "get", session_id=sid) is None
+
+
+def test_grace_comes_from_the_environment_when_set(
+    monkeypatch: pytest.MonkeyPatch, clock: task.Clock
+) -> None:
+    """$MMO_SESSION_GRACE overrides the class default."""
+    monkeypatch.setenv(GRACE_ENV, "0.5")
+    svc = handler_factory(SessionService, clock=clock)
+    assert svc.grace == 0.5
+    sid = open_session(svc)["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    clock.advance(0.5)
+    assert call(svc, "get", session_id=sid) is None
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_a_bad_grace_in_the_environment_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """A grace that is not a finite number >= 0 is refused, naming the variable."""
+    monkeypatch.setenv(GRACE_ENV, value)
+    with pytest.raises(ConfigError, match=GRACE_ENV):
+        handler_factory(SessionService)
+
+
+def test_stop_cancels_the_grace_timers(svc: SessionService, clock: task.Clock) -> None:
+    """stop leaves no timer behind on the reactor."""
+    sid = open_session(svc)["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    assert clock.getDelayedCalls()
+    svc.stop()
+    assert clock.getDelayedCalls() == []
+
+
+# -- resume ---------------------------------------------------------------------
+
+
+def test_resume_restores_the_session_with_a_new_token_and_publishes_online(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """resume within grace answers the record and a fresh token, and publishes online."""
+    opened = open_session(svc)
+    sid = opened["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    clock.advance(GRACE - 1)
+    reply = call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
+    assert reply == {
+        "session_id": sid,
+        "user_id": "alice",
+        "token": reply["token"],
+        "props": {},
+        "channels": [],
+        "bindings": {},
+    }
+    assert reply["token"] != opened["token"] and URLSAFE.fullmatch(reply["token"])
+    assert published(svc)[-1] == (
+        "online",
+        {"session_id": sid, "user_id": "alice", "broker": "b2", "reason": "resumed"},
+    )
+    assert call(svc, "get", session_id=sid)["broker"] == "b2"
+    assert call(svc, "get", session_id=sid)["online"] is True
+
+
+def test_resume_cancels_the_grace_period(svc: SessionService, clock: task.Clock) -> None:
+    """A resumed session no longer expires when its old grace period ends."""
+    opened = open_session(svc)
+    sid = opened["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
+    clock.advance(GRACE * 2)
+    assert call(svc, "get", session_id=sid)["online"] is True
+    assert "leave" not in topics(svc)
+
+
+def test_the_old_token_stops_working_after_a_resume(svc: SessionService) -> None:
+    """Each resume rotates the token: the previous one is refused, the new one works."""
+    opened = open_session(svc)
+    sid = opened["session_id"]
+    second = call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
+    with pytest.raises(ResumeFailed):
+        call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
+    third = call(svc, "resume", session_id=sid, token=second["token"], broker="b1")
+    assert len({opened["token"], second["token"], third["token"]}) == 3
+
+
+@pytest.mark.parametrize("token", ["wrong", "", None, 12345, "ünïcode"])
+def test_resume_with_a_wrong_token_fails(svc: SessionService, token: Any) -> None:
+    """A wrong, empty, missing, non-string or non-ASCII token is a ResumeFailed."""
+    sid = open_session(svc)["session_id"]
+    with pytest.raises(ResumeFailed):
+        call(svc, "resume", session_id=sid, token=token, broker="b1")
+    assert topics(svc) == ["enter"]
+
+
+def test_resume_of_an_unknown_or_expired_session_fails(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """An unknown session, and one resumed after its grace period, give ResumeFailed."""
+    with pytest.raises(ResumeFailed):
+        call(svc, "resume", session_id="nope", token="x", broker="b1")
+    opened = open_session(svc)
+    call(svc, "closed", session_id=opened["session_id"], broker="b1")
+    clock.advance(GRACE)
+    with pytest.raises(ResumeFailed):
+        call(svc, "resume", session_id=opened["session_id"], token=opened["token"], broker="b1")
+
+
+def test_resume_failed_reaches_callers_as_a_typed_remote_error() -> None:
+    """ResumeFailed is an MmoError with the REMOTE code, so callers see its type name."""
+    error = ResumeFailed("x")
+    assert isinstance(error, MmoError)
+    assert error.code == ErrorCode.REMOTE
+    assert type(error).__name__ == "ResumeFailed"
+
+
+def test_resume_elsewhere_kicks_the_connection_still_holding_it(svc: SessionService) -> None:
+    """Resuming on another broker while online sends KICK REPLACED to the old broker first."""
+    opened = open_session(svc, broker="b1")
+    sid = opened["session_id"]
+    call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
+    assert kicks(svc) == [(Session(id=sid, broker="b1"), "REPLACED")]
+    assert call(svc, "get", session_id=sid)["broker"] == "b2"
+
+
+def test_resume_of_an_offline_or_same_broker_session_kicks_nobody(svc: SessionService) -> None:
+    """No kick when the session is offline, or online on the broker resuming it."""
+    opened = open_session(svc, broker="b1")
+    sid = opened["session_id"]
+    again = call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
+    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "resume", session_id=sid, token=again["token"], broker="b2")
+    assert kicks(svc) == []
+
+
+def test_late_messages_from_the_replaced_broker_change_nothing(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """After a move, the old broker's closed, track and logout are ignored."""
+    opened = open_session(svc, broker="b1")
+    sid = opened["session_id"]
+    call(svc, "track", session_id=sid, broker="b1", joined=["room:a"])
+    call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
+    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "track", session_id=sid, broker="b1", left=["room:a"])
+    assert call(svc, "logout", session_id=sid, broker="b1") is False
+    clock.advance(GRACE * 2)
+    record = call(svc, "get", session_id=sid)
+    assert record["online"] is True and record["channels"] == ["room:a"]
+    assert topics(svc) == ["enter", "online"]
+
+
+# -- logout -----------------------------------------------------------------------
+
+
+def test_logout_ends_the_session_at_once(svc: SessionService) -> None:
+    """logout answers True, publishes leave (reason logout) and forgets the session."""
+    sid = open_session(svc)["session_id"]
+    assert call(svc, "logout", session_id=sid, broker="b1") is True
+    assert published(svc)[-1] == (
+        "leave",
+        {"session_id": sid, "user_id": "alice", "broker": "b1", "reason": "logout"},
+    )
+    assert call(svc, "get", session_id=sid) is None
+    assert svc.records == {}
+
+
+def test_logout_may_name_its_reason(svc: SessionService) -> None:
+    """A broker ending a kicked session may give the leave event its reason."""
+    sid = open_session(svc)["session_id"]
+    call(svc, "logout", session_id=sid, broker="b1", reason="kicked")
+    assert published(svc)[-1][1]["reason"] == "kicked"
+
+
+def test_logout_of_an_unknown_session_or_from_another_broker_is_false(
+    svc: SessionService,
+) -> None:
+    """logout answers False and publishes nothing for an unknown session or a wrong broker."""
+    sid = open_session(svc)["session_id"]
+    assert call(svc, "logout", session_id="nope", broker="b1") is False
+    assert call(svc, "logout", session_id=sid, broker="b2") is False
+    assert topics(svc) == ["enter"]
+
+
+def test_logout_of_an_offline_session_cancels_its_grace_period(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """An offline session logged out leaves once, not again when its grace would end."""
+    sid = open_session(svc)["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "logout", session_id=sid, broker="b1")
+    assert clock.getDelayedCalls() == []
+    clock.advance(GRACE)
+    assert topics(svc) == ["enter", "offline", "leave"]
+
+
+# -- track --------------------------------------------------------------------------
+
+
+def test_track_records_what_a_resume_restores(svc: SessionService) -> None:
+    """Joins, leaves, props (None deletes) and bindings tracked are answered by resume."""
+    opened = open_session(svc)
+    sid = opened["session_id"]
+    call(svc, "track", session_id=sid, broker="b1", joined=["room:a", "room:b"], props={"x": 1})
+    call(svc, "track", session_id=sid, broker="b1", left=["room:a"], props={"x": None, "y": "z"})
+    call(svc, "track", session_id=sid, broker="b1", bound={"fight": "fight-1", "map": "map-2"})
+    call(svc, "track", session_id=sid, broker="b1", unbound=["map"])
+    reply = call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
+    assert reply["channels"] == ["room:b"]
+    assert reply["props"] == {"y": "z"}
+    assert reply["bindings"] == {"fight": "fight-1"}
+
+
+def test_track_applies_joined_before_left(svc: SessionService) -> None:
+    """A channel both joined and left in one track ends up left."""
+    sid = open_session(svc)["session_id"]
+    call(svc, "track", session_id=sid, broker="b1", joined=["c"], left=["c"])
+    assert call(svc, "get", session_id=sid)["channels"] == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"joined": "room:a"},
+        {"left": [1]},
+        {"props": ["x"]},
+        {"bound": {"fight": 3}},
+        {"unbound": "fight"},
+    ],
+)
+def test_track_refuses_badly_typed_changes(svc: SessionService, kwargs: dict[str, Any]) -> None:
+    """track raises BadRequest for lists that are not lists of strings and maps that are not."""
+    sid = open_session(svc)["session_id"]
+    with pytest.raises(BadRequest):
+        call(svc, "track", session_id=sid, broker="b1", **kwargs)
+
+
+def test_track_of_an_unknown_session_is_ignored(svc: SessionService) -> None:
+    """track for a session that has ended does nothing (and does not fail)."""
+    assert call(svc, "track", session_id="gone", broker="b1", joined=["c"]) is None
+    assert svc.records == {}
+
+
+# -- lost brokers ------------------------------------------------------------------
+
+
+def test_start_listens_to_the_registry_when_the_runtime_has_a_directory(
+    svc: SessionService,
+) -> None:
+    """With a directory (a real worker), start registers a registry listener."""
+    directory = FakeDirectory()
+    svc.runtime.directory = directory  # type: ignore[attr-defined]
+    svc.start()
+    assert directory.view.listeners == [svc.registry_changed]
+
+
+def test_start_without_a_directory_does_nothing(svc: SessionService) -> None:
+    """On a runtime with no directory (a unit test), start needs nothing."""
+    assert svc.start() is None
+
+
+@pytest.mark.parametrize("reason", ["expired", "deregistered", "vanished"])
+def test_a_broker_going_down_sets_its_sessions_offline(
+    svc: SessionService, clock: task.Clock, reason: str
+) -> None:
+    """Any DOWN of a broker sets its online sessions offline (broker lost), each with grace."""
+    directory = FakeDirectory()
+    svc.runtime.directory = directory  # type: ignore[attr-defined]
+    svc.start()
+    listener = directory.view.listeners[0]
+    a = open_session(svc, "alice", "b1")["session_id"]
+    b = open_session(svc, "bob", "b1")["session_id"]
+    c = open_session(svc, "carol", "b2")["session_id"]
+    del published(svc)[:]
+    listener(Change.DOWN, broker("b1"), reason)
+    assert published(svc) == [
+        ("offline", {"session_id": a, "user_id": "alice", "broker": "b1", "reason": "broker lost"}),
+        ("offline", {"session_id": b, "user_id": "bob", "broker": "b1", "reason": "broker lost"}),
+    ]
+    assert call(svc, "get", session_id=c)["online"] is True
+    clock.advance(GRACE)
+    assert call(svc, "get", session_id=a) is None and call(svc, "get", session_id=b) is None
+    assert call(svc, "get", session_id=c) is not None
+
+
+def test_sessions_of_a_lost_broker_can_be_resumed_elsewhere(svc: SessionService) -> None:
+    """A session whose broker died resumes on another broker without any kick."""
+    opened = open_session(svc, broker="b1")
+    svc.registry_changed(Change.DOWN, broker("b1"), "expired")
+    reply = call(svc, "resume", session_id=opened["session_id"], token=opened["token"], broker="b2")
+    assert reply["session_id"] == opened["session_id"]
+    assert kicks(svc) == []
+
+
+def test_other_registry_changes_leave_sessions_alone(svc: SessionService) -> None:
+    """A broker coming UP, or another service going DOWN, changes no session."""
+    sid = open_session(svc, broker="b1")["session_id"]
+    svc.registry_changed(Change.UP, broker("b1"), "registered")
+    svc.registry_changed(Change.DOWN, Instance(service_name="chat", instance_id="b1"), "expired")
+    assert call(svc, "get", session_id=sid)["online"] is True
+    assert topics(svc) == ["enter"]
+
+
+def test_a_lost_broker_does_not_restart_grace_of_sessions_already_offline(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """Sessions already offline keep their deadline and get no second offline event."""
+    sid = open_session(svc, broker="b1")["session_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    clock.advance(GRACE / 2)
+    assert svc.broker_lost("b1") == 0
+    clock.advance(GRACE / 2)
+    assert topics(svc) == ["enter", "offline", "leave"]
+
+
+# -- memory ----------------------------------------------------------------------
+
+
+def test_memory_is_released_when_sessions_leave(svc: SessionService, clock: task.Clock) -> None:
+    """Once every session has left (logout or expiry) nothing of them is kept."""
+    for i in range(10):
+        sid = open_session(svc, f"user{i % 3}")["session_id"]
+        if i % 2:
+            call(svc, "logout", session_id=sid, broker="b1")
+        else:
+            call(svc, "closed", session_id=sid, broker="b1")
+    clock.advance(GRACE)
+    assert svc.records == {}
+    assert svc._by_user == {}
+    assert clock.getDelayedCalls() == []

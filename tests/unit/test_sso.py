@@ -1,0 +1,152 @@
+"""SSOService: registration, login, validation, hashing, and accounts seeded from the env."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from mmo.config import ConfigError
+from mmo.errors import MmoError, RemoteError, from_wire
+from mmo.examples.sso import (
+    ACCOUNTS_ENV,
+    AccountExists,
+    BadCredentials,
+    InvalidAccount,
+    SSOService,
+)
+from mmo.testing import fake_context, handler_factory
+from mmo.wire.gen.mmo.ttypes import ErrorCode
+
+
+@pytest.fixture(autouse=True)
+def _no_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests start with no accounts unless they seed some."""
+    monkeypatch.delenv(ACCOUNTS_ENV, raising=False)
+
+
+@pytest.fixture
+def sso() -> SSOService:
+    """An SSO service on a fake runtime."""
+    return handler_factory(SSOService)
+
+
+def call(sso: SSOService, method: str, **kwargs: Any) -> Any:
+    """Call an SSO method through the dispatch table."""
+    return sso.dispatch(fake_context(sso, method), kwargs)
+
+
+def test_register_then_login(sso: SSOService) -> None:
+    """A registered user logs in with its password and gets its user id and name."""
+    assert call(sso, "register", user="harry", password="hedwig") == {"user_id": "harry"}
+    assert call(sso, "login", user="harry", password="hedwig") == {
+        "user_id": "harry",
+        "name": "harry",
+    }
+
+
+def test_register_twice_is_account_exists(sso: SSOService) -> None:
+    """A user name can be registered once; the first password stays valid."""
+    call(sso, "register", user="harry", password="one")
+    with pytest.raises(AccountExists, match="harry"):
+        call(sso, "register", user="harry", password="two")
+    assert call(sso, "login", user="harry", password="one")["user_id"] == "harry"
+
+
+def test_wrong_password_and_unknown_user_are_indistinguishable(sso: SSOService) -> None:
+    """Both a wrong password and an unknown user raise BadCredentials with the same message."""
+    call(sso, "register", user="harry", password="hedwig")
+    with pytest.raises(BadCredentials) as wrong:
+        call(sso, "login", user="harry", password="crookshanks")
+    with pytest.raises(BadCredentials) as unknown:
+        call(sso, "login", user="draco", password="hedwig")
+    assert str(wrong.value) == str(unknown.value)
+
+
+def test_passwords_are_stored_only_as_salted_scrypt_hashes(sso: SSOService) -> None:
+    """No plaintext is kept: each account holds a random salt and a 64-byte scrypt hash."""
+    call(sso, "register", user="a", password="same-password")
+    call(sso, "register", user="b", password="same-password")
+    (salt_a, hash_a), (salt_b, hash_b) = sso.accounts["a"], sso.accounts["b"]
+    assert len(salt_a) == 16 and len(hash_a) == 64
+    assert salt_a != salt_b and hash_a != hash_b
+    assert b"same-password" not in salt_a + hash_a + salt_b + hash_b
+    assert "same-password" not in repr(sso.__dict__)
+
+
+def test_scrypt_cost_is_small_and_overridable() -> None:
+    """The default scrypt cost is the small documented one; a subclass may raise it."""
+    assert (SSOService.scrypt_n, SSOService.scrypt_r, SSOService.scrypt_p) == (2**12, 8, 1)
+
+    class Costly(SSOService):
+        scrypt_n = 2**13
+
+    sso = handler_factory(Costly)
+    call(sso, "register", user="harry", password="hedwig")
+    salt, digest = sso.accounts["harry"]
+    assert digest == sso.hash_password("hedwig", salt)
+    assert digest == hashlib.scrypt(b"hedwig", salt=salt, n=2**13, r=8, p=1)
+    assert digest != hashlib.scrypt(b"hedwig", salt=salt, n=2**12, r=8, p=1)
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["", "x" * 33, "has space", "semi;colon", "émile", None, 42],
+)
+def test_bad_user_names_are_invalid_accounts(sso: SSOService, user: Any) -> None:
+    """A user name must be 1-32 letters, digits, '_' or '-' (register and login alike)."""
+    with pytest.raises(InvalidAccount):
+        call(sso, "register", user=user, password="pw")
+    with pytest.raises(InvalidAccount):
+        call(sso, "login", user=user, password="pw")
+    assert sso.accounts == {}
+
+
+@pytest.mark.parametrize("password", ["", "x" * 129, None, 1234])
+def test_bad_passwords_are_invalid_accounts(sso: SSOService, password: Any) -> None:
+    """A password must be a string of 1-128 characters (register and login alike)."""
+    with pytest.raises(InvalidAccount):
+        call(sso, "register", user="harry", password=password)
+    with pytest.raises(InvalidAccount):
+        call(sso, "login", user="harry", password=password)
+    assert sso.accounts == {}
+
+
+def test_names_and_passwords_at_the_limits_are_accepted(sso: SSOService) -> None:
+    """A 32-character name of every allowed kind and a 128-character password register."""
+    user = "Aa0_-" + "z" * 27
+    assert call(sso, "register", user=user, password="p" * 128) == {"user_id": user}
+    assert call(sso, "login", user=user, password="p" * 128)["user_id"] == user
+
+
+def test_errors_reach_callers_as_typed_remote_errors() -> None:
+    """Each SSO error carries the REMOTE code, so a caller gets a RemoteError of that type."""
+    for cls in (AccountExists, BadCredentials, InvalidAccount):
+        error = cls("why")
+        assert isinstance(error, MmoError) and error.code == ErrorCode.REMOTE
+        remote = from_wire(error.code, cls.__name__, "why")
+        assert isinstance(remote, RemoteError) and remote.type == cls.__name__
+
+
+def test_accounts_are_seeded_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$MMO_SSO_ACCOUNTS "user:password,..." creates those accounts (a password may hold ':')."""
+    monkeypatch.setenv(ACCOUNTS_ENV, "alice:pw1, bob:p:w2,")
+    sso = handler_factory(SSOService)
+    assert sorted(sso.accounts) == ["alice", "bob"]
+    assert call(sso, "login", user="alice", password="pw1")["user_id"] == "alice"
+    assert call(sso, "login", user="bob", password="p:w2")["user_id"] == "bob"
+
+
+@pytest.mark.parametrize("spec", ["alice", "alice:", "bad name:pw", "alice:a,alice:b"])
+def test_a_bad_seed_is_a_config_error(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    """A malformed, invalid or repeated seeded account is refused, naming the variable."""
+    monkeypatch.setenv(ACCOUNTS_ENV, spec)
+    with pytest.raises(ConfigError, match=ACCOUNTS_ENV):
+        handler_factory(SSOService)
+
+
+def test_sso_serves_register_and_login_only() -> None:
+    """The service's method table is register and login, neither retried elsewhere."""
+    assert SSOService.method_names() == {"register": False, "login": False}
+    assert SSOService.default_service == "sso"
