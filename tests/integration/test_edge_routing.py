@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -87,3 +89,62 @@ def test_brokerlist_lists_both_brokers_with_load(edge):
     assert set(listing["brokerList"]) == {f"127.0.0.1:{p}" for p in edge.ports}
     assert all(0 <= load <= 1 for load in listing["brokerList"].values())
     assert listing["version"]
+
+
+MMO = [sys.executable, "-c", "from mmo.cli import main; main()"]
+
+
+def test_mmo_chat_talks_and_refuses_a_bad_login(edge):
+    """`mmo chat` sends stdin lines to the room and prints pushes; a bad login exits 1."""
+    watcher = RawClient(edge.ports[1])
+    watcher.login("carol", "pw-carol")
+    watcher.request("chat.join", {"room": "cli"})
+    result = subprocess.run(
+        [
+            *MMO,
+            "chat",
+            "--brokerlist",
+            edge.brokerlist_url,
+            "--user",
+            "zed",
+            "--password",
+            "pw-zed",
+            "--room",
+            "cli",
+            "--register",
+        ],
+        input="hello from the terminal\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hello from the terminal" in result.stdout
+    heard = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("terminal" in h for h in heard):
+        packet = watcher.recv()
+        if packet.kind == PacketKind.PUSH and packet.route == "chat.message":
+            heard.append(packet.value["content"])
+    assert heard == ["hello from the terminal"]
+    bad = subprocess.run(
+        [
+            *MMO,
+            "chat",
+            "--brokerlist",
+            edge.brokerlist_url,
+            "--user",
+            "zed",
+            "--password",
+            "wrong",
+            "--room",
+            "cli",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode != 0
+    assert "BadCredentials" in bad.stderr
+    watcher.close()

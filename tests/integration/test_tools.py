@@ -28,7 +28,7 @@ def run(cmd: list[str], timeout: float = 60, **kwargs) -> subprocess.CompletedPr
 def test_twistd_lists_every_role():
     """`twistd --help` lists the mmo roles."""
     out = run([*twistd_command(), "--help"], cwd="/").stdout
-    for role in ("mmo-yellow", "mmo-worker", "mmo-cluster"):
+    for role in ("mmo-yellow", "mmo-worker", "mmo-broker", "mmo-brokerlist", "mmo-cluster"):
         assert role in out
 
 
