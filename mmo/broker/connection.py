@@ -363,8 +363,26 @@ class WebSocketClientProtocol:
             self.broker.config.max_outbound,
             self.connection.slow_consumer,
         )
-        self.transport.attachProducer(self._queue)
         self.broker.connection_made(self.connection)
+        # The HTTP channel is still the transport's producer during the handshake:
+        # take its place once the handshake's request is done.
+        self.broker.clock.callLater(0, self._attach)
+
+    def _attach(self) -> None:
+        if self.transport is None or self._queue is None or self.connection is None:
+            return
+        if self.connection.closed:
+            return
+        # Twisted's WebSocket upgrade leaves the HTTP channel registered as the TCP
+        # transport's producer; the socket is ours now, so is its back-pressure.
+        tcp = getattr(self.transport, "transport", None)
+        if tcp is not None and getattr(tcp, "producer", None) is not None:
+            tcp.unregisterProducer()
+        try:
+            self.transport.attachProducer(self._queue)
+        except RuntimeError as e:
+            # No back-pressure on this socket: the idle and rate limits still hold.
+            self.broker.log.warn("broker: WebSocket back-pressure unavailable: {e}", e=e)
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
         """One binary message = one packet."""
