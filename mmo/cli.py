@@ -2,8 +2,10 @@
 
     mmo services --yellow URL [--json]
     mmo call --yellow URL SERVICE.METHOD [JSON_KWARGS] [--timeout S]
+    mmo bench {w1,w2,w3,floor,all} [--duration S] [--clients C] [--against HOST:PORT] [--json]
     mmo bench calls [--concurrency 1 50] [--duration S] [--yellow URL] [--json]
     mmo chat --brokerlist URL --user NAME --password PW --room ROOM [--register]
+    mmo fights --yellow URL [--json]
 
 ``--yellow`` defaults to ``$MMO_YELLOW`` or ``tcp://127.0.0.1:5555``; several
 addresses may be given, separated by commas. Exit status: 0 on success, 1 when
@@ -158,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mmo.client.chat import add_parser as add_chat
 
     add_chat(sub)
+
+    from mmo.fight.cli import add_parser as add_fights
+
+    add_fights(sub)
     return parser
 
 

@@ -32,3 +32,9 @@ mmo_brokerlist = ServiceMaker(
     "mmo brokerlist: HTTP JSON list of the live brokers and their load",
     "mmo-brokerlist",
 )
+mmo_fight = ServiceMaker(
+    "mmo fight",
+    "mmo.fight.tap",
+    "mmo fight dispatcher: a pool of fight processes under a cap per process",
+    "mmo-fight",
+)

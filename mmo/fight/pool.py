@@ -1,0 +1,727 @@
+"""The dispatcher's bookkeeping: fight processes, their fights, reservations, waiters.
+
+Everything here runs on one clock in one Twisted process and decides
+synchronously: an allocation either reserves seats on a ready process at once
+(so no two concurrent allocations can both see the same free seat) or queues a
+waiter that is served, in order, when a process becomes ready or seats are
+released. Processes are started and stopped through a :class:`Spawner`; the
+pool learns that one is ready from the registry (:meth:`FightPool.process_ready`)
+and that one died from its exit (``on_exit``) or, as a backup, from the
+registry dropping it (:meth:`FightPool.process_down`). Nothing here touches a
+socket, so unit tests drive it with ``task.Clock`` and a fake spawner.
+
+Terms: a process's *load* is the players of the fights it holds (reserved or
+running); it has *room* while load < cap; a *spare* is a ready or starting
+process with room.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from mmo.fight.config import FightConfig
+from mmo.fight.errors import BadFight, NotInFight, PoolDraining, PoolFull, UnknownFight
+from mmo.types import Clock, DelayedCall
+from mmo.wire.gen.mmo.ttypes import Session
+
+__all__ = [
+    "READY",
+    "STARTING",
+    "STOPPING",
+    "ChildHandle",
+    "Fight",
+    "FightPool",
+    "FightProcess",
+    "PoolListener",
+    "Spawner",
+]
+
+log = Logger()
+
+#: Spawned, not registered yet: counts as room to come, takes no fight yet.
+STARTING = "starting"
+#: Registered: takes fights while it has room.
+READY = "ready"
+#: Being stopped (idle, draining, or lost): takes no fight.
+STOPPING = "stopping"
+
+#: ``on_exit(instance_id, description)``: a spawned child has exited.
+ExitCallback = Callable[[str, str], None]
+
+_BACKOFF_MAX = 30.0
+
+
+class ChildHandle(Protocol):
+    """A spawned fight process, as the pool sees it."""
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, while it runs."""
+        ...
+
+    def terminate(self) -> defer.Deferred[None]:
+        """Stop it gently (SIGTERM, SIGKILL after a while); fire once it has exited."""
+        ...
+
+    def kill(self) -> None:
+        """Kill it at once (SIGKILL); its exit is reported through ``on_exit``."""
+        ...
+
+
+class Spawner(Protocol):
+    """Starts fight processes."""
+
+    def spawn(self, instance_id: str, on_exit: ExitCallback) -> ChildHandle:
+        """Start a fight process registering as ``instance_id``; call ``on_exit`` when it ends."""
+        ...
+
+
+class PoolListener(Protocol):
+    """What the pool tells the dispatcher about fights it ends on its own."""
+
+    def fight_lost(self, fight: Fight, reason: str) -> None:
+        """``fight`` died with its process (or was cut off by a shutdown)."""
+        ...
+
+    def fight_expired(self, fight: Fight) -> None:
+        """``fight``'s players did not all arrive in time; its seats are free again."""
+        ...
+
+
+def _observe(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A new Deferred firing (with None) when ``d`` fires, leaving ``d``'s result alone."""
+    observer: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
+        observer.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return observer
+
+
+class _NoListener:
+    def fight_lost(self, fight: Fight, reason: str) -> None:
+        pass
+
+    def fight_expired(self, fight: Fight) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Fight:
+    """One allocated fight.
+
+    Attributes:
+        fight_id: its id.
+        instance_id: the fight process holding it.
+        players: the players (user ids) it has seats for.
+        created_at: clock time of the allocation.
+        arrived: players the fight process has reported as arrived.
+        sessions: the client sessions of players, as far as known (to tell them if it is lost).
+    """
+
+    fight_id: str
+    instance_id: str
+    players: tuple[str, ...]
+    created_at: float
+    arrived: set[str] = field(default_factory=set)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    expiry: DelayedCall | None = field(default=None, repr=False)
+
+    @property
+    def claimed(self) -> bool:
+        """Whether every player has arrived."""
+        return self.arrived.issuperset(self.players)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fight as ``allocate`` answers it."""
+        return {
+            "fight_id": self.fight_id,
+            "instance": self.instance_id,
+            "players": list(self.players),
+        }
+
+
+@dataclass(eq=False)
+class FightProcess:
+    """One fight process of the pool.
+
+    Attributes:
+        instance_id: its registry instance id.
+        number: its sequence number (``<prefix>-<number>``).
+        handle: the running child.
+        started_at: clock time it was spawned.
+        state: ``starting``, ``ready`` or ``stopping``.
+        fights: the fights it holds, by id.
+        load: players of those fights.
+        peak: the highest load it ever had.
+        ready_at: clock time it registered.
+        idle_since: clock time its last fight ended (None while it holds fights).
+    """
+
+    instance_id: str
+    number: int
+    handle: ChildHandle
+    started_at: float
+    state: str = STARTING
+    fights: dict[str, Fight] = field(default_factory=dict)
+    load: int = 0
+    peak: int = 0
+    ready_at: float | None = None
+    idle_since: float | None = None
+    deregistered: bool = False
+    start_timer: DelayedCall | None = field(default=None, repr=False)
+    stopped: defer.Deferred[None] | None = field(default=None, repr=False)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    players: tuple[str, ...]
+    fight_id: str | None
+    sessions: dict[str, Session]
+    d: defer.Deferred[Fight]
+    timeout: float
+    timer: DelayedCall | None = None
+
+
+class FightPool:
+    """Fight processes and the fights on them, under a cap per process.
+
+    Args:
+        config: cap, spares, maximum, timeouts and the process name prefix.
+        clock: the reactor (or a ``task.Clock``).
+        spawner: starts the fight processes.
+        listener: told of fights lost or expired (the dispatcher tells their players).
+    """
+
+    def __init__(
+        self,
+        config: FightConfig,
+        clock: Clock,
+        spawner: Spawner,
+        listener: PoolListener | None = None,
+    ) -> None:
+        self.config = config
+        self.cap = config.cap
+        self.clock = clock
+        self.spawner = spawner
+        self.listener: PoolListener = listener or _NoListener()
+        self.processes: dict[str, FightProcess] = {}
+        self.fights: dict[str, Fight] = {}
+        self.running = False
+        self.draining = False
+        self.counts = dict.fromkeys(
+            ("spawned", "failed", "crashed", "reaped", "allocated", "released", "expired", "lost"),
+            0,
+        )
+        self._waiters: list[_Waiter] = []
+        self._number = 0
+        self._failures = 0
+        self._spawn_after = 0.0
+        self._retry: DelayedCall | None = None
+        self._loop: task.LoopingCall | None = None
+        self._drained: defer.Deferred[None] | None = None
+        self._stopped: defer.Deferred[None] | None = None
+        self._drain_limit: DelayedCall | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the spares and the idle check."""
+        self.running = True
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = self.clock  # type: ignore[assignment]
+        self._loop.start(min(1.0, max(0.05, self.config.idle_timeout / 4)), now=False)
+        self.maintain()
+
+    def drain(self) -> defer.Deferred[None]:
+        """Stop for good: refuse new fights, let running ones end (up to the drain
+        timeout; the rest are reported lost), then stop every process.
+
+        Fires once every fight process has exited.
+        """
+        if self._stopped is not None:
+            return _observe(self._stopped)
+        self.draining = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._cancel(waiter.timer)
+            waiter.d.errback(PoolDraining("the fight dispatcher is shutting down"))
+        self._cancel(self._retry)
+        self._drained = defer.Deferred()
+        if self.fights:
+            log.info(
+                "fight: draining; waiting up to {limit:g}s for {n} fights to end",
+                limit=self.config.drain_timeout,
+                n=len(self.fights),
+            )
+            self._drain_limit = self.clock.callLater(self.config.drain_timeout, self._cut_off)
+        self._stopped = self._drained.addCallback(self._stop_all)
+        self._check_drained()
+        return _observe(self._stopped)
+
+    def _cut_off(self) -> None:
+        self._drain_limit = None
+        for fight in list(self.fights.values()):
+            self._remove_fight(fight)
+            self.counts["lost"] += 1
+            self.listener.fight_lost(fight, "the fight dispatcher shut down before it ended")
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if self.draining and not self.fights and drained is not None and not drained.called:
+            self._cancel(self._drain_limit)
+            drained.callback(None)
+
+    def _stop_all(self, _: Any) -> defer.Deferred[None]:
+        self.running = False
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        procs = list(self.processes.values())
+        stops = [self._stop(proc, "the dispatcher is stopping") for proc in procs]
+        return defer.DeferredList(stops, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- allocation ----------------------------------------------------------
+
+    def allocate(
+        self,
+        players: Iterable[str],
+        fight_id: str | None = None,
+        *,
+        timeout: float,
+        sessions: Mapping[str, Session] | None = None,
+    ) -> defer.Deferred[Fight]:
+        """Reserve seats for ``players`` on the least-loaded ready process with room.
+
+        When none has room the call waits (a process is started if the maximum
+        allows) for at most ``timeout`` seconds, then fails with ``PoolFull``.
+        Giving ``fight_id`` makes the call idempotent: the same id with the same
+        players answers the fight already allocated.
+
+        Raises (as a failed Deferred):
+            BadFight: no players, too many for the cap, or repeated ones.
+            PoolDraining: the dispatcher is shutting down.
+            PoolFull: no room before the deadline.
+        """
+        try:
+            group = self._check_players(players)
+            if fight_id is not None and not (isinstance(fight_id, str) and fight_id):
+                raise BadFight("fight_id must be a non-empty string")
+        except BadFight:
+            return defer.fail()
+        if fight_id is not None:
+            known = self.fights.get(fight_id)
+            if known is not None:
+                if known.players != group:
+                    return defer.fail(BadFight(f"fight {fight_id!r} exists with other players"))
+                return defer.succeed(known)
+            if any(w.fight_id == fight_id for w in self._waiters):
+                return defer.fail(BadFight(f"fight {fight_id!r} is being allocated"))
+        if self.draining or not self.running:
+            return defer.fail(PoolDraining("the fight dispatcher is not taking fights"))
+        known_sessions = dict(sessions or {})
+        proc = self._pick(len(group))
+        if proc is not None:
+            fight = self._reserve(proc, group, fight_id, known_sessions)
+            self.maintain()  # that may have taken the last spare
+            return defer.succeed(fight)
+        if timeout <= 0:
+            return defer.fail(self._full(len(group), 0.0))
+        waiter = _Waiter(group, fight_id, known_sessions, defer.Deferred(), timeout)
+        waiter.timer = self.clock.callLater(timeout, self._gave_up, waiter)
+        self._waiters.append(waiter)
+        self.maintain()
+        return waiter.d
+
+    def _check_players(self, players: Iterable[str]) -> tuple[str, ...]:
+        if not isinstance(players, list | tuple):
+            raise BadFight("players must be a list of player ids")
+        group = tuple(players)
+        if not group:
+            raise BadFight("a fight needs at least one player")
+        if not all(isinstance(p, str) and p for p in group):
+            raise BadFight("players must be non-empty strings")
+        if len(set(group)) != len(group):
+            raise BadFight("a player appears twice")
+        if len(group) > self.cap:
+            raise BadFight(f"{len(group)} players do not fit one process (cap {self.cap})")
+        return group
+
+    def _full(self, seats: int, waited: float) -> PoolFull:
+        alive = len(self.processes)
+        return PoolFull(
+            f"no fight process had room for {seats} players within {waited:g}s "
+            f"(cap {self.cap}; {alive} of at most {self.config.max_processes} processes)"
+        )
+
+    def _gave_up(self, waiter: _Waiter) -> None:
+        waiter.timer = None
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            waiter.d.errback(self._full(len(waiter.players), waiter.timeout))
+            # It may have been the reason for a spawn: spares are recounted on the next tick.
+
+    def _pick(self, seats: int) -> FightProcess | None:
+        best: FightProcess | None = None
+        for proc in self.processes.values():
+            if proc.state != READY or self.cap - proc.load < seats:
+                continue
+            if best is None or (proc.load, proc.number) < (best.load, best.number):
+                best = proc
+        return best
+
+    def _reserve(
+        self,
+        proc: FightProcess,
+        players: tuple[str, ...],
+        fight_id: str | None,
+        sessions: dict[str, Session],
+    ) -> Fight:
+        fight_id = fight_id or uuid.uuid4().hex[:16]
+        now = self.clock.seconds()
+        fight = Fight(fight_id, proc.instance_id, players, now, sessions=sessions)
+        proc.load += len(players)
+        # The one invariant everything else serves.
+        assert proc.load <= self.cap, f"{proc.instance_id} over the cap"
+        proc.peak = max(proc.peak, proc.load)
+        proc.idle_since = None
+        proc.fights[fight_id] = fight
+        self.fights[fight_id] = fight
+        fight.expiry = self.clock.callLater(self.config.reservation_timeout, self._expire, fight_id)
+        self.counts["allocated"] += 1
+        return fight
+
+    def _serve_waiters(self) -> None:
+        served: list[tuple[_Waiter, Fight]] = []
+        for waiter in list(self._waiters):
+            proc = self._pick(len(waiter.players))
+            if proc is None:
+                continue
+            self._waiters.remove(waiter)
+            self._cancel(waiter.timer)
+            served.append(
+                (waiter, self._reserve(proc, waiter.players, waiter.fight_id, waiter.sessions))
+            )
+        # Callers run after the bookkeeping is complete.
+        for waiter, fight in served:
+            waiter.d.callback(fight)
+
+    # -- what fight processes report ----------------------------------------
+
+    def arrived(
+        self,
+        fight_id: str,
+        player: str,
+        session: Session | None = None,
+        instance: str | None = None,
+    ) -> Fight:
+        """Record that ``player`` reached ``fight_id`` (on ``instance``, if said).
+
+        Once every player has arrived, the reservation no longer expires.
+
+        Raises:
+            UnknownFight: no such fight (released, expired, lost, or never allocated).
+            NotInFight: the player has no seat in it, or it is held by another process.
+        """
+        fight = self.fights.get(fight_id) if isinstance(fight_id, str) else None
+        if fight is None:
+            raise UnknownFight(f"no fight {fight_id!r}")
+        if instance is not None and instance != fight.instance_id:
+            raise NotInFight(f"fight {fight_id!r} is on {fight.instance_id}, not {instance}")
+        if player not in fight.players:
+            raise NotInFight(f"{player!r} is not a player of fight {fight_id!r}")
+        fight.arrived.add(player)
+        if session is not None:
+            fight.sessions[player] = session
+        if fight.claimed:
+            self._cancel(fight.expiry)
+            fight.expiry = None
+        return fight
+
+    def release(self, fight_id: str) -> Fight | None:
+        """Free the seats of a fight that ended; the fight, or None if it was not known."""
+        fight = self.fights.get(fight_id) if isinstance(fight_id, str) else None
+        if fight is None:
+            return None
+        self._remove_fight(fight)
+        self.counts["released"] += 1
+        self._after_seats_freed()
+        return fight
+
+    def _expire(self, fight_id: str) -> None:
+        fight = self.fights.get(fight_id)
+        if fight is None or fight.claimed:
+            return
+        fight.expiry = None
+        log.info(
+            "fight: reservation {id} on {instance} expired ({arrived} of {n} players arrived)",
+            id=fight_id,
+            instance=fight.instance_id,
+            arrived=len(fight.arrived),
+            n=len(fight.players),
+        )
+        self._remove_fight(fight)
+        self.counts["expired"] += 1
+        self.listener.fight_expired(fight)
+        self._after_seats_freed()
+
+    def _remove_fight(self, fight: Fight) -> None:
+        self.fights.pop(fight.fight_id, None)
+        self._cancel(fight.expiry)
+        fight.expiry = None
+        proc = self.processes.get(fight.instance_id)
+        if proc is not None and proc.fights.pop(fight.fight_id, None) is not None:
+            proc.load -= len(fight.players)
+            if not proc.fights:
+                proc.idle_since = self.clock.seconds()
+
+    def _after_seats_freed(self) -> None:
+        self._serve_waiters()
+        self._check_drained()
+
+    # -- what the registry and the children report ----------------------------
+
+    def process_ready(self, instance_id: str, pid: int | None = None) -> None:
+        """``instance_id`` registered (``pid`` from its record): it takes fights from now."""
+        proc = self.processes.get(instance_id)
+        if proc is not None and proc.deregistered and proc.stopped is None:
+            # Registered again: the goodbye was not its own (an old process of the same
+            # name said it), so it takes fights again.
+            log.info("fight: {id} registered again", id=instance_id)
+            proc.deregistered = False
+            proc.state = READY
+            self._serve_waiters()
+            return
+        if proc is None or proc.state != STARTING:
+            return
+        if pid is not None and proc.handle.pid is not None and pid != proc.handle.pid:
+            log.warn(
+                "fight: {id} registered with pid {pid}, but ours is {ours}; ignored",
+                id=instance_id,
+                pid=pid,
+                ours=proc.handle.pid,
+            )
+            return
+        now = self.clock.seconds()
+        proc.state = READY
+        proc.ready_at = proc.idle_since = now
+        self._cancel(proc.start_timer)
+        self._failures = 0
+        log.info("fight: {id} ready in {s:.2f}s", id=instance_id, s=now - proc.started_at)
+        self._serve_waiters()
+        self.maintain()
+
+    def process_down(self, instance_id: str, reason: str) -> None:
+        """The registry dropped ``instance_id``: a hung or vanished process is killed and
+        its fights reported lost at once; one that deregistered takes no new fights."""
+        proc = self.processes.get(instance_id)
+        if proc is None or proc.state != READY:
+            return
+        proc.state = STOPPING
+        if reason == "deregistered":
+            # It is stopping by itself: its exit reports what it still held.
+            log.warn("fight: {id} deregistered on its own", id=instance_id)
+            proc.deregistered = True
+        else:
+            log.warn(
+                "fight: {id} dropped by the registry ({why}); killing it",
+                id=instance_id,
+                why=reason,
+            )
+            self.counts["crashed"] += 1
+            self._lose_fights(proc, f"fight process {instance_id} stopped answering ({reason})")
+            proc.handle.kill()
+        self._check_drained()
+        self.maintain()
+
+    def _exited(self, instance_id: str, description: str) -> None:
+        proc = self.processes.pop(instance_id, None)
+        if proc is None:
+            return
+        self._cancel(proc.start_timer)
+        if proc.state == STARTING:
+            self._failures += 1
+            self.counts["failed"] += 1
+            delay = min(_BACKOFF_MAX, 0.5 * 2 ** (self._failures - 1))
+            self._spawn_after = self.clock.seconds() + delay
+            log.warn(
+                "fight: {id} {how} before it was ready; next start in {delay:.1f}s",
+                id=instance_id,
+                how=description,
+                delay=delay,
+            )
+        elif proc.state == READY:
+            self.counts["crashed"] += 1
+            log.warn(
+                "fight: {id} {how} holding {n} fights",
+                id=instance_id,
+                how=description,
+                n=len(proc.fights),
+            )
+        else:
+            log.info("fight: {id} stopped ({how})", id=instance_id, how=description)
+        self._lose_fights(proc, f"fight process {instance_id} {description}")
+        self._check_drained()
+        self.maintain()
+
+    def _lose_fights(self, proc: FightProcess, reason: str) -> None:
+        for fight in list(proc.fights.values()):
+            self._remove_fight(fight)
+            self.counts["lost"] += 1
+            self.listener.fight_lost(fight, reason)
+
+    # -- keeping the pool the right size ---------------------------------------
+
+    def maintain(self) -> None:
+        """Start the processes that waiting allocations and the spare count need."""
+        if self.draining or not self.running:
+            return
+        now = self.clock.seconds()
+        if now < self._spawn_after:
+            self._retry_later()
+            return
+        # Seats to come: ready processes' free room, starting processes' whole cap,
+        # handed to the waiters in the order they would be served.
+        rooms = [self.cap - p.load for p in self.processes.values() if p.state == READY]
+        rooms += [self.cap for p in self.processes.values() if p.state == STARTING]
+        new = 0
+        for waiter in self._waiters:
+            seats = len(waiter.players)
+            best = max(range(len(rooms)), key=rooms.__getitem__, default=None)
+            if best is not None and rooms[best] >= seats:
+                rooms[best] -= seats
+            else:
+                rooms.append(self.cap - seats)
+                new += 1
+        spares = sum(1 for room in rooms if room > 0)
+        new += max(0, self.config.min_spare - spares)
+        allowed = self.config.max_processes - len(self.processes)
+        for _ in range(min(new, allowed)):
+            if not self._spawn():
+                self._retry_later()
+                break
+
+    def _retry_later(self) -> None:
+        if self._retry is None or not self._retry.active():
+            delay = max(0.0, self._spawn_after - self.clock.seconds())
+            self._retry = self.clock.callLater(delay, self.maintain)
+
+    def _spawn(self) -> bool:
+        self._number += 1
+        instance_id = f"{self.config.process_prefix or 'fight'}-{self._number}"
+        try:
+            handle = self.spawner.spawn(instance_id, self._exited)
+        except Exception:
+            log.failure("fight: cannot start {id}", id=instance_id)
+            self._failures += 1
+            self.counts["failed"] += 1
+            self._spawn_after = self.clock.seconds() + min(
+                _BACKOFF_MAX, 0.5 * 2 ** (self._failures - 1)
+            )
+            return False
+        now = self.clock.seconds()
+        proc = FightProcess(instance_id, self._number, handle, now)
+        proc.start_timer = self.clock.callLater(
+            self.config.start_timeout, self._start_timed_out, instance_id
+        )
+        self.processes[instance_id] = proc
+        self.counts["spawned"] += 1
+        log.info("fight: starting {id} (pid {pid})", id=instance_id, pid=handle.pid)
+        return True
+
+    def _start_timed_out(self, instance_id: str) -> None:
+        proc = self.processes.get(instance_id)
+        if proc is not None and proc.state == STARTING:
+            proc.start_timer = None
+            log.warn(
+                "fight: {id} did not register within {s:g}s; killing it",
+                id=instance_id,
+                s=self.config.start_timeout,
+            )
+            proc.handle.kill()
+
+    def tick(self) -> None:
+        """Stop processes idle for ``idle_timeout`` beyond the spare count; top the pool up."""
+        if self.draining or not self.running:
+            return
+        if not self._waiters:
+            now = self.clock.seconds()
+            spares = sum(
+                1
+                for p in self.processes.values()
+                if p.state in (READY, STARTING) and p.load < self.cap
+            )
+            idle = sorted(
+                (
+                    p
+                    for p in self.processes.values()
+                    if p.state == READY
+                    and not p.fights
+                    and p.idle_since is not None
+                    and now - p.idle_since >= self.config.idle_timeout
+                ),
+                key=lambda p: (p.idle_since, -p.number),
+            )
+            for proc in idle:
+                if spares - 1 < self.config.min_spare:
+                    break
+                spares -= 1
+                self.counts["reaped"] += 1
+                self._stop(proc, f"idle for {now - (proc.idle_since or now):.1f}s")
+        self.maintain()
+
+    def _stop(self, proc: FightProcess, why: str) -> defer.Deferred[None]:
+        if proc.stopped is None:
+            log.info("fight: stopping {id} ({why})", id=proc.instance_id, why=why)
+            proc.state = STOPPING
+            proc.stopped = proc.handle.terminate()
+        return _observe(proc.stopped)
+
+    # -- views -----------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Allocations waiting for room."""
+        return len(self._waiters)
+
+    def status(self) -> dict[str, Any]:
+        """The pool as ``mmo fights`` shows it."""
+        now = self.clock.seconds()
+        procs = sorted(self.processes.values(), key=lambda p: p.number)
+        return {
+            "cap": self.cap,
+            "min_spare": self.config.min_spare,
+            "max_processes": self.config.max_processes,
+            "draining": self.draining,
+            "fights": len(self.fights),
+            "players": sum(p.load for p in procs),
+            "waiting": len(self._waiters),
+            "counts": dict(self.counts),
+            "processes": [
+                {
+                    "instance": p.instance_id,
+                    "pid": p.handle.pid,
+                    "state": p.state,
+                    "load": p.load,
+                    "room": max(0, self.cap - p.load) if p.state != STOPPING else 0,
+                    "fights": len(p.fights),
+                    "peak": p.peak,
+                    "age": round(now - p.started_at, 3),
+                    "idle": None if p.idle_since is None else round(now - p.idle_since, 3),
+                }
+                for p in procs
+            ],
+        }
+
+    @staticmethod
+    def _cancel(call: DelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()

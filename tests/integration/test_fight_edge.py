@@ -1,0 +1,230 @@
+"""Real players fight through real brokers: matchmaking, bound fight routes, turns, and
+kill -9 of their fight process mid-fight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmo.testing import TwistdProcess
+from mmo.testing.rawclient import RawClient, Received
+from mmo.wire.gen.mmo.ttypes import PacketKind
+
+from .edge import EdgeCluster
+
+MMO = [sys.executable, "-c", "from mmo.cli import main; main()"]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Player:
+    """A logged-in client that keeps the pushes it reads while waiting for replies."""
+
+    def __init__(self, port: int, user: str) -> None:
+        self.user = user
+        self.client = RawClient(port)
+        self.client.login(user, f"pw-{user}")
+        self.pushes: list[Received] = []
+
+    def send(self, route: str, body: Any = None) -> int:
+        """Send a request without waiting; its seq."""
+        return self.client.send(PacketKind.REQUEST, route, body if body is not None else {})
+
+    def reply(self, seq: int, timeout: float = 8.0) -> Received:
+        """The RESPONSE or ERROR to request ``seq`` (pushes read meanwhile are kept)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            packet = self.client.recv()
+            if packet.kind == PacketKind.PUSH:
+                self.pushes.append(packet)
+            elif packet.seq == seq and packet.kind in (PacketKind.RESPONSE, PacketKind.ERROR):
+                return packet
+        raise AssertionError(f"{self.user}: no reply to {seq} in {timeout}s")
+
+    def request(self, route: str, body: Any = None) -> Any:
+        """Send a request and return its reply's value (fail on an ERROR)."""
+        packet = self.reply(self.send(route, body))
+        assert packet.kind == PacketKind.RESPONSE, (self.user, route, packet)
+        return packet.value
+
+    def push(self, route: str, timeout: float = 5.0) -> Any:
+        """The body of the first push on ``route`` (kept or arriving within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, packet in enumerate(self.pushes):
+                if packet.route == route:
+                    return self.pushes.pop(i).value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.user}: no push {route} in {timeout}s")
+            self.client.sock.settimeout(left)
+            try:
+                packet = self.client.recv()
+            except TimeoutError:
+                continue
+            finally:
+                self.client.sock.settimeout(5.0)
+            if packet.kind == PacketKind.PUSH:
+                self.pushes.append(packet)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.close()
+
+
+def fights_status(yellow: str) -> dict[str, Any]:
+    """`mmo fights --json`."""
+    out = subprocess.run(
+        [*MMO, "fights", "--yellow", yellow, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def wait_pool(yellow: str, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """Poll `mmo fights` until ``predicate(status)`` holds."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            status = fights_status(yellow)
+            if predicate(status):
+                return status
+        except subprocess.CalledProcessError:
+            pass  # the dispatcher is not registered yet
+        time.sleep(0.2)
+    raise AssertionError(f"pool never matched: {status}")
+
+
+def ready_count(status: dict[str, Any]) -> int:
+    """Ready fight processes."""
+    return sum(p["state"] == "ready" for p in status["processes"])
+
+
+def matchmake(one: Player, two: Player) -> dict[str, Any]:
+    """Both players ask for a fight of two; both get the same one, then fight.start."""
+    seq = one.send("fight.matchmake", {"size": 2})
+    time.sleep(0.1)  # one waits first
+    second = two.request("fight.matchmake", {"size": 2})
+    first = one.reply(seq)
+    assert first.kind == PacketKind.RESPONSE, first
+    assert first.value == second
+    for player in (one, two):
+        assert player.push("fight.start") == second
+    return second
+
+
+@pytest.fixture
+def edge(tmp_path: Path):
+    """An edge cluster whose brokers route fight.* to the fight processes, plus a dispatcher
+    (cap 2: one fight per process; one spare)."""
+    config = tmp_path / "broker.toml"
+    config.write_text('[broker.routes]\nfight = "fight-worker"\n')
+    cluster = EdgeCluster(tmp_path, brokers=2, broker_args=("--config", str(config)))
+    dispatcher = TwistdProcess(
+        "mmo-fight",
+        ["--yellow", cluster.yellow, "--handler", "mmo.examples.fight:TurnFight",
+         "--cap", "2", "--min-spare", "1", "--max-processes", "4", "--drain-timeout", "1"],
+        tmp_path,
+        name="fight-dispatcher",
+    )  # fmt: skip
+    cluster.processes["fight-dispatcher"] = dispatcher.start()
+    try:
+        cluster.wait_ready()
+        wait_pool(cluster.yellow, lambda s: ready_count(s) == 1)
+        yield cluster
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop()
+
+
+def test_players_fight_and_are_told_within_5s_when_their_fight_process_dies(edge):
+    """Two players on two brokers matchmake, join and take turns on their bound fight process;
+    after kill -9 of it both get fight.lost within 5 s, and a new fight starts at once."""
+    alice = Player(edge.ports[0], "alice")
+    bob = Player(edge.ports[1], "bob")
+    fight = matchmake(alice, bob)
+    instance = fight["instance"]
+    assert alice.request("fight.join", {"fight_id": fight["fight_id"]})["turn"] is None
+    state = bob.request("fight.join", {"fight_id": fight["fight_id"]})
+    assert state["turn"] == "alice" and state["joined"] == ["alice", "bob"]
+    for player in (alice, bob):
+        assert player.push("fight.turn")["turn"] == "alice"
+    hit = alice.request("fight.attack")
+    assert hit["by"] == "alice" and hit["target"] == "bob" and hit["turn"] == "bob"
+    assert bob.push("fight.turn")["damage"] == hit["damage"]
+    # Only the bound process knows the fight: bob's state comes from it.
+    assert bob.request("fight.state")["hp"]["bob"] == 100 - hit["damage"]
+
+    status = wait_pool(edge.yellow, lambda s: ready_count(s) == 2)
+    victim = next(p for p in status["processes"] if p["instance"] == instance)
+    assert victim["load"] == 2
+    killed_at = time.monotonic()
+    os.kill(victim["pid"], signal.SIGKILL)  # a child of the dispatcher this test started
+    for player in (alice, bob):
+        lost = player.push("fight.lost", timeout=5)
+        assert lost["fight_id"] == fight["fight_id"] and "signal 9" in lost["reason"]
+    assert time.monotonic() - killed_at < 5
+
+    started = time.monotonic()
+    again = matchmake(alice, bob)
+    assert again["instance"] != instance
+    assert time.monotonic() - started < 2.0
+    alice.request("fight.join", {"fight_id": again["fight_id"]})
+    assert bob.request("fight.join", {"fight_id": again["fight_id"]})["turn"] == "alice"
+    assert alice.request("fight.attack")["by"] == "alice"
+    status = fights_status(edge.yellow)
+    assert instance not in {p["instance"] for p in status["processes"]}
+    assert status["counts"]["crashed"] == 1 and status["counts"]["lost"] == 1
+    for player in (alice, bob):
+        player.close()
+
+
+def test_a_finished_fight_is_released_and_its_result_kept(edge):
+    """Fighting to the end: both get fight.end with the winner, the routes are unbound, the
+    seats are released and the dispatcher keeps the result."""
+    carol = Player(edge.ports[0], "carol")
+    dave = Player(edge.ports[0], "dave")
+    fight = matchmake(carol, dave)
+    carol.request("fight.join", {"fight_id": fight["fight_id"]})
+    dave.request("fight.join", {"fight_id": fight["fight_id"]})
+    players = {"carol": carol, "dave": dave}
+    turn, end = "carol", None
+    for _ in range(20):
+        event = players[turn].request("fight.attack")
+        if "winner" in event:
+            end = event
+            break
+        turn = event["turn"]
+    assert end is not None
+    for player in (carol, dave):
+        assert player.push("fight.end")["winner"] == end["winner"]
+    status = wait_pool(edge.yellow, lambda s: s["fights"] == 0, timeout=5)
+    assert status["counts"]["released"] == 1
+    out = subprocess.run(
+        [*MMO, "call", "--yellow", edge.yellow, "fight.results", "{}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    [kept] = json.loads(out.stdout)
+    assert kept["fight_id"] == fight["fight_id"] and kept["result"]["winner"] == end["winner"]
+    # Unbound: fight.* now goes to any fight process, which knows no fight of carol's.
+    refused = carol.reply(carol.send("fight.attack"))
+    assert refused.kind == PacketKind.ERROR
+    for player in (carol, dave):
+        player.close()
