@@ -55,11 +55,32 @@ def cluster_config(yellow: str, brokers: list[int], http: int) -> ClusterConfig:
             worker("sso", "mmo.examples.sso:SSOService"),
             worker("chat", "mmo.examples.chat:ChatService"),
             worker("echo", ECHO, count=2),
+            {
+                "name": "fight",
+                "role": "mmo-fight",
+                "args": [
+                    "--yellow",
+                    yellow,
+                    "--handler",
+                    "mmo.examples.fight:TurnFight",
+                    "--cap",
+                    "10",
+                    "--drain-timeout",
+                    "5",
+                ],
+            },
             *(
                 {
                     "name": f"broker-{i + 1}",
                     "role": "mmo-broker",
-                    "args": ["--yellow", yellow, "--listen", address],
+                    "args": [
+                        "--yellow",
+                        yellow,
+                        "--listen",
+                        address,
+                        "--route",
+                        "fight=fight-worker",
+                    ],
                 }
                 for i, address in enumerate(listen)
             ),
@@ -297,8 +318,43 @@ class Demo:
             {b: heard[b] for b in BOTS[:3]}, lambda lines: any("dave left" in x for x in lines)
         )
         self.check("alice saw dave leave", any("dave left" in x for x in heard["alice"]))
+        yield self.fight(bots["alice"], bots["bob"])
         for client in bots.values():
             yield client.close()
+
+    @defer.inlineCallbacks
+    def fight(self, *players: Any) -> InlineCallbacks[None]:
+        """Two bots matchmake, join the fight process they are bound to, and take turns."""
+        self.say("\n11. alice and bob ask for a fight (the dispatcher picks a fight process")
+        self.say("    with room, binds their fight.* routes to it; they take turns):")
+        ended: defer.Deferred[Any] = defer.Deferred()
+
+        def on_turn(route: str, body: Any, client: Any) -> None:
+            if (body.get("turn") == client.user_id and "by" in body) or (
+                body.get("turn") == client.user_id and body.get("turns") == 0
+            ):
+                client.request("fight.attack", {}).addErrback(lambda _: None)
+            if "by" in body and client is players[0]:
+                self.say(
+                    f"    {body['by']} hits {body['target']} for {body['damage']}: hp {body['hp']}"
+                )
+
+        def on_end(route: str, body: Any) -> None:
+            if not ended.called:
+                ended.callback(body)
+
+        for client in players:
+            client.on("fight.turn", lambda r, b, c=client: on_turn(r, b, c))
+            client.on("fight.end", on_end)
+        matched = yield defer.gatherResults(
+            [c.request("fight.matchmake", {"size": 2}, timeout=15) for c in players]
+        )
+        fight_id = matched[0]["fight_id"]
+        self.say(f"    fight {fight_id} on {matched[0]['instance']}")
+        for client in players:
+            yield client.request("fight.join", {"fight_id": fight_id})
+        result = yield ended.addTimeout(30, self.reactor)
+        self.check("the fight ended with a winner", bool(result.get("winner")), result["winner"])
 
     @defer.inlineCallbacks
     def wait_heard(

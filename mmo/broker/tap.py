@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
+
+from twisted.python import usage
+from typing_extensions import override
 
 from mmo.broker.config import BrokerConfig
 from mmo.service import OrderedMultiService
@@ -14,7 +18,7 @@ class Options(RoleOptions):
 
     section = "broker"
     config_class = BrokerConfig
-    multi = ("yellow",)
+    multi = ("yellow", "route")
     optParameters: ClassVar[list[list[Any]]] = [
         *RoleOptions.optParameters,
         ["listen", "l", None, "Endpoint for TCP clients, e.g. tcp:6100:interface=127.0.0.1."],
@@ -33,6 +37,22 @@ class Options(RoleOptions):
     def opt_yellow(self, address: str) -> None:
         """Yellow address (repeat, or separate with commas, for several)."""
         self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
+
+    def opt_route(self, mapping: str) -> None:
+        """Route prefix to service, PREFIX=SERVICE (repeat for several)."""
+        prefix, eq, service = mapping.partition("=")
+        if not eq or not prefix.strip() or not service.strip():
+            raise usage.UsageError(f"--route takes PREFIX=SERVICE, not {mapping!r}")
+        self["route"].append((prefix.strip(), service.strip()))
+
+    @override
+    def postOptions(self) -> None:
+        """Routes from the command line join those of the file."""
+        routes = dict(self["route"])
+        self["route"] = []
+        super().postOptions()
+        if routes:
+            self.config = dataclasses.replace(self.config, routes={**self.config.routes, **routes})
 
 
 def makeService(options: Options) -> OrderedMultiService:
