@@ -13,12 +13,13 @@ with the reason on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
@@ -117,6 +118,10 @@ class ChatConsole(LineReceiver):
         self.on_eof()
 
 
+#: Seconds to wait for the last broadcasts after the end of input.
+LINGER = 0.3
+
+
 def _error(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -192,6 +197,12 @@ def run_chat(
         client.on_closed(closed)
         attach(console)
         yield done
+        # Before leaving, let what was sent come back: a round trip through the chat
+        # service (it handles this session's messages in order), then a moment for the
+        # broadcasts still on their way.
+        with contextlib.suppress(ClientException):
+            yield client.request("chat.members", {"room": room})
+        yield task.deferLater(client.reactor, LINGER, lambda: None)
         yield client.logout()
     except ClientException as e:
         raise CommandError(str(e)) from e

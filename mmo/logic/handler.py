@@ -13,11 +13,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from mmo.errors import BadRequest, UnknownMethod
 from mmo.types import Clock
 from mmo.wire.gen.mmo.ttypes import Session
+
+if TYPE_CHECKING:
+    from mmo.data import Cache, Database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,11 +63,17 @@ class Context:
 
 
 class Runtime(Protocol):
-    """What a handler may use of the process it runs in."""
+    """What a handler may use of the process it runs in.
+
+    ``db`` and ``cache`` are optional: a runtime without them (or with None) has
+    no database or cache; handlers read them through ``ServiceHandler.db``/``.cache``.
+    """
 
     service_name: str
     instance_id: str
     clock: Clock
+    db: Database | None
+    cache: Cache | None
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
         """A proxy to another service (see :mod:`mmo.logic.client`)."""
@@ -146,6 +155,36 @@ class ServiceHandler:
     def publish(self, topic: str, payload: Any) -> None:
         """Publish an event to the subscribers of this service."""
         self.runtime.publish(topic, payload)
+
+    @property
+    def db(self) -> Database | None:
+        """The process's database (worker ``--database``; see :mod:`mmo.data`), or None.
+
+        Assigning replaces it for this handler only (a test's fake, or None to stop using it).
+        """
+        overrides = self.__dict__.get("_data_overrides", {})
+        if "db" in overrides:
+            return overrides["db"]
+        return getattr(self.runtime, "db", None)
+
+    @db.setter
+    def db(self, value: Database | None) -> None:
+        self.__dict__.setdefault("_data_overrides", {})["db"] = value
+
+    @property
+    def cache(self) -> Cache | None:
+        """The process's cache (worker ``--cache``; see :mod:`mmo.data`), or None.
+
+        Assigning replaces it for this handler only.
+        """
+        overrides = self.__dict__.get("_data_overrides", {})
+        if "cache" in overrides:
+            return overrides["cache"]
+        return getattr(self.runtime, "cache", None)
+
+    @cache.setter
+    def cache(self, value: Cache | None) -> None:
+        self.__dict__.setdefault("_data_overrides", {})["cache"] = value
 
     @property
     def sessions(self) -> Any:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet import task
+from twisted.internet import defer, task
 
+from mmo.data.base import Cache, Database, Params, Row
+from mmo.data.errors import DataError
+from mmo.data.memory import MemoryCache
+from mmo.data.sqlite import configure, run_statement, run_transaction
 from mmo.logic.handler import Context, ServiceHandler, Session
 from mmo.types import Clock
 
@@ -33,12 +39,71 @@ class FakeSessions:
         return [args for name, args in self.calls if name == method]
 
 
+class FakeDatabase:
+    """A synchronous in-memory SQLite behind the ``mmo.data.Database`` interface.
+
+    Every operation runs at once and returns a fired Deferred, so a unit test
+    needs no reactor; the SQL (``%s`` placeholders) is the same as on the real
+    databases. ``migrate(FakeDatabase())`` gives it mmo's tables.
+
+    Attributes:
+        down: when set, every operation fails with it (simulate an outage).
+        statements: every statement run, in order.
+    """
+
+    dialect = "sqlite"
+    timeout = 10.0
+
+    def __init__(self) -> None:
+        self.connection = sqlite3.connect(":memory:", isolation_level=None)
+        configure(self.connection, ":memory:", 0.0)
+        self.down: DataError | None = None
+        self.statements: list[str] = []
+
+    def _step(self, sql: str, params: Params) -> defer.Deferred[tuple[list[Row], int]]:
+        if self.down is not None and sql != "ROLLBACK":
+            return defer.fail(self.down)
+        self.statements.append(sql)
+        try:
+            return defer.succeed(run_statement(self.connection, sql, params))
+        except DataError as e:
+            return defer.fail(e)
+
+    def run_query(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> defer.Deferred[list[Row]]:
+        """Run one statement; its rows."""
+        return self._step(sql, params).addCallback(lambda result: result[0])
+
+    def run_operation(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> defer.Deferred[None]:
+        """Run one statement."""
+        return self._step(sql, params).addCallback(lambda _: None)
+
+    def run_interaction(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> defer.Deferred[Any]:
+        """Run ``fn(cursor, ...)`` in a transaction."""
+        result: defer.Deferred[Any] = run_transaction(self._step, fn, args, kwargs)
+        return result
+
+
+def fake_cache(clock: Clock | None = None) -> MemoryCache:
+    """A started :class:`~mmo.data.memory.MemoryCache` on ``clock`` (a new ``Clock`` by default)."""
+    cache = MemoryCache(clock if clock is not None else task.Clock())
+    cache.startService()
+    return cache
+
+
 class FakeRuntime:
     """A ``Runtime`` that records what the handler publishes and serves fake services.
 
     Attributes:
         services: proxies returned by ``get_service(name)``, by service name.
         published: ``(topic, payload)`` pairs the handler published, in order.
+        db: the database handed to the handler (e.g. a :class:`FakeDatabase`), or None.
+        cache: the cache handed to the handler (e.g. :func:`fake_cache`), or None.
     """
 
     def __init__(
@@ -47,6 +112,8 @@ class FakeRuntime:
         instance_id: str = "test-1",
         clock: Clock | None = None,
         services: dict[str, Any] | None = None,
+        db: Database | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.service_name = service_name
         self.instance_id = instance_id
@@ -54,6 +121,8 @@ class FakeRuntime:
         self.services = dict(services or {})
         self.published: list[tuple[str, Any]] = []
         self.sessions = FakeSessions()
+        self.db = db
+        self.cache = cache
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
         """The fake registered for ``name`` (KeyError names what is missing)."""
@@ -74,17 +143,29 @@ def handler_factory(
     instance_id: str = "test-1",
     clock: Clock | None = None,
     services: dict[str, Any] | None = None,
+    db: Database | None = None,
+    cache: Cache | None = None,
     **attributes: Any,
 ) -> H:
     """Build ``handler_class`` on a :class:`FakeRuntime`; extra keywords become attributes.
 
+    ``db`` and ``cache`` go to the runtime, so the handler sees them from its
+    constructor on (as in a worker).
+
     Example::
 
-        sso = handler_factory(SSO, db=FakeDB())
-        result = sso.on_login(fake_context(sso, "login"), user="harry", passwd="x")
+        db = FakeDatabase()
+        migrate(db)
+        sso = handler_factory(SSOService, db=db)
+        result = sso.on_login(fake_context(sso, "login"), user="harry", password="x")
     """
     runtime = FakeRuntime(
-        service_name or handler_class.default_service or "test", instance_id, clock, services
+        service_name or handler_class.default_service or "test",
+        instance_id,
+        clock,
+        services,
+        db,
+        cache,
     )
     handler = handler_class(runtime)
     for name, value in attributes.items():

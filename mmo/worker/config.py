@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mmo.config import ConfigError, check_zmq_address
+from mmo.data.urls import parse_cache_url, parse_database_url
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class WorkerConfig:
         heartbeat: seconds between registry heartbeats (gone after 3 missed).
         drain_timeout: seconds a graceful stop waits for calls in flight.
         call_timeout: default deadline of calls this worker makes, in seconds.
+        database: the database URL (``sqlite:///data/mmo.db``, ``postgresql://...``;
+            see :mod:`mmo.data.urls`), or None for none; its migrations are applied
+            before the handler starts.
+        cache: the cache URL (``memory://``, ``redis://...``, ``redis-shards://...``,
+            ``sentinel://...``), or None: then ``memory://`` when the database is
+            SQLite (the embedded pair of one machine), else no cache.
     """
 
     yellow: tuple[str, ...]
@@ -31,6 +38,8 @@ class WorkerConfig:
     heartbeat: float = 1.0
     drain_timeout: float = 10.0
     call_timeout: float = 5.0
+    database: str | None = None
+    cache: str | None = None
 
     def validate(self) -> None:
         """Check values against each other."""
@@ -44,3 +53,15 @@ class WorkerConfig:
             raise ConfigError("heartbeat", "must be between 0.05 and 20 seconds")
         if self.drain_timeout < 0 or self.call_timeout <= 0:
             raise ConfigError("call-timeout", "timeouts must be positive")
+        if self.database is not None:
+            parse_database_url(self.database, "database")
+        if self.cache is not None:
+            parse_cache_url(self.cache, "cache")
+
+    def cache_url(self) -> str | None:
+        """The cache to use: ``cache``, else ``memory://`` beside a SQLite database."""
+        if self.cache is not None:
+            return self.cache
+        if self.database is not None and parse_database_url(self.database).kind == "sqlite":
+            return "memory://"
+        return None

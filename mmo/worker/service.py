@@ -7,12 +7,14 @@ import os
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mmo.config import ConfigError
+from mmo.data import Cache, Database, DatabaseUnavailable, make_cache, make_database, migrate
+from mmo.errors import MmoError
 from mmo.logic.client import Directory
 from mmo.logic.handler import ServiceHandler
 from mmo.logic.server import HandlerServer
@@ -43,12 +45,20 @@ class WorkerRuntime:
     """What the handler sees of its worker process (implements ``Runtime``)."""
 
     def __init__(
-        self, service_name: str, instance_id: str, clock: Clock, directory: Directory
+        self,
+        service_name: str,
+        instance_id: str,
+        clock: Clock,
+        directory: Directory,
+        db: Database | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.service_name = service_name
         self.instance_id = instance_id
         self.clock = clock
         self.directory = directory
+        self.db = db
+        self.cache = cache
         self.server: HandlerServer | None = None
         self.sessions = Sessions(directory, instance_id)
 
@@ -62,26 +72,73 @@ class WorkerRuntime:
         self.server.publish(topic, payload)
 
 
+#: How long a starting worker waits for its database to answer (to apply migrations).
+DATABASE_WAIT = 30.0
+#: How long a starting worker waits for its cache to connect before starting anyway.
+CACHE_WAIT = 5.0
+
+
+@defer.inlineCallbacks
+def prepare_data(
+    db: Database | None, cache: Cache | None, clock: Clock, wait: float = DATABASE_WAIT
+) -> Any:
+    """Apply the migrations (retrying while the database is unreachable) and let the cache
+    connect: what a worker does before its handler starts.
+
+    Raises (through the Deferred):
+        SchemaTooNew, MigrationError: the database cannot be used by this code.
+        DatabaseUnavailable: the database did not answer within ``wait`` seconds.
+    """
+    if db is not None:
+        deadline = clock.seconds() + wait
+        delay = 0.2
+        while True:
+            try:
+                applied = yield migrate(db)
+                break
+            except DatabaseUnavailable as e:
+                if clock.seconds() + delay > deadline:
+                    raise
+                log.warn("worker: database not ready ({e}); retrying", e=e)
+                yield task.deferLater(clock, delay, lambda: None)  # type: ignore[arg-type]
+                delay = min(delay * 2, 2.0)
+        log.info("worker: database {db} ready; migrations applied: {n}", db=db, n=applied or "none")
+    wait_connected = getattr(cache, "wait_connected", None)
+    if wait_connected is not None and not (yield wait_connected(CACHE_WAIT)):
+        log.warn("worker: cache {cache} not connected yet; starting anyway", cache=cache)
+
+
 class WorkerService(Service):
     """Starts the handler, then serves and registers; stops in the reverse order.
 
-    Stopping deregisters first (callers stop sending within a second), then
-    drains the calls in flight, then calls the handler's ``stop``.
+    Before the handler starts, the database's migrations are applied and the
+    cache is given a moment to connect. Stopping deregisters first (callers stop
+    sending within a second), then drains the calls in flight, then calls the
+    handler's ``stop`` (the database and cache services stop after it).
     """
 
     def __init__(
-        self, handler: ServiceHandler, server: HandlerServer, registration: Registration
+        self,
+        handler: ServiceHandler,
+        server: HandlerServer,
+        registration: Registration,
+        db: Database | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.handler = handler
         self.server = server
         self.registration = registration
+        self.db = db
+        self.cache = cache
         self._started: defer.Deferred[None] | None = None
 
     @override
     def startService(self) -> None:
-        """Run the handler's ``start`` hook, then bind, serve and register."""
+        """Prepare the data services, run the handler's ``start``, then bind, serve, register."""
         super().startService()
-        self._started = defer.maybeDeferred(self.handler.start)
+        clock = self.server.context.reactor
+        self._started = prepare_data(self.db, self.cache, clock)
+        self._started.addCallback(lambda _: self.handler.start())
         self._started.addCallback(self._serve)
         self._started.addErrback(self._failed)
 
@@ -97,7 +154,15 @@ class WorkerService(Service):
         )
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("handler failed to start; stopping", failure)
+        if failure.check(MmoError, ConfigError):
+            # A clear error needs no traceback.
+            log.error(
+                "worker failed to start: {type}: {error}; stopping",
+                type=type(failure.value).__name__,
+                error=failure.value,
+            )
+        else:
+            log.failure("handler failed to start; stopping", failure)
         self.server.context.reactor.stop()
 
     @override
@@ -138,7 +203,16 @@ def make_worker_service(
     )
     directory.setServiceParent(top)
 
-    runtime = WorkerRuntime(service_name, instance_id, ctx.reactor, directory)
+    db = make_database(config.database, reactor=ctx.reactor) if config.database else None
+    cache_url = config.cache_url()
+    cache = make_cache(cache_url, clock=ctx.reactor) if cache_url else None
+    # Started before the worker (so ready before the handler), stopped after it.
+    for data_service, name in ((db, "database"), (cache, "cache")):
+        if data_service is not None:
+            data_service.setName(name)
+            data_service.setServiceParent(top)
+
+    runtime = WorkerRuntime(service_name, instance_id, ctx.reactor, directory, db, cache)
     handler = handler_class(runtime)
     server = HandlerServer(
         ctx, handler, bind_host=config.bind_host, drain_timeout=config.drain_timeout
@@ -158,7 +232,7 @@ def make_worker_service(
         heartbeat=config.heartbeat,
     )
     registration = Registration(ctx, config.yellow, instance, config.heartbeat)
-    worker = WorkerService(handler, server, registration)
+    worker = WorkerService(handler, server, registration, db, cache)
     worker.setName("worker")
     worker.setServiceParent(top)
     return top

@@ -27,6 +27,8 @@ class Options(RoleOptions):
         ["bind-host", None, None, "Interface the worker's sockets bind."],
         ["heartbeat", None, None, "Seconds between registry heartbeats."],
         ["drain-timeout", None, None, "Seconds a graceful stop waits for calls in flight."],
+        ["database", None, None, "Database URL: sqlite:///PATH.db or postgresql://..."],
+        ["cache", None, None, "Cache URL: memory://, redis://HOST:PORT/DB, redis-shards://..."],
     ]
 
     def opt_yellow(self, address: str) -> None:
@@ -46,7 +48,14 @@ class Options(RoleOptions):
 
 
 def makeService(options: Options) -> MultiService:
-    """Build the worker service tree from parsed options."""
+    """Build the worker service tree from parsed options.
+
+    A ConfigError raised while building it (a handler refusing its environment,
+    e.g. sso without ``$MMO_AUTH_KEY``) ends the process with that message, not a traceback.
+    """
     from mmo.worker.service import make_worker_service
 
-    return make_worker_service(options.config, handler_class=options.handler_class)
+    try:
+        return make_worker_service(options.config, handler_class=options.handler_class)
+    except ConfigError as e:
+        raise SystemExit(f"mmo-worker: {e}") from None

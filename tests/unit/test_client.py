@@ -25,7 +25,7 @@ from mmo.client import (
     parse_brokerlist,
     pick_broker,
 )
-from mmo.client.chat import ChatConsole, format_members, format_push, run_chat
+from mmo.client.chat import LINGER, ChatConsole, format_members, format_push, run_chat
 from mmo.client.errors import error_name
 from mmo.client.protocol import MAX_SEQ, decode_body, encode_body
 from mmo.client.session import split_address
@@ -1085,7 +1085,7 @@ def chat_broker(net: FakeNetwork, handlers: dict[str, Any]) -> None:
 
 def test_chat_session_from_login_to_end_of_input(capsys: pytest.CaptureFixture[str]) -> None:
     """mmo chat registers (existing account is fine), logs in, joins, sends lines, logs out."""
-    client, net, _ = make_client({"b1:1": 0.1})
+    client, net, clock = make_client({"b1:1": 0.1})
     console = ChatConsole()
     attached: list[ChatConsole] = []
     d = run_chat(
@@ -1103,7 +1103,11 @@ def test_chat_session_from_login_to_end_of_input(capsys: pytest.CaptureFixture[s
     assert (packet.kind, packet.route) == (PacketKind.NOTIFY, "chat.send")
     assert decode_value(packet.body) == {"content": "hello there"}
     console.readConnectionLost()
-    chat_broker(net, {"session.logout": None})
+    # End of input: a round trip through the chat service, a moment for the last
+    # broadcasts, then the logout.
+    chat_broker(net, {"chat.members": ["harry", "ron"]})
+    clock.advance(LINGER)
+    chat_broker(net, {"session.logout": None, "chat.members": ["harry", "ron"]})
     assert result(d) is None
     assert client.state == "closed"
     assert capsys.readouterr().out.splitlines() == ["* in lobby: harry, ron", "[lobby] ron: hi"]

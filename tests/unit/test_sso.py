@@ -1,13 +1,15 @@
-"""SSOService: registration, login, validation, hashing, and accounts seeded from the env."""
+"""SSOService in memory: registration, login, validation, hashing, tokens, env seeding."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import pytest
 
 from mmo.config import ConfigError
+from mmo.data import tokens
 from mmo.errors import MmoError, RemoteError, from_wire
 from mmo.examples.sso import (
     ACCOUNTS_ENV,
@@ -19,11 +21,15 @@ from mmo.examples.sso import (
 from mmo.testing import fake_context, handler_factory
 from mmo.wire.gen.mmo.ttypes import ErrorCode
 
+KEY = "k" * 32
+
 
 @pytest.fixture(autouse=True)
 def _no_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests start with no accounts unless they seed some."""
+    """Tests start with no accounts unless they seed some, and with a signing key."""
     monkeypatch.delenv(ACCOUNTS_ENV, raising=False)
+    monkeypatch.delenv(tokens.DEMO_ENV, raising=False)
+    monkeypatch.setenv(tokens.KEY_ENV, KEY)
 
 
 @pytest.fixture
@@ -38,12 +44,40 @@ def call(sso: SSOService, method: str, **kwargs: Any) -> Any:
 
 
 def test_register_then_login(sso: SSOService) -> None:
-    """A registered user logs in with its password and gets its user id and name."""
+    """A registered user logs in with its password and gets its user id, name and a token."""
     assert call(sso, "register", user="harry", password="hedwig") == {"user_id": "harry"}
-    assert call(sso, "login", user="harry", password="hedwig") == {
-        "user_id": "harry",
-        "name": "harry",
-    }
+    reply = call(sso, "login", user="harry", password="hedwig")
+    assert set(reply) == {"user_id", "name", "auth_token", "expires"}
+    assert reply["user_id"] == reply["name"] == "harry"
+    assert tokens.verify(reply["auth_token"], KEY.encode()) == "harry"
+
+
+def test_login_token_expires_after_token_ttl(sso: SSOService) -> None:
+    """The token's expiry is token_ttl from now; after it, verify raises TokenExpired."""
+    call(sso, "register", user="harry", password="hedwig")
+    reply = call(sso, "login", user="harry", password="hedwig")
+    assert abs(reply["expires"] - (time.time() + sso.token_ttl)) < 5
+    with pytest.raises(tokens.TokenExpired):
+        tokens.verify(reply["auth_token"], KEY.encode(), now=reply["expires"] + 1)
+    with pytest.raises(tokens.InvalidToken):
+        tokens.verify(reply["auth_token"], b"another-key-of-16+-chars")
+
+
+def test_sso_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No $MMO_AUTH_KEY and no MMO_DEMO=1: a ConfigError naming the variable."""
+    monkeypatch.delenv(tokens.KEY_ENV)
+    with pytest.raises(ConfigError, match="MMO_AUTH_KEY"):
+        handler_factory(SSOService)
+
+
+def test_demo_mode_signs_with_the_demo_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMO_DEMO=1 without a key: tokens are signed with the public demo key."""
+    monkeypatch.delenv(tokens.KEY_ENV)
+    monkeypatch.setenv(tokens.DEMO_ENV, "1")
+    sso = handler_factory(SSOService)
+    call(sso, "register", user="harry", password="hedwig")
+    token = call(sso, "login", user="harry", password="hedwig")["auth_token"]
+    assert tokens.verify(token, tokens.DEMO_KEY) == "harry"
 
 
 def test_register_twice_is_account_exists(sso: SSOService) -> None:

@@ -1,0 +1,154 @@
+"""``MemoryCache``: the in-process cache of one machine, with TTLs on an injectable clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+
+from mmo.data.errors import CacheError, CacheUnavailable
+from mmo.types import Clock
+
+__all__ = ["MemoryCache"]
+
+
+def _check_ttl(ttl: float | None) -> None:
+    if ttl is not None and not ttl > 0:
+        raise CacheError(f"a ttl must be a positive number of seconds, got {ttl!r}")
+
+
+class MemoryCache(Service):
+    """A dict with expiry times behind the :class:`mmo.data.Cache` interface.
+
+    Every operation completes at once (the Deferreds it returns have fired), so
+    it also serves as the cache of unit tests. It is private to its process
+    (``shared`` is False): other processes do not see its entries.
+
+    Args:
+        clock: what time is measured on (default: the reactor; ``task.Clock`` in tests).
+        prefix: prepended to every key (as for Redis; for symmetry only).
+    """
+
+    shared = False
+    timeout = 0.0
+
+    def __init__(self, clock: Clock | None = None, prefix: str = "") -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
+        self.clock: Clock = clock
+        self.prefix = prefix
+        self._data: dict[str, tuple[str, float | None]] = {}
+        self._swept_at_size = 64
+
+    def __repr__(self) -> str:
+        return f"<MemoryCache {len(self._data)} keys>"
+
+    def __len__(self) -> int:
+        """How many keys are held (expired ones included until swept)."""
+        return len(self._data)
+
+    # -- the Cache interface -------------------------------------------------------
+
+    def get(self, key: str) -> defer.Deferred[str | None]:
+        """The value of ``key``, or None."""
+        return self._do(self._get, key)
+
+    def set(self, key: str, value: str, ttl: float | None = None) -> defer.Deferred[None]:
+        """Store ``value`` (a string) under ``key``; a set without ttl clears the old one."""
+        return self._do(self._set, key, value, ttl)
+
+    def add(self, key: str, value: str, ttl: float | None = None) -> defer.Deferred[bool]:
+        """Store ``value`` only if ``key`` is absent; whether it was stored."""
+        return self._do(self._add, key, value, ttl)
+
+    def delete(self, key: str) -> defer.Deferred[bool]:
+        """Remove ``key``; whether it existed."""
+        return self._do(lambda k: self._pop(k) is not None, key)
+
+    def take(self, key: str) -> defer.Deferred[str | None]:
+        """Get and remove ``key`` in one step."""
+        return self._do(self._pop, key)
+
+    def incr(self, key: str, amount: int = 1) -> defer.Deferred[int]:
+        """Add ``amount`` to the integer under ``key`` (keeping its ttl); the new value."""
+        return self._do(self._incr, key, amount)
+
+    def expire(self, key: str, ttl: float) -> defer.Deferred[bool]:
+        """Make ``key`` expire after ``ttl`` seconds; whether it exists."""
+        return self._do(self._expire, key, ttl)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _do(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        if not self.running:
+            return defer.fail(CacheUnavailable("the memory cache is not running"))
+        try:
+            return defer.succeed(fn(*args))
+        except CacheError as e:
+            return defer.fail(e)
+
+    def _live(self, key: str) -> tuple[str, float | None] | None:
+        entry = self._data.get(self.prefix + key)
+        if entry is None:
+            return None
+        expires = entry[1]
+        if expires is not None and expires <= self.clock.seconds():
+            del self._data[self.prefix + key]
+            return None
+        return entry
+
+    def _get(self, key: str) -> str | None:
+        entry = self._live(key)
+        return None if entry is None else entry[0]
+
+    def _set(self, key: str, value: str, ttl: float | None) -> None:
+        if not isinstance(value, str):
+            raise CacheError(f"cache values are strings, got {type(value).__name__}")
+        _check_ttl(ttl)
+        expires = None if ttl is None else self.clock.seconds() + ttl
+        self._data[self.prefix + key] = (value, expires)
+        if len(self._data) >= 2 * self._swept_at_size:
+            self._sweep()
+
+    def _add(self, key: str, value: str, ttl: float | None) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._set(key, value, ttl)
+        return True
+
+    def _pop(self, key: str) -> str | None:
+        entry = self._live(key)
+        if entry is None:
+            return None
+        del self._data[self.prefix + key]
+        return entry[0]
+
+    def _incr(self, key: str, amount: int) -> int:
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise CacheError(f"incr needs an integer amount, got {amount!r}")
+        entry = self._live(key)
+        value, expires = entry if entry is not None else ("0", None)
+        try:
+            number = int(value) + amount
+        except ValueError:
+            raise CacheError(f"the value of {key!r} is not an integer") from None
+        self._data[self.prefix + key] = (str(number), expires)
+        return number
+
+    def _expire(self, key: str, ttl: float) -> bool:
+        _check_ttl(ttl)
+        entry = self._live(key)
+        if entry is None:
+            return False
+        self._data[self.prefix + key] = (entry[0], self.clock.seconds() + ttl)
+        return True
+
+    def _sweep(self) -> None:
+        """Drop expired entries (amortised: when the dict has doubled since the last sweep)."""
+        now = self.clock.seconds()
+        self._data = {k: (v, exp) for k, (v, exp) in self._data.items() if exp is None or exp > now}
+        self._swept_at_size = max(64, len(self._data))

@@ -1,0 +1,1 @@
+"""mmo's own schema: versioned SQL files ``NNNN_name.sql``, applied by :mod:`mmo.data.migrate`."""
