@@ -40,11 +40,11 @@ ECHO = "mmo.examples.echo:EchoService"
 BOTS = ["alice", "bob", "carol", "dave"]
 
 
-def cluster_config(yellow: str, brokers: list[int], http: int) -> ClusterConfig:
-    """The cluster of etc/cluster.toml, on the given ports."""
+def cluster_config(yellow: str, brokers: list[int], http: int, data: Path) -> ClusterConfig:
+    """The cluster of etc/cluster.toml, on the given ports, its SQLite file in ``data``."""
 
-    def worker(name: str, handler: str, count: int = 1) -> dict[str, Any]:
-        args = ["--yellow", yellow, "--handler", handler]
+    def worker(name: str, handler: str, count: int = 1, *extra: str) -> dict[str, Any]:
+        args = ["--yellow", yellow, "--handler", handler, *extra]
         return {"name": name, "role": "mmo-worker", "count": count, "args": args}
 
     listen = [f"tcp:{port}:interface=127.0.0.1" for port in brokers]
@@ -52,7 +52,10 @@ def cluster_config(yellow: str, brokers: list[int], http: int) -> ClusterConfig:
         process=(
             {"name": "yellow", "role": "mmo-yellow", "args": ["--listen", yellow]},
             worker("session", "mmo.sessions:SessionService"),
-            worker("sso", "mmo.examples.sso:SSOService"),
+            # The embedded defaults: accounts in SQLite, an in-process cache.
+            worker(
+                "sso", "mmo.examples.sso:SSOService", 1, "--database", f"sqlite:///{data}/mmo.db"
+            ),
             worker("chat", "mmo.examples.chat:ChatService"),
             worker("echo", ECHO, count=2),
             {
@@ -127,7 +130,8 @@ class Demo:
             log_file.write(f"[{name}] {line}\n")
             log_file.flush()
 
-        config = cluster_config(yellow, self.brokers, self.http)
+        data = Path(tempfile.mkdtemp(prefix="mmo-demo-"))
+        config = cluster_config(yellow, self.brokers, self.http, data)
         cluster = make_cluster_service(config, reactor=self.reactor, sink=sink)
         self.say(f"mmo demo: yellow at {yellow}; process logs in {self.log_path}")
         cluster.startService()
@@ -352,7 +356,7 @@ class Demo:
         for client in players:
             yield client.request("fight.join", {"fight_id": fight_id})
         result = yield ended.addTimeout(30, self.reactor)
-        self.check("the fight ended with a winner", bool(result.get("winner")), str(result))
+        self.check("the fight ended with a winner", bool(result.get("winner")), result.get("winner"))
 
     @defer.inlineCallbacks
     def wait_heard(
