@@ -356,7 +356,9 @@ class Demo:
         for client in players:
             yield client.request("fight.join", {"fight_id": fight_id})
         result = yield ended.addTimeout(30, self.reactor)
-        self.check("the fight ended with a winner", bool(result.get("winner")), result.get("winner"))
+        self.check(
+            "the fight ended with a winner", bool(result.get("winner")), result.get("winner")
+        )
 
     @defer.inlineCallbacks
     def wait_heard(

@@ -91,9 +91,45 @@ class Runtime(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Method:
+    """One ``on_<name>``, with what its keyword arguments may be (checked per call)."""
+
     function: Callable[..., Any]
-    signature: inspect.Signature
     idempotent: bool
+    #: Names it accepts (None: it takes ``**kwargs``), and those it requires.
+    accepts: frozenset[str] | None
+    requires: frozenset[str]
+    #: Its own first parameters (self, ctx), which a call may not name.
+    taken: frozenset[str]
+
+    @classmethod
+    def of(cls, function: Callable[..., Any]) -> _Method:
+        """Read ``function``'s signature once (inspect is too slow for every call)."""
+        params = list(inspect.signature(function).parameters.values())
+        taken, rest = params[:2], params[2:]
+        named = [p for p in rest if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        open_ended = any(p.kind == p.VAR_KEYWORD for p in rest)
+        return cls(
+            function,
+            bool(getattr(function, "mmo_idempotent", False)),
+            None if open_ended else frozenset(p.name for p in named),
+            frozenset(p.name for p in named if p.default is p.empty),
+            frozenset(p.name for p in taken),
+        )
+
+    def check(self, kwargs: dict[str, Any]) -> str | None:
+        """Why ``kwargs`` do not fit, or None."""
+        keys = kwargs.keys()
+        clash = keys & self.taken
+        if clash:
+            return f"multiple values for argument {min(clash)!r}"
+        if self.accepts is not None:
+            extra = keys - self.accepts
+            if extra:
+                return f"got an unexpected keyword argument {min(extra)!r}"
+        missing = self.requires - keys
+        if missing:
+            return f"missing a required argument: {min(missing)!r}"
+        return None
 
 
 class ServiceHandler:
@@ -124,11 +160,7 @@ class ServiceHandler:
             function = getattr(cls, attr)
             if not callable(function):
                 continue
-            methods[attr[3:]] = _Method(
-                function,
-                inspect.signature(function),
-                bool(getattr(function, "mmo_idempotent", False)),
-            )
+            methods[attr[3:]] = _Method.of(function)
         cls._methods = methods
 
     # -- what handlers use ---------------------------------------------------
@@ -224,8 +256,7 @@ class ServiceHandler:
         method = self._methods.get(ctx.method)
         if method is None:
             return self.on_unknown(ctx, kwargs)
-        try:
-            method.signature.bind(self, ctx, **kwargs)
-        except TypeError as e:
-            raise BadRequest(f"{ctx.service}.{ctx.method}: {e}") from None
+        wrong = method.check(kwargs)
+        if wrong is not None:
+            raise BadRequest(f"{ctx.service}.{ctx.method}: {wrong}")
         return method.function(self, ctx, **kwargs)

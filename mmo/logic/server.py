@@ -9,6 +9,7 @@ drains: it stops taking work, answers what it holds (up to a limit), then closes
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import zmq
@@ -154,18 +155,31 @@ class HandlerServer(Service):
         if timeout_ms <= 0:
             return
         self.in_flight += 1
-        d = self._call(header, body, clock.seconds() + timeout_ms / 1000.0)
-        if header.one_way:
-            d.addErrback(self._push_failed, header.method)
-            d.addBoth(self._done)
+        try:
+            result = self._call(header, body, clock.seconds() + timeout_ms / 1000.0)
+        except Exception:
+            if header.one_way:
+                self._push_failed(Failure(), header.method)
+            else:
+                self._error(Failure(), ident, header.call_id)
+            self._done(None)
             return
-        d.addCallbacks(
-            self._reply,
-            self._error,
-            callbackArgs=(ident, header.call_id),
-            errbackArgs=(ident, header.call_id),
-        )
-        d.addBoth(self._done)
+        if isinstance(result, defer.Deferred):
+            if header.one_way:
+                result.addErrback(self._push_failed, header.method)
+            else:
+                result.addCallbacks(
+                    self._reply,
+                    self._error,
+                    callbackArgs=(ident, header.call_id),
+                    errbackArgs=(ident, header.call_id),
+                )
+            result.addBoth(self._done)
+            return
+        # A plain value (most handlers): answer at once, no Deferred needed.
+        if not header.one_way:
+            self._reply(result, ident, header.call_id)
+        self._done(None)
 
     def _push(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -180,34 +194,38 @@ class HandlerServer(Service):
             self._bad(f"unexpected kind {header.kind} on the push socket")
             return
         self.in_flight += 1
-        d = self._call(header, frames[1], self.context.reactor.seconds() + 3600.0)
+        d = defer.maybeDeferred(
+            self._call, header, frames[1], self.context.reactor.seconds() + 3600.0
+        )
         d.addErrback(self._push_failed, header.method)
         d.addBoth(self._done)
 
-    def _call(self, header: Header, body: bytes, deadline: float) -> defer.Deferred[Any]:
+    def _call(self, header: Header, body: bytes, deadline: float) -> Any:
+        """Decode the arguments and run the handler: its result, a Deferred, or a raise."""
+        struct = self.handler.body_types.get(header.method or "")
+        kwargs: Any
         try:
-            struct = self.handler.body_types.get(header.method or "")
-            kwargs: Any
             if struct is not None:
                 # The route declares a Thrift struct: it arrives as the ``body`` argument.
                 kwargs = {"body": decode(struct, body)}
             else:
                 kwargs = decode_value(body) if body else {}
-            if not isinstance(kwargs, dict):
-                raise BadRequest("the body of a call must be a map of keyword arguments")
-            ctx = Context(
-                service=header.service_name or self.handler.service_name,
-                method=header.method or "",
-                caller=header.caller,
-                session=header.session,
-                deadline=deadline,
-                clock=self.context.reactor,
-            )
-            return defer.maybeDeferred(self.handler.dispatch, ctx, kwargs)
         except WireError as e:
-            return defer.fail(BadRequest(str(e)))
-        except Exception:
-            return defer.fail()
+            raise BadRequest(str(e)) from e
+        if not isinstance(kwargs, dict):
+            raise BadRequest("the body of a call must be a map of keyword arguments")
+        ctx = Context(
+            service=header.service_name or self.handler.service_name,
+            method=header.method or "",
+            caller=header.caller,
+            session=header.session,
+            deadline=deadline,
+            clock=self.context.reactor,
+        )
+        result = self.handler.dispatch(ctx, kwargs)
+        if inspect.iscoroutine(result):
+            return defer.ensureDeferred(result)
+        return result
 
     def _done(self, result: Any) -> Any:
         self.in_flight -= 1

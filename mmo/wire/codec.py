@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from thrift.protocol.TBinaryProtocol import TBinaryProtocolAcceleratedFactory
+from thrift.protocol.fastbinary import decode_binary, encode_binary
 from thrift.transport.TTransport import TMemoryBuffer
 
 from mmo.wire.gen.mmo.ttypes import Value
@@ -27,9 +27,16 @@ MAX_DEPTH = 48
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
-_factory = TBinaryProtocolAcceleratedFactory(
-    string_length_limit=MAX_STRING, container_length_limit=MAX_CONTAINER
-)
+
+class _Reader:
+    """What fastbinary reads of a protocol: its transport and its limits."""
+
+    __slots__ = ("container_length_limit", "string_length_limit", "trans")
+
+    def __init__(self, trans: TMemoryBuffer) -> None:
+        self.trans = trans
+        self.string_length_limit = MAX_STRING
+        self.container_length_limit = MAX_CONTAINER
 
 
 class WireError(ValueError):
@@ -37,20 +44,18 @@ class WireError(ValueError):
 
 
 def encode(struct: Any) -> bytes:
-    """Serialize a generated Thrift struct with the binary protocol."""
-    buf = TMemoryBuffer()
+    """Serialize a generated Thrift struct with the binary protocol (in C)."""
     try:
-        struct.write(_factory.getProtocol(buf))
+        return encode_binary(struct, [struct.__class__, struct.thrift_spec])
     except Exception as e:
         raise WireError(f"cannot encode {type(struct).__name__}: {e}") from e
-    return buf.getvalue()  # type: ignore[no-any-return,unused-ignore]
 
 
 def decode(cls: type[T], data: bytes) -> T:
     """Deserialize ``data`` into a new ``cls``; raise :class:`WireError` if malformed."""
     obj = cls()
     try:
-        obj.read(_factory.getProtocol(TMemoryBuffer(data)))  # type: ignore[attr-defined]
+        decode_binary(obj, _Reader(TMemoryBuffer(data)), [cls, cls.thrift_spec])  # type: ignore[attr-defined]
     except Exception as e:
         raise WireError(f"malformed {cls.__name__}: {e}") from e
     return obj
