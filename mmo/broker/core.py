@@ -56,6 +56,12 @@ def client_error(error: BaseException) -> tuple[int, str]:
     return ClientError.SERVICE_ERROR, "internal error"
 
 
+def peer_host(peer: str) -> str:
+    """The host part of a carrier's ``host:port`` (what the per-address cap counts)."""
+    host, colon, _ = peer.rpartition(":")
+    return host if colon else peer
+
+
 class Broker(Service):
     """Sessions and routing of one broker process.
 
@@ -86,6 +92,8 @@ class Broker(Service):
         self.sessions: dict[str, ClientConnection] = {}
         self.channels: dict[str, set[ClientConnection]] = defaultdict(set)
         self.counters: Counter[str] = Counter()
+        self._per_address: Counter[str] = Counter()
+        self._address_of: dict[ClientConnection, str] = {}
         self.accepting = False
         self.in_flight = 0
         self.endpoint: str | None = None
@@ -150,6 +158,7 @@ class Broker(Service):
             "connections": len(self.connections),
             "sessions": len(self.sessions),
             "channels": len(self.channels),
+            "addresses": len(self._per_address),
             "in_flight": self.in_flight,
             **self.counters,
         }
@@ -179,17 +188,40 @@ class Broker(Service):
     # -- connections -----------------------------------------------------------
 
     def connection_made(self, conn: ClientConnection) -> None:
-        """A client connected."""
+        """A client connected: admit it unless the broker is full or its address is at the cap."""
         self.count("connections_opened")
         if not self.accepting or len(self.connections) >= self.config.capacity:
             self.count("refused_full")
             conn.fail(None, ClientError.UNAVAILABLE, "the broker is full or stopping")
             return
+        host = peer_host(conn.carrier.peer())
+        cap = self.config.max_per_address
+        if cap and self._per_address[host] >= cap:
+            self.count("refused_per_address")
+            refused = self.counters["refused_per_address"]
+            if refused == 1 or refused % 100 == 0:
+                # A flood refuses thousands: log the first and then every 100th.
+                self.log.warn(
+                    "broker: {host} is at its cap of {cap} connections, refusing"
+                    " ({refused} refused so far)",
+                    host=host,
+                    cap=cap,
+                    refused=refused,
+                )
+            conn.fail(None, ClientError.UNAVAILABLE, "too many connections from your address")
+            return
+        self._per_address[host] += 1
+        self._address_of[conn] = host
         self.connections.add(conn)
 
     def connection_lost(self, conn: ClientConnection) -> None:
         """A client's connection is gone: the session goes offline (it may resume)."""
         self.connections.discard(conn)
+        host = self._address_of.pop(conn, None)
+        if host is not None:
+            self._per_address[host] -= 1
+            if self._per_address[host] <= 0:
+                del self._per_address[host]
         sid = conn.session_id
         if sid is None or self.sessions.get(sid) is not conn:
             return
@@ -371,7 +403,7 @@ class Broker(Service):
             return None
         service = self.config.routes.get(prefix, prefix)
         bound = conn.bindings.get(prefix)
-        if bound is None and not self.directory.view.get(service):
+        if bound is None and service not in self.directory.view.instances:
             self.count("unknown_route")
             conn.error(packet.seq, ClientError.UNKNOWN_ROUTE, f"no service serves {packet.route!r}")
             return None

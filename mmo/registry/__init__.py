@@ -411,13 +411,15 @@ class RegistryView(Service):
 
     def _apply(self, change: int, instance: Instance, reason: str) -> None:
         key = (instance.service_name, instance.instance_id)
-        by_id = self.instances.setdefault(instance.service_name, {})
         self._unconfirmed.discard(key)
         if change == Change.UP:
+            by_id = self.instances.setdefault(instance.service_name, {})
             if by_id.get(instance.instance_id) == instance:
                 return
             by_id[instance.instance_id] = instance
         else:
+            # A service with no instance left is no key at all (callers test membership).
+            by_id = self.instances.get(instance.service_name, {})
             if by_id.pop(instance.instance_id, None) is None:
                 return
             if not by_id:
