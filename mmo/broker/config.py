@@ -28,6 +28,8 @@ class BrokerConfig:
         burst: packets a session may send at once.
         max_outbound: bytes queued for one client before it is disconnected.
         capacity: sessions this broker takes; load = sessions / capacity.
+        max_per_address: connections one client address (IP) may hold open at once;
+            more are refused (``ERROR UNAVAILABLE``, close). 0: no cap.
         request_timeout: deadline of a forwarded request, in seconds.
         registry_heartbeat: seconds between registry heartbeats.
         drain_timeout: seconds a graceful stop waits for requests in flight.
@@ -49,6 +51,7 @@ class BrokerConfig:
     burst: int = 200
     max_outbound: int = 1024 * 1024
     capacity: int = 10_000
+    max_per_address: int = 256
     request_timeout: float = 5.0
     registry_heartbeat: float = 1.0
     drain_timeout: float = 5.0
@@ -70,6 +73,8 @@ class BrokerConfig:
             raise ConfigError("idle-timeout", "must be longer than heartbeat")
         if self.burst < 1 or self.capacity < 1 or self.max_outbound < self.max_frame:
             raise ConfigError("burst", "burst and capacity >= 1, max-outbound >= max-frame")
+        if self.max_per_address < 0:
+            raise ConfigError("max-per-address", "must be >= 0 (0: no cap)")
         for prefix, service in self.routes.items():
             if not isinstance(service, str) or not service:
                 raise ConfigError(f"routes.{prefix}", "must name a service")

@@ -28,6 +28,7 @@ class Options(RoleOptions):
         ["login-route", None, None, "Route of the login request (default sso.login)."],
         ["max-frame", None, None, "Largest client frame, in bytes."],
         ["capacity", None, None, "Sessions this broker takes."],
+        ["max-per-address", None, None, "Connections one client IP may hold (0: no cap)."],
         ["idle-timeout", None, None, "Seconds without a packet before closing."],
         ["login-timeout", None, None, "Seconds a new connection has to log in."],
         ["rate", None, None, "Packets per second a session may send."],

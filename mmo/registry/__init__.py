@@ -373,7 +373,10 @@ class RegistryView(Service):
 
     def _snapshot(self, msg: RegistryMessage) -> None:
         fresh = {(i.service_name, i.instance_id): i for i in msg.instances or []}
-        switched = self.synced and msg.yellow_id != self._yellow_id
+        settling = self._settle_call is not None and self._settle_call.active()
+        # A second snapshot of the new yellow while it settles (the WATCH renewals
+        # queued during the outage each get one) is still part of the switch.
+        switched = self.synced and (msg.yellow_id != self._yellow_id or settling)
         self._resync = False
         self._yellow_id = msg.yellow_id
         self._seq = msg.seq or 0
