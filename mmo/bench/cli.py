@@ -1,10 +1,24 @@
-"""``mmo bench WORKLOAD``: run a workload against fresh servers (or ``--yellow``)."""
+"""``mmo bench WORKLOAD``: run the standard workloads against fresh servers (or ``--against``).
+
+    mmo bench {w1,w2,w3,floor,all} [--duration S] [--clients C] [--json]
+              [--against HOST:PORT [--server-pids [NAME=]PID ...]] ...
+    mmo bench calls [--concurrency 1 50] [--duration S] [--yellow URL] [--json]
+
+Each workload prints one JSON line (and, without ``--json``, a readable table).
+``all`` runs floor, w1, w2 and w3 in one invocation; ``w1`` runs the floor
+first (unless ``--no-floor``) so that its figures come with their ratio to it.
+docs/benchmarks.md describes the workloads and the figures.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +28,381 @@ from mmo.bench.calls import run_calls, sleep
 from mmo.types import InlineCallbacks
 
 ECHO = "mmo.examples.echo:EchoService"
+WORKLOADS = ("w1", "w2", "w3", "floor", "all", "calls")
+#: Most accounts seeded through $MMO_SSO_ACCOUNTS (one environment string is
+#: limited to 128 KiB); more clients than this share accounts (one session each).
+MAX_ACCOUNTS = 4000
+#: Times a workload's servers are started before giving up (a port was taken).
+START_ATTEMPTS = 3
+#: File descriptors the generator needs beyond its client connections.
+FD_MARGIN = 256
 
 
 def add_parser(sub: Any) -> None:
     """Add ``bench`` to the ``mmo`` command's subparsers."""
-    bench = sub.add_parser("bench", help="measure mmo with a standard workload")
-    bench.add_argument("workload", choices=["calls"], help="calls: echo through get_service")
-    bench.add_argument("--duration", type=float, default=5.0, help="measured seconds")
+    bench = sub.add_parser(
+        "bench",
+        help="measure mmo with a standard workload",
+        description="Run a standard workload and print its figures (docs/benchmarks.md).",
+    )
     bench.add_argument(
+        "workload",
+        choices=WORKLOADS,
+        help="w1: echo round trips; w2: room broadcast; w3: idle connections; "
+        "floor: W1 through a bare Twisted+ZeroMQ chain; all: floor, w1, w2, w3; "
+        "calls: echo through get_service (no broker)",
+    )
+    bench.add_argument(
+        "--duration", type=float, default=None, help="measured seconds (default 10; calls: 5)"
+    )
+    bench.add_argument("--warmup", type=float, default=1.0, help="seconds not counted first")
+    bench.add_argument("--clients", type=int, default=50, help="W1/floor connections")
+    bench.add_argument("--json", action="store_true", help="print only JSON lines")
+    bench.add_argument(
+        "--against", default=None, metavar="HOST:PORT", help="use this running broker"
+    )
+    bench.add_argument(
+        "--server-pids",
+        nargs="+",
+        default=[],
+        metavar="[NAME=]PID",
+        help="with --against: processes whose CPU (and W3: memory) to measure; "
+        "the one named broker (else the first) holds the connections",
+    )
+    bench.add_argument("--rooms", type=int, default=10, help="W2 rooms")
+    bench.add_argument("--members", type=int, default=20, help="W2 members per room")
+    bench.add_argument(
+        "--interval", type=float, default=0.1, help="W2 seconds between a member's sends"
+    )
+    bench.add_argument("--drain", type=float, default=5.0, help="W2 seconds to wait after")
+    bench.add_argument("--conns", type=int, default=2000, help="W3 connections")
+    bench.add_argument("--idle", type=float, default=2.0, help="W3 idle seconds before measuring")
+    bench.add_argument(
+        "--in-flight", type=int, default=100, help="handshakes (connect + login) at once"
+    )
+    bench.add_argument(
+        "--rate", type=float, default=1_000_000, help="broker's per-session packets/s"
+    )
+    bench.add_argument("--burst", type=int, default=1_000_000, help="broker's per-session burst")
+    bench.add_argument(
+        "--capacity", type=int, default=None, help="broker's sessions (default: enough for W3)"
+    )
+    bench.add_argument("--no-floor", action="store_true", help="w1: do not run the floor first")
+    bench.add_argument("--user-prefix", default="b", help="bench accounts are <prefix><n>")
+    bench.add_argument("--password", default="bench", help="the bench accounts' password")
+    bench.add_argument(
+        "--accounts",
+        type=int,
+        default=None,
+        help=f"accounts to use (default: one per client, at most {MAX_ACCOUNTS})",
+    )
+    bench.add_argument(
+        "--register", action="store_true", help="with --against: register accounts first"
+    )
+    bench.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    calls = bench.add_argument_group("calls")
+    calls.add_argument(
         "--concurrency", type=int, nargs="+", default=[1, 50], help="calls in flight"
     )
-    bench.add_argument("--workers", type=int, default=2, help="echo workers to start")
-    bench.add_argument("--yellow", default=None, help="use a running cluster's yellow")
-    bench.add_argument("--json", action="store_true", help="print only JSON lines")
+    calls.add_argument("--workers", type=int, default=2, help="echo workers to start")
+    calls.add_argument("--yellow", default=None, help="use a running cluster's yellow")
     bench.set_defaults(run=cmd_bench)
 
 
+def cmd_bench(reactor: Any, args: argparse.Namespace) -> defer.Deferred[None]:
+    """Run the chosen workload(s) and print their figures."""
+    if args.workload == "calls":
+        return cmd_calls(reactor, args)
+    return cmd_workloads(reactor, args)
+
+
+# -- w1, w2, w3, floor, all ------------------------------------------------------------
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """The workloads one invocation runs, in order."""
+    if args.workload == "all":
+        return ["floor", "w1", "w2", "w3"]
+    if args.workload == "w1" and not args.no_floor:
+        return ["floor", "w1"]
+    return [args.workload]
+
+
+def settings_of(args: argparse.Namespace, workloads: list[str]) -> Any:
+    """The :class:`~mmo.bench.workloads.Settings` the options ask for."""
+    from mmo.bench.workloads import Settings
+    from mmo.cli import CommandError
+
+    for name in ("clients", "rooms", "members", "conns", "in_flight"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("interval", "idle", "drain"):
+        if getattr(args, name) <= 0:
+            raise CommandError(f"--{name} must be positive")
+    duration = 10.0 if args.duration is None else args.duration
+    if duration <= 0 or args.warmup < 0:
+        raise CommandError("--duration must be positive and --warmup not negative")
+    accounts = args.accounts or min(MAX_ACCOUNTS, most_clients(args, workloads))
+    return Settings(
+        duration=duration,
+        warmup=args.warmup,
+        clients=args.clients,
+        rooms=args.rooms,
+        members=args.members,
+        interval=args.interval,
+        drain=args.drain,
+        conns=args.conns,
+        idle=args.idle,
+        in_flight=args.in_flight,
+        user_prefix=args.user_prefix,
+        accounts=max(1, accounts),
+        password=args.password,
+        register=args.register,
+    )
+
+
+def most_clients(args: argparse.Namespace, workloads: list[str]) -> int:
+    """The most connections any of ``workloads`` opens at once."""
+    sizes = {"floor": args.clients, "w1": args.clients, "w2": args.rooms * args.members}
+    sizes["w3"] = args.conns
+    return max(sizes[w] for w in workloads)
+
+
+def raise_file_limit(needed: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to ``needed`` (children inherit it); return it.
+
+    Raises:
+        CommandError: the hard limit is lower than ``needed``.
+    """
+    from mmo.cli import CommandError
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise CommandError(
+            f"this run needs about {needed} open files (connections + {FD_MARGIN}) in the "
+            f"generator and in the broker, but the hard limit (ulimit -Hn) is {hard}: "
+            f"raise it (limits.conf, systemd LimitNOFILE, docker --ulimit) or ask for "
+            f"at most {hard - FD_MARGIN} connections"
+        )
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        soft = needed
+    return int(soft)
+
+
+def parse_against(args: argparse.Namespace) -> Any:
+    """The :class:`~mmo.bench.servers.Target` of ``--against`` and ``--server-pids``."""
+    from mmo.bench.servers import Target
+    from mmo.cli import CommandError
+
+    host, sep, port = str(args.against).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise CommandError(f"--against takes HOST:PORT, not {args.against!r}")
+    pids: dict[str, int] = {}
+    for entry in args.server_pids:
+        name, eq, pid = entry.rpartition("=")
+        if not pid.isdigit():
+            raise CommandError(f"--server-pids takes [NAME=]PID, not {entry!r}")
+        if not Path(f"/proc/{pid}/stat").exists():
+            raise CommandError(f"--server-pids: no process {pid}")
+        pids[name if eq else f"pid-{pid}"] = int(pid)
+    broker = "broker" if "broker" in pids else next(iter(pids), None)
+    return Target(host, int(port), pids, broker)
+
+
 @defer.inlineCallbacks
-def cmd_bench(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
+def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
+    """Run each planned workload on fresh servers (or ``--against``), print its figures."""
+    from mmo.bench.servers import BenchError, ServerSet, Target, wait_ready
+    from mmo.bench.workloads import run_echo, run_idle, run_rooms
+    from mmo.cli import CommandError
+
+    workloads = plan(args)
+    settings = settings_of(args, workloads)
+    against = parse_against(args) if args.against else None
+    raise_file_limit(most_clients(args, workloads) + FD_MARGIN)
+    capacity = args.capacity or max(10_000, most_clients(args, workloads) + 100)
+    accounts = ",".join(
+        f"{settings.user_prefix}{i}:{settings.password}" for i in range(settings.accounts)
+    )
+    logs = Path(tempfile.mkdtemp(prefix="mmo-bench-"))
+    runners: dict[str, Callable[[Any, Target, Any], defer.Deferred[dict[str, Any]]]] = {
+        "floor": lambda r, t, s: run_echo(r, t, s, workload="floor"),
+        "w1": lambda r, t, s: run_echo(r, t, s, workload="w1"),
+        "w2": run_rooms,
+        "w3": run_idle,
+    }
+    results: dict[str, dict[str, Any]] = {}
+    failed = True
+
+    def ready(target: Target, servers: ServerSet | None) -> defer.Deferred[None]:
+        return wait_ready(
+            reactor,
+            target,
+            servers,
+            user=settings.user(0),
+            password=settings.password,
+            probe_route="chat.echo",
+            register=settings.register,
+        )
+
+    @defer.inlineCallbacks
+    def start_servers(workload: str, servers: ServerSet) -> InlineCallbacks[Target]:
+        # A port found free may be taken before the server binds it: try afresh.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if workload == "floor":
+                target = servers.start_floor()
+            else:
+                target = servers.start_mmo(
+                    accounts=accounts, rate=args.rate, burst=args.burst, capacity=capacity
+                )
+            try:
+                yield ready(target, servers)
+                return target
+            except BenchError as e:
+                if "Address already in use" not in str(e) or attempt == START_ATTEMPTS:
+                    raise
+                servers.stop()
+        raise AssertionError("unreachable")
+
+    try:
+        for workload in workloads:
+            servers: ServerSet | None = None
+            if workload == "floor" or against is None:
+                servers = ServerSet(logs / workload)
+                (logs / workload).mkdir()
+            try:
+                if servers is None:
+                    assert against is not None
+                    target = against
+                    yield ready(target, None)
+                else:
+                    target = yield start_servers(workload, servers)
+                result = yield runners[workload](reactor, target, settings)
+            except BenchError as e:
+                where = f"\n(server logs in {logs / workload})" if servers is not None else ""
+                raise CommandError(f"{workload}: {e}{where}") from e
+            finally:
+                if servers is not None:
+                    servers.stop()
+            result["against"] = args.against if servers is None else None
+            if workload == "w1" and "floor" in results:
+                add_floor_ratio(result, results["floor"])
+            results[workload] = result
+            print(json.dumps(result), flush=True)
+            if not args.json:
+                print(table(result), flush=True)
+        failed = False
+    finally:
+        if (not failed and not args.keep_logs) or not any(logs.iterdir()):
+            shutil.rmtree(logs, ignore_errors=True)
+        elif args.keep_logs and not args.json:
+            print(f"server logs in {logs}", flush=True)
+
+
+def add_floor_ratio(w1: dict[str, Any], floor: dict[str, Any]) -> None:
+    """Put W1's ratios to the floor measured in the same invocation into ``w1``."""
+    rate = floor.get("requests_per_s") or 0
+    w1["floor_requests_per_s"] = rate
+    w1["floor_ratio"] = round(w1["requests_per_s"] / rate, 3) if rate else None
+    w1["floor_p99_ms"] = floor.get("p99_ms")
+    ours, theirs = w1.get("server_cpu_us_per_request"), floor.get("server_cpu_us_per_request")
+    w1["floor_cpu_ratio"] = round(ours / theirs, 3) if ours and theirs else None
+
+
+# -- tables ---------------------------------------------------------------------------
+
+
+def _cpu_line(result: dict[str, Any]) -> str:
+    parts = ", ".join(f"{name} {secs:.2f}" for name, secs in result["server_cpu_s"].items())
+    return f"{result['server_cpu_total_s']:.2f} s ({parts})" if parts else "not measured"
+
+
+def _latency(result: dict[str, Any]) -> str:
+    return (
+        f"p50 {result['p50_ms']:.2f}  p90 {result['p90_ms']:.2f}  "
+        f"p99 {result['p99_ms']:.2f}  max {result['max_ms']:.2f}"
+    )
+
+
+def table(result: dict[str, Any]) -> str:
+    """A readable table of one workload's figures."""
+    w = result["workload"]
+    rows: list[tuple[str, Any]] = []
+    if w in ("w1", "floor"):
+        title = (
+            f"{'W1 echo' if w == 'w1' else 'floor (Twisted TCP -> ZeroMQ -> echo)'}: "
+            f"{result['clients']} clients, {result['duration_s']:g} s"
+        )
+        rows += [
+            ("requests/s", f"{result['requests_per_s']:.1f}"),
+            ("latency ms", _latency(result)),
+            ("errors", result["errors"]),
+            ("server CPU", _cpu_line(result)),
+            ("server CPU/request", f"{result['server_cpu_us_per_request']} us"),
+            ("generator CPU", f"{result['generator_cpu_s']:.2f} s"),
+            ("other CPU", f"{result['other_cpu_s']:.2f} s (processes outside the benchmark)"),
+        ]
+        if w == "w1" and result.get("floor_ratio") is not None:
+            rows += [
+                (
+                    "vs floor",
+                    f"{result['floor_ratio']:.2f}x the rate "
+                    f"({result['floor_requests_per_s']:.1f} req/s), "
+                    f"{result['floor_cpu_ratio']}x the CPU/request",
+                ),
+            ]
+    elif w == "w2":
+        title = (
+            f"W2 rooms: {result['rooms']} x {result['members']}, "
+            f"every {result['interval_s']:g} s, {result['duration_s']:g} s"
+        )
+        rows += [
+            ("sent/s", f"{result['sent_per_s']:.1f} (offered {result['offered_per_s']:.1f})"),
+            ("delivered/s", f"{result['delivered_per_s']:.1f}"),
+            ("delivery ratio", f"{result['delivery_ratio']:.4f}"),
+            ("late deliveries", result["late_deliveries"]),
+            ("latency ms", _latency(result)),
+            (
+                "send lag ms",
+                f"p99 {result['send_lag_p99_ms']:.2f}  max {result['send_lag_max_ms']:.2f}",
+            ),
+            ("errors", result["errors"]),
+            ("server CPU", _cpu_line(result)),
+            ("server CPU/delivery", f"{result['server_cpu_us_per_delivery']} us"),
+            ("generator CPU", f"{result['generator_cpu_s']:.2f} s"),
+            ("other CPU", f"{result['other_cpu_s']:.2f} s (processes outside the benchmark)"),
+        ]
+    else:
+        title = f"W3 idle: {result['conns']} connections"
+        rows += [
+            ("logged in", result["logged_in"]),
+            ("still open", result["still_open"]),
+            ("logins/s", f"{result['logins_per_s']:.1f} ({result['open_s']:.2f} s to open)"),
+            ("login ms", f"p50 {result['login_p50_ms']:.2f}  p99 {result['login_p99_ms']:.2f}"),
+            (
+                "broker RSS",
+                f"{result['broker_rss_before_kib']} -> {result['broker_rss_after_kib']} KiB",
+            ),
+            ("RSS/connection", f"{result['rss_kib_per_conn']} KiB"),
+            ("errors", result["errors"]),
+        ]
+    if result.get("first_error"):
+        rows.append(("first error", result["first_error"]))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join([title, *(f"  {label:<{width}}  {value}" for label, value in rows)])
+
+
+# -- calls ----------------------------------------------------------------------------
+
+
+@defer.inlineCallbacks
+def cmd_calls(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     """Start servers (unless --yellow), run each concurrency, print the figures."""
     from mmo.logic import connect
     from mmo.testing.processes import TwistdProcess, free_port
 
+    duration = 5.0 if args.duration is None else args.duration
     processes: list[TwistdProcess] = []
     yellow = args.yellow
     logs = Path(tempfile.mkdtemp(prefix="mmo-bench-"))
@@ -64,7 +431,8 @@ def cmd_bench(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
                 reactor,
                 directory,
                 concurrency=concurrency,
-                duration=args.duration,
+                duration=duration,
+                warmup=args.warmup,
                 server_pids=worker_pids,
             )
             result["workers"] = args.workers
@@ -81,3 +449,5 @@ def cmd_bench(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
         yield directory.stopService()
         for p in processes:
             p.stop()
+        if os.path.isdir(logs) and not args.keep_logs:
+            shutil.rmtree(logs, ignore_errors=True)

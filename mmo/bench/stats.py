@@ -36,6 +36,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all processors have spent busy since boot (from /proc/stat).
+
+    Busy is user + nice + system + irq + softirq + steal: everything but idle
+    and I/O wait.
+    """
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process in KiB (VmRSS from /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

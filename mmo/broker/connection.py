@@ -285,7 +285,11 @@ class TCPClientProtocol(Int32StringReceiver):
         self._queue = _OutboundQueue(
             self.sendString, self.broker.config.max_outbound, self.connection.slow_consumer
         )
-        self._tcp().registerProducer(self._queue, True)
+        tcp = self._tcp()
+        # Small packets must leave at once: Nagle's algorithm held pushes for up to
+        # 40 ms (the delayed ACK of the client) and made a room's p99 that long.
+        tcp.setTcpNoDelay(True)
+        tcp.registerProducer(self._queue, True)
         self.broker.connection_made(self.connection)
 
     @override

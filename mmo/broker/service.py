@@ -48,6 +48,18 @@ class WebSocketClientFactory:
         )
 
 
+#: Pending connections the listening socket holds (Twisted's default, 50, drops
+#: connection attempts under a burst of logins: each then waits a 1 s SYN retry).
+BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """A ``tcp:`` endpoint description with a listen backlog, unless it names one."""
+    if description.startswith("tcp:") and "backlog=" not in description:
+        return f"{description}:backlog={BACKLOG}"
+    return description
+
+
 def _port_of(description: str) -> str:
     """The port number in a ``tcp:PORT:...`` endpoint description."""
     parts = description.split(":")
@@ -118,13 +130,15 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
     broker = Broker(config, ctx, directory, instance_id, registration)
 
     listeners: list[Service] = [
-        strports.service(config.listen, TCPClientFactory(broker), reactor=ctx.reactor)
+        strports.service(with_backlog(config.listen), TCPClientFactory(broker), reactor=ctx.reactor)
     ]
     if config.websocket:
         resource = WebSocketResource(WebSocketClientFactory(broker))
         resource.isLeaf = True  # ws://host:port/ (any path) is the WebSocket
         site = Site(resource)
-        listeners.append(strports.service(config.websocket, site, reactor=ctx.reactor))
+        listeners.append(
+            strports.service(with_backlog(config.websocket), site, reactor=ctx.reactor)
+        )
     edge = BrokerService(broker, registration, listeners)
     edge.setName("broker")
     edge.setServiceParent(top)

@@ -37,6 +37,9 @@ MessageHandler = Callable[[list[bytes]], None]
 EventHandler = Callable[[int, str], None]
 
 _monitor_ids = itertools.count(1)
+# Plain ints: combining pyzmq's enum flags on every frame costs more than the send.
+_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+_LAST = int(zmq.NOBLOCK)
 
 
 class ZmqContext:
@@ -156,9 +159,9 @@ class ZmqSocket(ZmqConnection):
     def send(self, message: Sequence[bytes]) -> None:
         """Send a multipart message without blocking."""
         sock = self.socket
-        last = len(message) - 1
-        for i, part in enumerate(message):
-            sock.send(part, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0))
+        for part in message[:-1]:
+            sock.send(part, _MORE)
+        sock.send(message[-1], _LAST)
         # ZeroMQ's descriptor is edge-triggered: touching the socket may swallow
         # the read edge, so look for input on the next reactor turn.
         if self.read_scheduled is None:

@@ -134,9 +134,9 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeCluster]:
             str(MAX_PER_ADDRESS),
             # The slow-reader test floods a room from one session: let it.
             "--rate",
-            "2000",
+            "1000000",
             "--burst",
-            "1000",
+            "1000000",
         ),
     )
     try:

@@ -1,0 +1,317 @@
+"""The servers a workload runs against: a fresh mmo edge, the floor chain, or a running broker.
+
+Every workload gets fresh processes (:class:`ServerSet`), started as children of
+the generator and stopped after it; their CPU time and memory are read from
+``/proc``. With ``--against`` the generator uses a broker that is already
+running and measures only the processes it is told of (``--server-pids``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+
+from mmo.bench.client import BenchConnection, ClientPool
+from mmo.bench.stats import cpu_seconds, machine_busy_seconds, rss_kib
+from mmo.bench.wire import RESPONSE, Frame, encode_fast
+from mmo.testing.processes import TwistdProcess, free_port
+from mmo.types import InlineCallbacks
+
+__all__ = [
+    "MACHINE",
+    "BenchError",
+    "PythonProcess",
+    "ServerSet",
+    "Target",
+    "cpu_snapshot",
+    "rss_snapshot",
+    "server_port",
+]
+
+SESSION = "mmo.sessions:SessionService"
+SSO = "mmo.bench.sso:BenchSSOService"
+CHAT = "mmo.examples.chat:ChatService"
+#: The broker's listen backlog: Twisted's default (50) drops SYNs when 100
+#: handshakes are in flight, and a dropped SYN costs a 1 s retransmission.
+BACKLOG = 1024
+
+
+class BenchError(Exception):
+    """A benchmark could not run (servers did not start, clients could not log in)."""
+
+
+@dataclass
+class Target:
+    """Where the generator connects, and which processes it measures.
+
+    Attributes:
+        host: the broker's (or floor server's) host.
+        port: its client port.
+        pids: name -> pid of the server processes measured.
+        broker: the name in ``pids`` of the process holding the connections.
+    """
+
+    host: str
+    port: int
+    pids: dict[str, int] = field(default_factory=dict)
+    broker: str | None = None
+
+
+class PythonProcess(TwistdProcess):
+    """A ``python -m MODULE ARGS...`` child process (the floor's programs).
+
+    It stops like a :class:`TwistdProcess` (SIGTERM, then SIGKILL); ``role`` is
+    the module run.
+    """
+
+    def start(self) -> PythonProcess:
+        """Start the child (returns at once)."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MMO_NAME=self.name, **self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.role, *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        log.close()
+        return self
+
+
+#: The key of :func:`cpu_snapshot` holding the whole machine's busy CPU seconds.
+MACHINE = "(machine)"
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def server_port() -> int:
+    """A free TCP port on 127.0.0.1 below the ephemeral range.
+
+    Ports the kernel hands to outgoing connections (thousands of them while a
+    workload runs, and more from anything else on the machine) cannot take it
+    between this check and the server's bind.
+    """
+    low, _high = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each named process (a gone process is left out).
+
+    The entry :data:`MACHINE` is the busy time of all processors, so that CPU
+    used by processes outside the benchmark can be told.
+    """
+    out = {MACHINE: machine_busy_seconds()}
+    for name, pid in pids.items():
+        try:
+            out[name] = cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def rss_snapshot(pids: dict[str, int]) -> dict[str, int]:
+    """Resident memory (KiB) of each named process (a gone process is left out)."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = rss_kib(pid)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class ServerSet:
+    """Fresh server processes for one workload; :meth:`stop` stops them all.
+
+    Args:
+        log_dir: where each process writes ``<name>.log``.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.processes: list[TwistdProcess] = []
+
+    def _start(self, process: TwistdProcess) -> TwistdProcess:
+        self.processes.append(process.start())
+        return process
+
+    def start_mmo(
+        self,
+        *,
+        accounts: str,
+        rate: float,
+        burst: int,
+        capacity: int,
+    ) -> Target:
+        """Start yellow, session, sso, chat and one broker; return where to connect.
+
+        Args:
+            accounts: ``user:password,...`` seeded into sso (``$MMO_SSO_ACCOUNTS``).
+            rate: the broker's per-session packet rate.
+            burst: the broker's per-session burst.
+            capacity: sessions the broker takes.
+        """
+        yellow = f"tcp://127.0.0.1:{server_port()}"
+        port = server_port()
+        # A fresh token signing key per run, shared by sso and the broker.
+        env = {"MMO_SSO_ACCOUNTS": accounts, "MMO_AUTH_KEY": secrets.token_urlsafe(24)}
+        pids: dict[str, int] = {}
+        p = self._start(
+            TwistdProcess("mmo-yellow", ["--listen", yellow], self.log_dir, "yellow", env)
+        )
+        pids["yellow"] = p.pid
+        for name, handler in (("session", SESSION), ("sso", SSO), ("chat", CHAT)):
+            args = ["--yellow", yellow, "--handler", handler, "--instance-id", name]
+            p = self._start(TwistdProcess("mmo-worker", args, self.log_dir, name, env))
+            pids[name] = p.pid
+        args = [
+            "--yellow",
+            yellow,
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
+            "--instance-id",
+            "broker",
+            "--rate",
+            str(rate),
+            "--burst",
+            str(burst),
+            "--capacity",
+            str(capacity),
+            # Every bench client comes from 127.0.0.1: no cap per address.
+            "--max-per-address",
+            "0",
+        ]
+        p = self._start(TwistdProcess("mmo-broker", args, self.log_dir, "broker", env))
+        pids["broker"] = p.pid
+        return Target("127.0.0.1", port, pids, "broker")
+
+    def start_floor(self) -> Target:
+        """Start the floor's echo and TCP server (:mod:`mmo.bench.floor`)."""
+        zmq_port = server_port()
+        port = server_port()
+        echo = self._start(
+            PythonProcess(
+                "mmo.bench.floor",
+                ["echo", "--bind", f"tcp://127.0.0.1:{zmq_port}"],
+                self.log_dir,
+                "floor-echo",
+            )
+        )
+        server = self._start(
+            PythonProcess(
+                "mmo.bench.floor",
+                ["server", "--port", str(port), "--echo", f"tcp://127.0.0.1:{zmq_port}"],
+                self.log_dir,
+                "floor-server",
+            )
+        )
+        return Target(
+            "127.0.0.1", port, {"floor-server": server.pid, "floor-echo": echo.pid}, "floor-server"
+        )
+
+    def dead(self) -> TwistdProcess | None:
+        """A child that has exited, if any."""
+        for p in self.processes:
+            if not p.alive():
+                return p
+        return None
+
+    def logs(self, lines: int = 15) -> str:
+        """The tail of every child's log."""
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail(lines)}" for p in self.processes)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every child at once, then SIGKILL what is left after ``timeout``."""
+        for p in reversed(self.processes):
+            if p.alive():
+                p.signal(signal.SIGCONT)
+                p.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.processes:
+            if p.wait(max(0.1, deadline - time.monotonic())) is None:
+                p.kill()
+        self.processes = []
+
+
+@defer.inlineCallbacks
+def wait_ready(
+    reactor: Any,
+    target: Target,
+    servers: ServerSet | None,
+    *,
+    user: str,
+    password: str,
+    probe_route: str | None,
+    register: bool = False,
+    timeout: float = 30.0,
+) -> InlineCallbacks[None]:
+    """Wait until a client can log in and (if given) ``probe_route`` answers.
+
+    Raises:
+        BenchError: a server exited, or nothing worked within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        if servers is not None:
+            gone = servers.dead()
+            if gone is not None:
+                raise BenchError(f"{gone.name} exited:\n{gone.log_tail(30)}")
+        pool = ClientPool(
+            reactor,
+            target.host,
+            target.port,
+            user=lambda i: user,
+            password=password,
+            register=register,
+        )
+        try:
+            conns = yield pool.open(1, in_flight=1, timeout=5.0)
+            if not conns:
+                last = pool.first_error or "login failed"
+            elif probe_route is None:
+                return
+            else:
+                answer = yield _ask(conns[0], probe_route)
+                if answer.kind == RESPONSE:
+                    return
+                last = f"{probe_route}: {answer.code} {answer.message}"
+        finally:
+            pool.close()
+        yield task.deferLater(reactor, 0.2, lambda: None)
+    logs = servers.logs() if servers is not None else ""
+    raise BenchError(f"servers not ready after {timeout:.0f} s: {last}\n{logs}")
+
+
+def _ask(conn: BenchConnection, route: str) -> defer.Deferred[Frame]:
+    d: defer.Deferred[Frame] = defer.Deferred()
+    conn.request(route, encode_fast({}), lambda _conn, frame: d.callback(frame))
+    return d
