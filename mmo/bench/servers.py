@@ -9,10 +9,8 @@ running and measures only the processes it is told of (``--server-pids``).
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +34,6 @@ __all__ = [
     "Target",
     "cpu_snapshot",
     "rss_snapshot",
-    "server_port",
 ]
 
 SESSION = "mmo.sessions:SessionService"
@@ -92,34 +89,6 @@ class PythonProcess(TwistdProcess):
 
 #: The key of :func:`cpu_snapshot` holding the whole machine's busy CPU seconds.
 MACHINE = "(machine)"
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def server_port() -> int:
-    """A free TCP port on 127.0.0.1 below the ephemeral range.
-
-    Ports the kernel hands to outgoing connections (thousands of them while a
-    workload runs, and more from anything else on the machine) cannot take it
-    between this check and the server's bind.
-    """
-    low, _high = _ephemeral_range()
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(10_000, max(10_001, low))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
 
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
@@ -179,8 +148,8 @@ class ServerSet:
             burst: the broker's per-session burst.
             capacity: sessions the broker takes.
         """
-        yellow = f"tcp://127.0.0.1:{server_port()}"
-        port = server_port()
+        yellow = f"tcp://127.0.0.1:{free_port()}"
+        port = free_port()
         # A fresh token signing key per run, shared by sso and the broker.
         env = {"MMO_SSO_ACCOUNTS": accounts, "MMO_AUTH_KEY": secrets.token_urlsafe(24)}
         pids: dict[str, int] = {}
@@ -215,8 +184,8 @@ class ServerSet:
 
     def start_floor(self) -> Target:
         """Start the floor's echo and TCP server (:mod:`mmo.bench.floor`)."""
-        zmq_port = server_port()
-        port = server_port()
+        zmq_port = free_port()
+        port = free_port()
         echo = self._start(
             PythonProcess(
                 "mmo.bench.floor",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -269,7 +269,25 @@ class _OutboundQueue:
         self.size = 0
 
 
-class TCPClientProtocol(Int32StringReceiver):
+class _Carrier:
+    """What both carriers do alike: hand lost connections to the broker, send via the queue."""
+
+    connection: ClientConnection | None
+    _queue: _OutboundQueue | None
+
+    def _lost(self) -> None:
+        if self._queue is not None:
+            self._queue.stopProducing()
+        if self.connection is not None:
+            self.connection.lost()
+
+    def send_frame(self, data: bytes) -> None:
+        """Send one packet through the back-pressure queue."""
+        assert self._queue is not None
+        self._queue.send(data)
+
+
+class TCPClientProtocol(_Carrier, Int32StringReceiver):
     """TCP carrier: 4-byte big-endian length, then a Thrift ``Packet``."""
 
     def __init__(self, broker: Broker) -> None:
@@ -288,7 +306,8 @@ class TCPClientProtocol(Int32StringReceiver):
         tcp = self._tcp()
         # Small packets must leave at once: Nagle's algorithm held pushes for up to
         # 40 ms (the delayed ACK of the client) and made a room's p99 that long.
-        tcp.setTcpNoDelay(True)
+        if ITCPTransport.providedBy(tcp):
+            tcp.setTcpNoDelay(True)
         tcp.registerProducer(self._queue, True)
         self.broker.connection_made(self.connection)
 
@@ -316,17 +335,9 @@ class TCPClientProtocol(Int32StringReceiver):
     @override
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         """Tell the broker."""
-        if self._queue is not None:
-            self._queue.stopProducing()
-        if self.connection is not None:
-            self.connection.lost()
+        self._lost()
 
     # -- Carrier ---------------------------------------------------------------
-
-    def send_frame(self, data: bytes) -> None:
-        """Send one packet through the back-pressure queue."""
-        assert self._queue is not None
-        self._queue.send(data)
 
     def close(self, abort: bool = False) -> None:
         """Close (after what is written, unless ``abort``)."""
@@ -345,7 +356,7 @@ class TCPClientProtocol(Int32StringReceiver):
         return self.transport
 
 
-class WebSocketClientProtocol:
+class WebSocketClientProtocol(_Carrier):
     """WebSocket carrier: one packet per binary message (``twisted.web.websocket``)."""
 
     def __init__(self, broker: Broker, peer: str) -> None:
@@ -413,17 +424,9 @@ class WebSocketClientProtocol:
 
     def connectionLost(self, reason: Failure) -> None:
         """Tell the broker."""
-        if self._queue is not None:
-            self._queue.stopProducing()
-        if self.connection is not None:
-            self.connection.lost()
+        self._lost()
 
     # -- Carrier ---------------------------------------------------------------
-
-    def send_frame(self, data: bytes) -> None:
-        """Send one packet as one binary message."""
-        assert self._queue is not None
-        self._queue.send(data)
 
     def close(self, abort: bool = False) -> None:
         """Close the WebSocket."""
