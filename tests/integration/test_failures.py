@@ -177,7 +177,7 @@ def test_consumers_fail_over_between_yellows(cluster, directory_factory):
     yield sleep(1.0)
     # A worker that appears after the kill registers only with the live yellow.
     cluster.worker("echo-b")
-    yield wait_instances(directory, "echo", {"echo-a", "echo-b"}, timeout=10)
+    yield wait_instances(directory, "echo", {"echo-a", "echo-b"}, timeout=20)
     yield load.stop()
     assert load.errors == []
     whos = yield defer.gatherResults([directory.get_service("echo").whoami() for _ in range(20)])
