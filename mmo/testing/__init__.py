@@ -8,7 +8,14 @@
 The pytest plugin (:mod:`mmo.testing.plugin`) exposes them as fixtures.
 """
 
-from mmo.testing.fakes import FakeRuntime, fake_context, handler_factory
+from mmo.testing.fakes import FakeRuntime, fake_context, handler_factory, result_of
 from mmo.testing.processes import TwistdProcess, free_port
 
-__all__ = ["FakeRuntime", "TwistdProcess", "fake_context", "free_port", "handler_factory"]
+__all__ = [
+    "FakeRuntime",
+    "TwistdProcess",
+    "fake_context",
+    "free_port",
+    "handler_factory",
+    "result_of",
+]

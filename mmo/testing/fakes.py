@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from mmo.data.base import Cache, Database, Params, Row
 from mmo.data.errors import DataError
@@ -16,6 +17,18 @@ from mmo.logic.handler import Context, ServiceHandler, Session
 from mmo.types import Clock
 
 H = TypeVar("H", bound=ServiceHandler)
+
+
+def result_of(d: Any) -> Any:
+    """The result of an already-fired Deferred (or a plain value); a failure is raised."""
+    if not isinstance(d, defer.Deferred):
+        return d
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
 
 
 class FakeSessions:

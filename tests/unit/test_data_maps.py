@@ -15,18 +15,7 @@ from mmo.errors import DeadlineExceeded, MmoError
 from mmo.examples.maps import MAPS_ENV, HandoffMissing, MapService, NotHere, WrongMap, parse_maps
 from mmo.testing import fake_context, handler_factory
 from mmo.testing.fakes import fake_cache
-
-
-def value(d: Any) -> Any:
-    """The result of an already-fired Deferred (or a plain value), re-raising a failure."""
-    if not isinstance(d, defer.Deferred):
-        return d
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
+from mmo.testing.fakes import result_of as value
 
 
 class FakePlayers:

@@ -5,26 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet import defer
 
 from mmo.data import DatabaseUnavailable, migrate, tokens
 from mmo.examples.sso import ACCOUNTS_ENV, AccountExists, BadCredentials, SSOService
 from mmo.testing import fake_context, handler_factory
 from mmo.testing.fakes import FakeDatabase
+from mmo.testing.fakes import result_of as value
 
 KEY = "0123456789abcdef-key"
-
-
-def value(d: Any) -> Any:
-    """The result of an already-fired Deferred (or a plain value), re-raising a failure."""
-    if not isinstance(d, defer.Deferred):
-        return d
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 @pytest.fixture(autouse=True)
