@@ -8,10 +8,8 @@ running and measures only the processes it is told of (``--server-pids``).
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,9 +37,6 @@ __all__ = [
 SESSION = "mmo.sessions:SessionService"
 SSO = "mmo.bench.sso:BenchSSOService"
 CHAT = "mmo.examples.chat:ChatService"
-#: The broker's listen backlog: Twisted's default (50) drops SYNs when 100
-#: handshakes are in flight, and a dropped SYN costs a 1 s retransmission.
-BACKLOG = 1024
 
 
 class BenchError(Exception):
@@ -72,19 +67,9 @@ class PythonProcess(TwistdProcess):
     the module run.
     """
 
-    def start(self) -> PythonProcess:
-        """Start the child (returns at once)."""
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MMO_NAME=self.name, **self.env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.role, *self.args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        log.close()
-        return self
+    def command(self) -> list[str]:
+        """``python -m MODULE ARGS...``."""
+        return [sys.executable, "-m", self.role, *self.args]
 
 
 #: The key of :func:`cpu_snapshot` holding the whole machine's busy CPU seconds.
@@ -165,7 +150,7 @@ class ServerSet:
             "--yellow",
             yellow,
             "--listen",
-            f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
+            f"tcp:{port}:interface=127.0.0.1",  # the broker adds a 1024 backlog itself
             "--instance-id",
             "broker",
             "--rate",

@@ -17,7 +17,7 @@ from mmo.broker.connection import TCPClientProtocol, WebSocketClientProtocol
 from mmo.broker.core import Broker
 from mmo.logic.client import Directory
 from mmo.logic.sessions import BROKER_SERVICE
-from mmo.registry import Registration, make_instance
+from mmo.registry import Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
 from mmo.zmq import ZmqContextService
 
@@ -105,11 +105,7 @@ class BrokerService(Service):
 
 def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> OrderedMultiService:
     """Build (without starting) the service tree of a broker process."""
-    instance_id = (
-        config.instance_id
-        or os.environ.get("MMO_NAME")
-        or f"broker-{os.uname().nodename}-{os.getpid()}"
-    )
+    instance_id = config.instance_id or default_instance_id("broker")
     top = OrderedMultiService()
     zmq_service = ZmqContextService(reactor)
     zmq_service.setServiceParent(top)

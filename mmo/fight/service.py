@@ -25,7 +25,7 @@ from mmo.fight.pool import FightPool, Spawner
 from mmo.fight.spawner import ProcessSpawner
 from mmo.logic.client import Directory
 from mmo.logic.server import HandlerServer
-from mmo.registry import Change, Instance, Registration, make_instance
+from mmo.registry import Change, Instance, Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
 from mmo.wire import from_value
 from mmo.worker.service import WorkerRuntime, WorkerService
@@ -122,11 +122,7 @@ def make_fight_service(
         reactor: the reactor (global one if None).
         spawner: starts fight processes (default: real ``twistd mmo-worker`` children).
     """
-    instance_id = (
-        config.instance_id
-        or os.environ.get("MMO_NAME")
-        or f"{config.service}-{os.uname().nodename}-{os.getpid()}"
-    )
+    instance_id = config.instance_id or default_instance_id(config.service)
     if config.process_prefix is None:
         config = dataclasses.replace(config, process_prefix=instance_id)
     top = OrderedMultiService()

@@ -144,8 +144,9 @@ def make_instance(
 
 
 def default_instance_id(service: str) -> str:
-    """A unique, readable instance id: ``service-host-pid``."""
-    return f"{service}-{os.uname().nodename}-{os.getpid()}"
+    """The instance id of a process that was given none: ``$MMO_NAME`` (set by
+    ``mmo-cluster`` and the test helpers to the child's name), else ``service-host-pid``."""
+    return os.environ.get("MMO_NAME") or f"{service}-{os.uname().nodename}-{os.getpid()}"
 
 
 class Registration(Service):

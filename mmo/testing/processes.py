@@ -82,12 +82,16 @@ class TwistdProcess:
         assert self.proc is not None, "not started"
         return self.proc.pid
 
+    def command(self) -> list[str]:
+        """The child's argv (subclasses run other programs the same way)."""
+        return [*twistd_command(), "-n", "--pidfile=", self.role, *self.args]
+
     def start(self) -> TwistdProcess:
         """Start the child (returns at once; wait for it through the registry)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         env = dict(os.environ, PYTHONUNBUFFERED="1", MMO_NAME=self.name, **self.env)
         self.proc = subprocess.Popen(
-            [*twistd_command(), "-n", "--pidfile=", self.role, *self.args],
+            self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -19,7 +19,7 @@ from mmo.logic.client import Directory
 from mmo.logic.handler import ServiceHandler
 from mmo.logic.server import HandlerServer
 from mmo.logic.sessions import Sessions
-from mmo.registry import Registration, make_instance
+from mmo.registry import Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
 from mmo.types import Clock
 from mmo.worker.config import WorkerConfig
@@ -188,11 +188,7 @@ def make_worker_service(
     service_name = config.service or handler_class.default_service
     if not service_name:
         raise ConfigError("service", "no service name given and the handler names none")
-    instance_id = (
-        config.instance_id
-        or os.environ.get("MMO_NAME")
-        or f"{service_name}-{os.uname().nodename}-{os.getpid()}"
-    )
+    instance_id = config.instance_id or default_instance_id(service_name)
 
     top = OrderedMultiService()
     zmq_service = ZmqContextService(reactor)
