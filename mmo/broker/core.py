@@ -427,6 +427,7 @@ class Broker(Service):
             session=None if anonymous else conn.session(),
             instance=bound,
             timeout=self.config.request_timeout,
+            client_seq=None if anonymous else packet.seq,
         )
         d.addCallbacks(
             self._answered,

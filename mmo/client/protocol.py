@@ -314,6 +314,7 @@ class ClientProtocol(Int32StringReceiver):
         *,
         raw: bool = False,
         reply_type: type | None = None,
+        seq: int | None = None,
     ) -> defer.Deferred[Any]:
         """Send a ``REQUEST`` and wait for its ``RESPONSE``.
 
@@ -326,6 +327,9 @@ class ClientProtocol(Int32StringReceiver):
                 (unless ``reply_type`` says otherwise).
             reply_type: a generated Thrift struct class to decode the reply into
                 (``bytes``: the reply's bytes as they are).
+            seq: the packet's seq (default: the next free one of this connection). A
+                :class:`~mmo.client.Client` numbers requests per session and resends
+                one with its seq, so that the service runs it once (docs/protocol.md).
 
         Returns:
             A Deferred firing with the decoded reply, or failing with
@@ -341,7 +345,8 @@ class ClientProtocol(Int32StringReceiver):
             return defer.fail(e)
         if raw and reply_type is None:
             reply_type = bytes
-        seq = self._allocate_seq()
+        if seq is None:
+            seq = self._allocate_seq()
 
         def cancel(_: defer.Deferred[Any]) -> None:
             call = self._pending.pop(seq, None)

@@ -40,6 +40,7 @@ from mmo.client.errors import (
 )
 from mmo.client.protocol import (
     DEFAULT_HEARTBEAT,
+    MAX_SEQ,
     ClientProtocol,
     ErrorCallback,
     Listeners,
@@ -285,6 +286,7 @@ class Client:
         self._closing = False
         self._ended = True  # on_closed already fired for the current lifetime
         self._waiters: list[_Waiter] = []
+        self._next_seq = 1
         self._reconnecting: defer.Deferred[None] | None = None
 
     # -- what it is now ----------------------------------------------------------
@@ -421,23 +423,50 @@ class Client:
     ) -> defer.Deferred[Any]:
         """Send a request; see :meth:`ClientProtocol.request`.
 
-        While reconnecting, the request waits for the new connection; the wait counts
-        against ``timeout`` (default :attr:`request_timeout`).
+        Requests are numbered per client, not per connection. While reconnecting, a
+        request waits for the new connection; one in flight when the connection drops
+        is sent again, with the same seq, once the session is resumed (the service
+        answers such a resend from its reply memo rather than running it twice). The
+        wait counts against ``timeout`` (default :attr:`request_timeout`).
         """
         if timeout is None:
             timeout = self.request_timeout
+        seq = self._next_seq
+        self._next_seq = 1 if seq >= MAX_SEQ else seq + 1
+        return self._send(route, body, seq, self.clock.seconds() + timeout, raw, reply_type)
+
+    def _send(
+        self,
+        route: str,
+        body: Any,
+        seq: int,
+        deadline: float,
+        raw: bool,
+        reply_type: type | None,
+    ) -> defer.Deferred[Any]:
         protocol = self._protocol
+        remaining = deadline - self.clock.seconds()
         if self._state == ONLINE and protocol is not None:
-            return protocol.request(route, body, timeout, raw=raw, reply_type=reply_type)
-        started = self.clock.seconds()
+            d = protocol.request(route, body, remaining, raw=raw, reply_type=reply_type, seq=seq)
+        else:
 
-        def send(protocol: ClientProtocol) -> defer.Deferred[Any]:
-            remaining = cast(float, timeout) - (self.clock.seconds() - started)
-            if remaining <= 0:
-                raise ClientTimeout(f"{route}: not reconnected within {timeout:g} s")
-            return protocol.request(route, body, remaining, raw=raw, reply_type=reply_type)
+            def send(protocol: ClientProtocol) -> defer.Deferred[Any]:
+                left = deadline - self.clock.seconds()
+                if left <= 0:
+                    raise ClientTimeout(f"{route}: not reconnected in time")
+                return protocol.request(route, body, left, raw=raw, reply_type=reply_type, seq=seq)
 
-        return self._when_online(route, timeout).addCallback(send)
+            d = self._when_online(route, remaining).addCallback(send)
+
+        def dropped(failure: Any) -> Any:
+            # The connection went while the request was out: resend it after the resume.
+            failure.trap(ClientDisconnected)
+            if self._state != RECONNECTING or deadline <= self.clock.seconds():
+                return failure
+            log.info("request {seq} {route}: resending after the resume", seq=seq, route=route)
+            return self._send(route, body, seq, deadline, raw, reply_type)
+
+        return d.addErrback(dropped)
 
     def notify(self, route: str, body: Any = None, *, raw: bool = False) -> None:
         """Send a one-way notification.

@@ -18,7 +18,8 @@ class EchoService(ServiceHandler):
 
     Beyond the four basic methods, ``work`` is a non-idempotent ``sleep`` (so a
     call to it is not retried elsewhere), and ``note`` records its arguments and
-    publishes them on the topic ``noted`` (a target for pushes and pub-sub).
+    publishes them on the topic ``noted`` (a target for pushes and pub-sub; a side
+    effect that must happen once per request, even when the client resends it).
     """
 
     default_service = "echo"
@@ -55,6 +56,11 @@ class EchoService(ServiceHandler):
         self.notes.append(kwargs)
         self.publish("noted", {"by": self.instance_id, **kwargs})
         return len(self.notes)
+
+    def on_slow_note(self, ctx: Context, seconds: float, **kwargs: Any) -> defer.Deferred[int]:
+        """``note`` after ``seconds`` (the note is taken when called: the reply is late)."""
+        count = self.on_note(ctx, **kwargs)
+        return task.deferLater(self.clock, float(seconds), lambda: count)  # type: ignore[arg-type]
 
     @idempotent
     def on_notes(self, ctx: Context) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ calls: ``reply = yield get_service("sso", "REP").login(user="harry")``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections.abc import Callable, Iterable
@@ -67,6 +68,7 @@ class _Call:
         "attempts",
         "body",
         "call_id",
+        "client_seq",
         "conn",
         "d",
         "deadline",
@@ -96,6 +98,7 @@ class _Call:
         self.timeout = timeout
         self.deadline = deadline
         self.session = session
+        self.client_seq: int | None = None
         self.attempts = 0
         self.instance: str | None = None
         self.raw = False
@@ -174,14 +177,27 @@ class _Pool:
         self.sub_endpoints: dict[str, str] = {}
         self.subscriptions: list[Subscription] = []
 
-    def pick(self, exclude: Iterable[str] = (), instance: str | None = None) -> _Conn | None:
+    def pick(
+        self,
+        exclude: Iterable[str] = (),
+        instance: str | None = None,
+        affinity: str | None = None,
+    ) -> _Conn | None:
         """The live instance with the fewest calls outstanding (connected ones first),
-        or ``instance`` if given (None if it is not live)."""
+        or ``instance`` if given (None if it is not live), or, with ``affinity``, the
+        instance that key hashes to (rendezvous hashing: every process that knows the
+        same instances picks the same one, and losing one moves only its keys)."""
         if instance is not None:
             conn = self.conns.get(instance)
             if conn is None or conn.draining or instance in exclude:
                 return None
             return conn
+        if affinity is not None:
+            return max(
+                (c for c in self.conns.values() if not c.draining and c.instance_id not in exclude),
+                key=lambda c: _rendezvous(affinity, c.instance_id),
+                default=None,
+            )
         best: _Conn | None = None
         best_key: tuple[int, int, int] | None = None
         self.turn += 1
@@ -193,6 +209,14 @@ class _Pool:
             if best_key is None or key < best_key:
                 best, best_key = conn, key
         return best
+
+    def idempotent(self, method: str) -> bool:
+        """Whether the service's instances say ``method`` is idempotent."""
+        return any(method in conn.idempotent for conn in self.conns.values())
+
+
+def _rendezvous(key: str, instance_id: str) -> bytes:
+    return hashlib.blake2b(f"{key}\0{instance_id}".encode(), digest_size=8).digest()
 
 
 class Subscription:
@@ -334,6 +358,7 @@ class Directory(MultiService):
         session: Session | None = None,
         instance: str | None = None,
         raw_body: bytes | None = None,
+        client_seq: int | None = None,
     ) -> defer.Deferred[Any]:
         """Call ``service.method(**kwargs)``; fire with the reply or fail with an MmoError.
 
@@ -343,6 +368,9 @@ class Directory(MultiService):
             instance: call this instance only (a bound, stateful one).
             raw_body: send these bytes as the body instead of encoding ``kwargs``, and
                 fire with the reply's body bytes undecoded (brokers forward both as is).
+            client_seq: with ``session``, the client packet's seq (brokers set it): a
+                non-idempotent method is then called on the instance the session hashes
+                to, whose reply memo answers a resend of it (:mod:`mmo.logic.memo`).
         """
         timeout = self.default_timeout if timeout is None else timeout
         if raw_body is not None:
@@ -362,6 +390,7 @@ class Directory(MultiService):
             session,
         )
         call.instance = instance
+        call.client_seq = client_seq
         call.raw = raw_body is not None
         call.d = defer.Deferred(lambda _: self._cancelled(call))
         call.timer = self.clock.callLater(timeout, self._expired, call)
@@ -413,7 +442,10 @@ class Directory(MultiService):
         if call.d.called:
             return
         pool = self._pool(call.service)
-        conn = pool.pick(exclude, call.instance)
+        affinity = None
+        if call.client_seq and call.session is not None and not pool.idempotent(call.method):
+            affinity = call.session.id
+        conn = pool.pick(exclude, call.instance, affinity)
         if conn is None and not self.view.warm:
             # The yellow has just started and may not know every instance yet.
             waiting = self.view.wait_for(lambda: self.view.warm, call.timeout)
@@ -433,6 +465,7 @@ class Directory(MultiService):
             timeout_ms=min(max(remaining_ms, 1), _MAX_TIMEOUT_MS),
             caller=self.caller_id,
             session=call.session,
+            client_seq=call.client_seq,
         )
         call.attempts += 1
         call.conn = conn

@@ -5,6 +5,8 @@ A :class:`HandlerServer` binds three ZeroMQ sockets (see docs/protocol.md):
 (PULL: one-way pushes) and ``pub`` (PUB: events the handler publishes). It
 dispatches to a :class:`~mmo.logic.handler.ServiceHandler` and, when stopped,
 drains: it stops taking work, answers what it holds (up to a limit), then closes.
+A client request resent to a non-idempotent method is answered from the
+:class:`~mmo.logic.memo.ReplyMemo` instead of running again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing_extensions import override
 
 from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable
 from mmo.logic.handler import Context, ServiceHandler
+from mmo.logic.memo import Entry, Key, ReplyMemo
 from mmo.wire import WireError, decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind
 from mmo.zmq import ZmqContext, ZmqSocket
@@ -28,6 +31,7 @@ from mmo.zmq import ZmqContext, ZmqSocket
 log = Logger()
 
 _EMPTY = b""
+_REPLY = {"kind": Kind.REPLY}
 
 
 class HandlerServer(Service):
@@ -39,6 +43,8 @@ class HandlerServer(Service):
         bind_host: interface to bind (ports are picked by the system).
         drain_timeout: seconds :meth:`stopService` waits for calls in flight.
         max_message: largest message accepted, in bytes (ZeroMQ drops a bigger sender).
+        memo: where outcomes of non-idempotent client requests are kept for resends
+            (None: a resend runs again).
     """
 
     def __init__(
@@ -49,12 +55,15 @@ class HandlerServer(Service):
         bind_host: str = "127.0.0.1",
         drain_timeout: float = 10.0,
         max_message: int = 16 * 1024 * 1024,
+        memo: ReplyMemo | None = None,
     ) -> None:
         self.context = context
         self.handler = handler
         self.bind_host = bind_host
         self.drain_timeout = drain_timeout
         self.max_message = max_message
+        self.memo = memo
+        self._idempotent = {name for name, safe in handler.method_names().items() if safe}
         self.endpoints: dict[str, str] = {}
         self.in_flight = 0
         self.served = 0
@@ -142,6 +151,24 @@ class HandlerServer(Service):
         if header.call_id is None and not header.one_way:
             self._bad("a request without call_id")
             return
+        timeout_ms = header.timeout_ms if header.timeout_ms is not None else 5000
+        if timeout_ms <= 0:
+            return
+        memo: tuple[Key, Entry] | None = None
+        if (
+            self.memo is not None
+            and header.client_seq
+            and header.session is not None
+            and not header.one_way
+            and header.method not in self._idempotent
+        ):
+            key = (header.session.id, header.client_seq)
+            known = self.memo.find(key, header.method or "", body)
+            if known is not None:
+                self._resent(known, ident, header.call_id)
+                return
+            if self.accepting:
+                memo = (key, self.memo.start(key, header.method or "", body))
         if not self.accepting:
             # Stopping: nothing runs, so the caller may resend it anywhere.
             self._error(
@@ -151,9 +178,6 @@ class HandlerServer(Service):
             )
             return
         clock = self.context.reactor
-        timeout_ms = header.timeout_ms if header.timeout_ms is not None else 5000
-        if timeout_ms <= 0:
-            return
         self.in_flight += 1
         try:
             result = self._call(header, body, clock.seconds() + timeout_ms / 1000.0)
@@ -161,7 +185,7 @@ class HandlerServer(Service):
             if header.one_way:
                 self._push_failed(Failure(), header.method)
             else:
-                self._error(Failure(), ident, header.call_id)
+                self._error(Failure(), ident, header.call_id, memo)
             self._done(None)
             return
         if isinstance(result, defer.Deferred):
@@ -171,15 +195,25 @@ class HandlerServer(Service):
                 result.addCallbacks(
                     self._reply,
                     self._error,
-                    callbackArgs=(ident, header.call_id),
-                    errbackArgs=(ident, header.call_id),
+                    callbackArgs=(ident, header.call_id, memo),
+                    errbackArgs=(ident, header.call_id, memo),
                 )
             result.addBoth(self._done)
             return
         # A plain value (most handlers): answer at once, no Deferred needed.
         if not header.one_way:
-            self._reply(result, ident, header.call_id)
+            self._reply(result, ident, header.call_id, memo)
         self._done(None)
+
+    def _resent(self, entry: Entry, ident: bytes, call_id: int) -> None:
+        """A resend of a request the memo knows: answer it as the first run was."""
+        assert self.memo is not None
+        if entry.outcome is None:
+            self.memo.joined += 1
+            entry.waiters.append((ident, call_id))
+        else:
+            self.memo.replayed += 1
+            self._answer(entry.outcome, ident, call_id)
 
     def _push(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -244,15 +278,45 @@ class HandlerServer(Service):
         except zmq.ZMQError as e:
             log.warn("worker: reply dropped ({e})", e=e)
 
-    def _reply(self, result: Any, ident: bytes, call_id: int) -> None:
+    def _answer(self, outcome: tuple[dict[str, Any], bytes], ident: bytes, call_id: int) -> None:
+        fields, body = outcome
+        self._send([ident, encode(Header(call_id=call_id, **fields)), body])
+
+    def _answered(
+        self,
+        fields: dict[str, Any],
+        body: bytes,
+        ident: bytes,
+        call_id: int,
+        memo: tuple[Key, Entry] | None,
+    ) -> None:
+        outcome = (fields, body)
+        self._answer(outcome, ident, call_id)
+        if memo is not None:
+            key, entry = memo
+            assert self.memo is not None
+            self.memo.end(key, entry, fields, body)
+            waiters, entry.waiters = entry.waiters, []
+            for waiter in waiters:
+                self._answer(outcome, *waiter)
+
+    def _reply(
+        self, result: Any, ident: bytes, call_id: int, memo: tuple[Key, Entry] | None = None
+    ) -> None:
         try:
             body = encode(result) if hasattr(result, "thrift_spec") else encode_value(result)
         except WireError as e:
-            self._error(Failure(e), ident, call_id)
+            self._error(Failure(e), ident, call_id, memo)
             return
-        self._send([ident, encode(Header(kind=Kind.REPLY, call_id=call_id)), body])
+        self._answered(_REPLY, body, ident, call_id, memo)
 
-    def _error(self, failure: Failure, ident: bytes, call_id: int) -> None:
+    def _error(
+        self,
+        failure: Failure,
+        ident: bytes,
+        call_id: int,
+        memo: tuple[Key, Entry] | None = None,
+    ) -> None:
         error = failure.value
         error_type = type(error).__name__
         if isinstance(error, RemoteError):
@@ -263,14 +327,13 @@ class HandlerServer(Service):
         else:
             code = ErrorCode.REMOTE
             log.failure("handler raised", failure)
-        header = Header(
-            kind=Kind.ERROR,
-            call_id=call_id,
-            error_code=code,
-            error_type=error_type,
-            error_message=str(getattr(error, "message", None) or error),
-        )
-        self._send([ident, encode(header), _EMPTY])
+        fields = {
+            "kind": Kind.ERROR,
+            "error_code": code,
+            "error_type": error_type,
+            "error_message": str(getattr(error, "message", None) or error),
+        }
+        self._answered(fields, _EMPTY, ident, call_id, memo)
 
     def _push_failed(self, failure: Failure, method: str | None) -> None:
         log.failure("push {method} failed", failure, method=method)

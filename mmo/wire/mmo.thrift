@@ -69,6 +69,8 @@ struct Header {
   14: optional string channel       // broker methods: a channel ("*": every session)
   15: optional string route         // broker push/broadcast: the client route of the push
   16: optional string instance_id   // broker bind: the instance a session's prefix is bound to
+  17: optional i32 client_seq       // REQUEST from a broker: the client packet's seq; with session,
+                                    // a resend of (session, seq) is answered from the worker's memo
 }
 
 /* ---- registry (yellow) ---- */

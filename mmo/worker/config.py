@@ -28,6 +28,10 @@ class WorkerConfig:
         cache: the cache URL (``memory://``, ``redis://...``, ``redis-shards://...``,
             ``sentinel://...``), or None: then ``memory://`` when the database is
             SQLite (the embedded pair of one machine), else no cache.
+        memo_ttl: seconds the outcome of a non-idempotent client request is kept, so
+            that a resend of it (same session and seq) is answered without running
+            again (:mod:`mmo.logic.memo`); 0 turns the memo off.
+        memo_size: the most outcomes kept (the oldest go first).
     """
 
     yellow: tuple[str, ...]
@@ -40,6 +44,8 @@ class WorkerConfig:
     call_timeout: float = 5.0
     database: str | None = None
     cache: str | None = None
+    memo_ttl: float = 60.0
+    memo_size: int = 100_000
 
     def validate(self) -> None:
         """Check values against each other."""
@@ -53,6 +59,8 @@ class WorkerConfig:
             raise ConfigError("heartbeat", "must be between 0.05 and 20 seconds")
         if self.drain_timeout < 0 or self.call_timeout <= 0:
             raise ConfigError("call-timeout", "timeouts must be positive")
+        if self.memo_ttl < 0 or self.memo_size < 1:
+            raise ConfigError("memo-ttl", "memo-ttl must be >= 0 (0: off), memo-size >= 1")
         if self.database is not None:
             parse_database_url(self.database, "database")
         if self.cache is not None:

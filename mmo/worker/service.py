@@ -17,6 +17,7 @@ from mmo.data import Cache, Database, DatabaseUnavailable, make_cache, make_data
 from mmo.errors import MmoError
 from mmo.logic.client import Directory
 from mmo.logic.handler import ServiceHandler
+from mmo.logic.memo import ReplyMemo
 from mmo.logic.server import HandlerServer
 from mmo.logic.sessions import Sessions
 from mmo.registry import Registration, default_instance_id, make_instance
@@ -210,8 +211,13 @@ def make_worker_service(
 
     runtime = WorkerRuntime(service_name, instance_id, ctx.reactor, directory, db, cache)
     handler = handler_class(runtime)
+    memo = (
+        ReplyMemo(ctx.reactor, ttl=config.memo_ttl, size=config.memo_size)
+        if config.memo_ttl
+        else None
+    )
     server = HandlerServer(
-        ctx, handler, bind_host=config.bind_host, drain_timeout=config.drain_timeout
+        ctx, handler, bind_host=config.bind_host, drain_timeout=config.drain_timeout, memo=memo
     )
     runtime.server = server
     methods = handler_class.method_names()

@@ -29,6 +29,8 @@ class Options(RoleOptions):
         ["drain-timeout", None, None, "Seconds a graceful stop waits for calls in flight."],
         ["database", None, None, "Database URL: sqlite:///PATH.db or postgresql://..."],
         ["cache", None, None, "Cache URL: memory://, redis://HOST:PORT/DB, redis-shards://..."],
+        ["memo-ttl", None, None, "Seconds replies are kept for resent client requests (0: off)."],
+        ["memo-size", None, None, "Most replies kept for resent client requests."],
     ]
 
     def opt_yellow(self, address: str) -> None:

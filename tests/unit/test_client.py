@@ -856,24 +856,34 @@ def test_requests_made_while_reconnecting_wait_for_the_resume() -> None:
     assert result(d) == "joined"
 
 
-def test_a_request_lost_with_the_connection_can_be_retried_at_once() -> None:
-    """An errback retrying a request lost in a drop finds the client reconnecting, and waits."""
+def test_a_request_in_flight_when_the_connection_drops_is_resent_with_its_seq() -> None:
+    """After the resume the client sends it again with the same seq (the service answers
+    a resend once), and the caller only sees the answer; seqs go on across connections."""
     client, net, _ = logged_in(brokers={"b1:1": 0.1, "b2:2": 0.5})
-    retried: list[defer.Deferred[Any]] = []
-
-    def retry(failure: Failure) -> None:
-        failure.trap(ClientDisconnected)
-        assert client.state == "reconnecting"
-        retried.append(client.request("a.b"))
-
-    client.request("a.b").addErrback(retry)
+    _, first = net.last
+    d = client.request("shop.buy", {"item": 7})
+    (sent_first,) = [p for p in sent(first) if p.route == "shop.buy"]
     net.kill("b1:1")
     protocol, transport = net.last
     protocol.dataReceived(response(1, {"session_id": "s1", "token": "t2"}))
     packets = sent(transport)
-    assert [p.route for p in packets] == ["session.resume", "a.b"]
-    protocol.dataReceived(response(packets[1].seq, "done"))
-    assert result(retried[0]) == "done"
+    assert [p.route for p in packets] == ["session.resume", "shop.buy"]
+    assert packets[1].seq == sent_first.seq
+    assert packets[1].body == sent_first.body
+    protocol.dataReceived(response(packets[1].seq, "bought"))
+    assert result(d) == "bought"
+    client.request("a.b")
+    assert sent(transport)[-1].seq == sent_first.seq + 1
+
+
+def test_a_request_dropped_with_the_session_is_not_resent() -> None:
+    """A refused resume ends the session: the request fails instead of waiting."""
+    client, net, _ = logged_in(brokers={"b1:1": 0.1, "b2:2": 0.5})
+    d = client.request("shop.buy", {"item": 7})
+    net.kill("b1:1")
+    protocol, _ = net.last
+    protocol.dataReceived(error(1, ClientError.RESUME_FAILED, "expired"))
+    assert isinstance(failure_of(d), ClientDisconnected)
 
 
 def test_a_waiting_request_times_out_within_its_own_deadline() -> None:

@@ -516,6 +516,7 @@ class Header(object):
      - channel
      - route
      - instance_id
+     - client_seq
 
     """
 
@@ -536,10 +537,11 @@ class Header(object):
         'channel',
         'route',
         'instance_id',
+        'client_seq',
     )
 
 
-    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None,):
+    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None, client_seq=None,):
         self.kind = kind
         self.call_id = call_id
         self.service_name = service_name
@@ -556,6 +558,7 @@ class Header(object):
         self.channel = channel
         self.route = route
         self.instance_id = instance_id
+        self.client_seq = client_seq
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -652,6 +655,11 @@ class Header(object):
                     self.instance_id = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 17:
+                if ftype == TType.I32:
+                    self.client_seq = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -728,6 +736,10 @@ class Header(object):
         if self.instance_id is not None:
             oprot.writeFieldBegin('instance_id', TType.STRING, 16)
             oprot.writeString(self.instance_id.encode('utf-8') if sys.version_info[0] == 2 else self.instance_id)
+            oprot.writeFieldEnd()
+        if self.client_seq is not None:
+            oprot.writeFieldBegin('client_seq', TType.I32, 17)
+            oprot.writeI32(self.client_seq)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1264,6 +1276,7 @@ Header.thrift_spec = (
     (14, TType.STRING, 'channel', 'UTF8', None, ),  # 14
     (15, TType.STRING, 'route', 'UTF8', None, ),  # 15
     (16, TType.STRING, 'instance_id', 'UTF8', None, ),  # 16
+    (17, TType.I32, 'client_seq', None, None, ),  # 17
 )
 all_structs.append(Instance)
 Instance.thrift_spec = (
