@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import ClientConnection, packet_bytes
+from mmo.data import tokens
 from mmo.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -32,6 +33,7 @@ from mmo.errors import (
 from mmo.logic.client import Directory
 from mmo.logic.sessions import ALL
 from mmo.registry import Registration
+from mmo.sessions.service import RESUME_PURPOSE
 from mmo.wire import WireError, decode, decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Header, Kind, Packet, PacketKind
 from mmo.zmq import ZmqContext, ZmqSocket
@@ -39,6 +41,7 @@ from mmo.zmq import ZmqContext, ZmqSocket
 SESSION_SERVICE = "session"
 RESUME_ROUTE = "session.resume"
 LOGOUT_ROUTE = "session.logout"
+REFRESH_ROUTE = "session.refresh"
 
 
 def client_error(error: BaseException) -> tuple[int, str]:
@@ -70,6 +73,9 @@ class Broker(Service):
         context: the process's ZeroMQ context.
         directory: the process's directory (calls to workers, the session service).
         instance_id: this broker's id in the registry.
+        registration: this broker's registry entry (its load is kept current).
+        key: the key resume tokens are signed with (shared with the session service):
+            a forged or expired token is turned away here.
     """
 
     log = Logger()
@@ -81,8 +87,10 @@ class Broker(Service):
         directory: Directory,
         instance_id: str,
         registration: Registration,
+        key: bytes,
     ) -> None:
         self.config = config
+        self.key = key
         self.context = context
         self.clock = context.reactor
         self.directory = directory
@@ -267,7 +275,7 @@ class Broker(Service):
 
     def _track(self, d: defer.Deferred[Any]) -> None:
         self.in_flight += 1
-        d.addErrback(lambda f: self.log.failure("broker: login path failed", f))
+        d.addErrback(lambda f: self.log.failure("broker: session request failed", f))
         d.addBoth(self._done)
 
     def _done(self, result: Any) -> Any:
@@ -322,6 +330,7 @@ class Broker(Service):
             session_id=conn.session_id,
             user_id=user_id,
             token=conn.token,
+            token_ttl=opened.get("token_ttl"),
             heartbeat=self.config.heartbeat,
         )
         conn.respond_value(packet.seq, answer)
@@ -333,14 +342,19 @@ class Broker(Service):
             args = decode_value(packet.body or b"")
             if not isinstance(args, dict):
                 raise BadRequest("resume takes {session_id, token}")
+            session_id, token = str(args.get("session_id", "")), str(args.get("token", ""))
+            try:
+                subject = tokens.verify(token, self.key, purpose=RESUME_PURPOSE)
+            except tokens.TokenError as e:
+                self.count("resume_bad_tokens")
+                raise BadRequest(f"bad resume token: {e}") from None
+            if subject != session_id:
+                self.count("resume_bad_tokens")
+                raise BadRequest("the token is not this session's")
             record = yield self.directory.call(
                 SESSION_SERVICE,
                 "resume",
-                {
-                    "session_id": str(args.get("session_id", "")),
-                    "token": str(args.get("token", "")),
-                    "broker": self.instance_id,
-                },
+                {"session_id": session_id, "token": token, "broker": self.instance_id},
                 timeout=self.config.request_timeout,
             )
         except (MmoError, WireError) as e:
@@ -365,6 +379,7 @@ class Broker(Service):
                 "session_id": conn.session_id,
                 "user_id": conn.user_id,
                 "token": conn.token,
+                "token_ttl": record.get("token_ttl"),
                 "resumed": True,
                 "heartbeat": self.config.heartbeat,
             },
@@ -411,8 +426,8 @@ class Broker(Service):
 
     def request(self, conn: ClientConnection, packet: Packet, anonymous: bool = False) -> None:
         """Forward a REQUEST to its service; answer with its reply or a ClientError."""
-        if packet.route == LOGOUT_ROUTE and not anonymous:
-            self._logout(conn, packet)
+        if packet.route in self._session_routes and not anonymous:
+            self._track(self._session_routes[packet.route](self, conn, packet))
             return
         target = self._route(conn, packet)
         if target is None:
@@ -480,7 +495,6 @@ class Broker(Service):
     @defer.inlineCallbacks
     def _logout(self, conn: ClientConnection, packet: Packet) -> Any:
         sid = conn.session_id
-        self.in_flight += 1
         try:
             yield self.directory.call(
                 SESSION_SERVICE,
@@ -490,11 +504,28 @@ class Broker(Service):
             )
         except MmoError as e:
             self.log.warn("broker: logout of {sid} not recorded: {e}", sid=sid, e=e)
-        finally:
-            self._done(None)
         self._forget(conn)
         conn.respond_value(packet.seq, {"logged_out": True})
         conn.close()
+
+    @defer.inlineCallbacks
+    def _refresh(self, conn: ClientConnection, packet: Packet) -> Any:
+        """A new resume token for this session (the old one stops working)."""
+        try:
+            reply = yield self.directory.call(
+                SESSION_SERVICE,
+                "refresh",
+                {"session_id": conn.session_id, "broker": self.instance_id},
+                timeout=self.config.request_timeout,
+            )
+        except MmoError as e:
+            code, message = client_error(e)
+            conn.error(packet.seq, code, message)
+            return
+        conn.token = reply["token"]
+        conn.respond_value(packet.seq, reply)
+
+    _session_routes = {LOGOUT_ROUTE: _logout, REFRESH_ROUTE: _refresh}
 
     # -- from logic (internal endpoint) -------------------------------------------
 

@@ -15,6 +15,7 @@ from typing_extensions import override
 from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import TCPClientProtocol, WebSocketClientProtocol
 from mmo.broker.core import Broker
+from mmo.data import tokens
 from mmo.logic.client import Directory
 from mmo.logic.sessions import BROKER_SERVICE
 from mmo.registry import Registration, default_instance_id, make_instance
@@ -104,7 +105,13 @@ class BrokerService(Service):
 
 
 def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> OrderedMultiService:
-    """Build (without starting) the service tree of a broker process."""
+    """Build (without starting) the service tree of a broker process.
+
+    Raises:
+        ConfigError: no token signing key (``$MMO_AUTH_KEY``/``$MMO_AUTH_KEY_FILE``,
+            or ``MMO_DEMO=1``).
+    """
+    key = tokens.load_key()
     instance_id = config.instance_id or default_instance_id("broker")
     top = OrderedMultiService()
     zmq_service = ZmqContextService(reactor)
@@ -123,7 +130,7 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
         BROKER_SERVICE, instance_id, {}, meta, heartbeat=config.registry_heartbeat
     )
     registration = Registration(ctx, config.yellow, instance, config.registry_heartbeat)
-    broker = Broker(config, ctx, directory, instance_id, registration)
+    broker = Broker(config, ctx, directory, instance_id, registration, key)
 
     listeners: list[Service] = [
         strports.service(with_backlog(config.listen), TCPClientFactory(broker), reactor=ctx.reactor)

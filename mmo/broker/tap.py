@@ -9,6 +9,7 @@ from twisted.python import usage
 from typing_extensions import override
 
 from mmo.broker.config import BrokerConfig
+from mmo.config import ConfigError
 from mmo.service import OrderedMultiService
 from mmo.tap import RoleOptions
 
@@ -57,7 +58,11 @@ class Options(RoleOptions):
 
 
 def makeService(options: Options) -> OrderedMultiService:
-    """Build the broker service tree from parsed options."""
+    """Build the broker service tree from parsed options (a ConfigError, such as a
+    missing token key, ends the process with its message)."""
     from mmo.broker.service import make_broker_service
 
-    return make_broker_service(options.config)
+    try:
+        return make_broker_service(options.config)
+    except ConfigError as e:
+        raise SystemExit(f"mmo-broker: {e}") from None

@@ -212,6 +212,7 @@ class Client:
     login_route: str
     resume_route = "session.resume"
     logout_route = "session.logout"
+    refresh_route = "session.refresh"
     register_route = "sso.register"
 
     def __init__(
@@ -287,6 +288,7 @@ class Client:
         self._ended = True  # on_closed already fired for the current lifetime
         self._waiters: list[_Waiter] = []
         self._next_seq = 1
+        self._refresh_timer: DelayedCall | None = None
         self._reconnecting: defer.Deferred[None] | None = None
 
     # -- what it is now ----------------------------------------------------------
@@ -399,6 +401,7 @@ class Client:
         """
         self._closing = True
         self._state = CLOSED
+        self._schedule_refresh(None)
         reconnecting, self._reconnecting = self._reconnecting, None
         if reconnecting is not None:
             reconnecting.cancel()
@@ -556,6 +559,7 @@ class Client:
         self._user_id = reply.get("user_id", self._user_id)
         self._token = reply.get("token", self._token)
         self._take_heartbeat(reply)
+        self._schedule_refresh(reply.get("token_ttl"))
         if self._protocol is not None:
             self._protocol.start_heartbeat(self._heartbeat)
 
@@ -567,6 +571,34 @@ class Client:
     def _forget_session(self) -> None:
         self._session_id = None
         self._token = None
+        self._schedule_refresh(None)
+
+    def _schedule_refresh(self, ttl: Any) -> None:
+        """Refresh the token at half its lifetime (a token that expires while the
+        session is online would not resume it after a drop)."""
+        if self._refresh_timer is not None and self._refresh_timer.active():
+            self._refresh_timer.cancel()
+        self._refresh_timer = None
+        if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0:
+            self._refresh_timer = self.clock.callLater(ttl / 2, self._refresh, float(ttl))
+
+    def _refresh(self, ttl: float) -> None:
+        self._refresh_timer = None
+        if self._session_id is None or self._state == CLOSED:
+            return
+
+        def refreshed(reply: Any) -> None:
+            if isinstance(reply, dict) and reply.get("token"):
+                self._token = reply["token"]
+                self._schedule_refresh(reply.get("token_ttl"))
+
+        def failed(failure: Any) -> None:
+            log.info("token refresh failed: {e}", e=failure.getErrorMessage())
+            if self._session_id is not None and self._state != CLOSED:
+                # Try again well before the token runs out.
+                self._schedule_refresh(ttl / 2)
+
+        self.request(self.refresh_route).addCallbacks(refreshed, failed)
 
     def _lost(self, lost: ClientDisconnected, protocol: ClientProtocol) -> None:
         if protocol is not self._protocol:
@@ -662,6 +694,7 @@ class Client:
         self._adopt(protocol, address)
         self._token = reply.get("token", self._token)
         self._user_id = reply.get("user_id", self._user_id)
+        self._schedule_refresh(reply.get("token_ttl"))
         # The resume reply need not repeat the interval: keep the login's then.
         self._take_heartbeat(reply)
         protocol.start_heartbeat(self._heartbeat)

@@ -1,18 +1,22 @@
-"""Signed session tokens: what ``sso.login`` returns and a broker verifies.
+"""Signed tokens: sso's ``auth_token`` and the session service's resume tokens.
 
 A token is ``v1.<payload>.<signature>``: the payload is the base64url of the
-JSON ``[user_id, expiry]`` (expiry in Unix seconds), the signature the
-base64url of HMAC-SHA256 over ``v1.<payload>`` with the shared key. Anyone
-holding the key can check a token without asking the sso service::
+JSON ``[subject, expiry, purpose, nonce]`` (expiry in Unix seconds; purpose
+``"auth"`` for a user's auth token, ``"resume"`` for a session's resume token;
+a random nonce so that no two tokens are equal), the signature the base64url of
+HMAC-SHA256 over ``v1.<payload>`` with the shared key. Anyone holding the key
+can check a token without asking the service that issued it::
 
     from mmo.data import tokens
 
-    key = tokens.load_key()            # $MMO_AUTH_KEY (or the demo key with MMO_DEMO=1)
+    key = tokens.load_key()            # $MMO_AUTH_KEY or $MMO_AUTH_KEY_FILE
     user_id = tokens.verify(token, key)  # raises InvalidToken / TokenExpired
 
-The key comes from ``$MMO_AUTH_KEY`` (at least 16 characters), shared by the
-sso workers and the brokers. Without it a process refuses to start, unless
-``MMO_DEMO=1``, which uses a fixed, public demo key and logs a warning.
+The key (at least 16 characters) comes from ``$MMO_AUTH_KEY``, or from the file
+``$MMO_AUTH_KEY_FILE`` names (surrounding whitespace ignored; keep it mode 0600),
+shared by the sso workers, the session service and the brokers. Without it those
+processes refuse to start, unless ``MMO_DEMO=1`` (the one-machine demo), which uses
+a fixed, public demo key and logs a warning.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import time
 from collections.abc import Mapping
 
@@ -35,6 +40,7 @@ from mmo.wire.gen.mmo.ttypes import ErrorCode
 __all__ = [
     "DEMO_ENV",
     "KEY_ENV",
+    "KEY_FILE_ENV",
     "InvalidToken",
     "TokenError",
     "TokenExpired",
@@ -48,6 +54,8 @@ log = Logger()
 
 #: Environment variable holding the signing key.
 KEY_ENV = "MMO_AUTH_KEY"
+#: Environment variable naming a file that holds the signing key.
+KEY_FILE_ENV = "MMO_AUTH_KEY_FILE"
 #: Environment variable that, set to 1, allows the demo key.
 DEMO_ENV = "MMO_DEMO"
 #: The demo key: public, so tokens signed with it prove nothing. Demos and tests only.
@@ -82,13 +90,22 @@ def _sign(message: str, key: bytes) -> str:
     return _b64(hmac.new(key, message.encode("ascii"), hashlib.sha256).digest())
 
 
-def issue(user_id: str | int, key: bytes, *, ttl: float, now: float | None = None) -> str:
-    """A token for ``user_id`` valid for ``ttl`` seconds from ``now`` (default: the time)."""
+def issue(
+    subject: str | int,
+    key: bytes,
+    *,
+    ttl: float,
+    purpose: str = "auth",
+    now: float | None = None,
+) -> str:
+    """A token for ``subject`` (a user id, a session id) and ``purpose``, valid for
+    ``ttl`` seconds from ``now`` (default: the time)."""
     if not key:
         raise ValueError("an empty key signs nothing")
     now = time.time() if now is None else now
     expiry = int(now + ttl)
-    payload = _b64(json.dumps([user_id, expiry], separators=(",", ":")).encode())
+    body = [subject, expiry, purpose, secrets.token_urlsafe(6)]
+    payload = _b64(json.dumps(body, separators=(",", ":")).encode())
     message = f"{_VERSION}.{payload}"
     return f"{message}.{_sign(message, key)}"
 
@@ -99,11 +116,11 @@ def expiry_of(token: str) -> int:
     return int(payload[1])
 
 
-def verify(token: str, key: bytes, *, now: float | None = None) -> str | int:
-    """The user id of a valid, unexpired token.
+def verify(token: str, key: bytes, *, purpose: str = "auth", now: float | None = None) -> str | int:
+    """The subject of a valid, unexpired token issued for ``purpose``.
 
     Raises:
-        InvalidToken: malformed, or signed with another key.
+        InvalidToken: malformed, signed with another key, or issued for another purpose.
         TokenExpired: past its expiry.
     """
     if not isinstance(token, str):
@@ -119,28 +136,40 @@ def verify(token: str, key: bytes, *, now: float | None = None) -> str | int:
     if not good:
         raise InvalidToken("bad token signature")
     try:
-        user_id, expiry = json.loads(_unb64(parts[1]))
+        subject, expiry, issued_for, _nonce = json.loads(_unb64(parts[1]))
     except (ValueError, TypeError, binascii.Error):
         raise InvalidToken("malformed token payload") from None
-    if not isinstance(user_id, str | int) or not isinstance(expiry, int):
+    if not isinstance(subject, str | int) or not isinstance(expiry, int):
         raise InvalidToken("malformed token payload")
+    if issued_for != purpose:
+        raise InvalidToken(f"not a token for {purpose!r}")
     now = time.time() if now is None else now
     if now >= expiry:
         raise TokenExpired(f"token expired {int(now - expiry)}s ago")
-    return user_id
+    return subject
 
 
 def load_key(env: Mapping[str, str] | None = None) -> bytes:
-    """The signing key from ``$MMO_AUTH_KEY``; the demo key when ``MMO_DEMO=1``.
+    """The signing key: ``$MMO_AUTH_KEY``, else the contents of ``$MMO_AUTH_KEY_FILE``,
+    else the demo key when ``MMO_DEMO=1``.
 
     Raises:
-        ConfigError: no key (and no demo mode), or a key shorter than 16 characters.
+        ConfigError: no key (and no demo mode), an unreadable key file, or a key
+            shorter than 16 characters.
     """
     env = os.environ if env is None else env
-    raw = env.get(KEY_ENV, "")
+    raw, source = env.get(KEY_ENV, ""), KEY_ENV
+    path = env.get(KEY_FILE_ENV, "")
+    if not raw and path:
+        source = KEY_FILE_ENV
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(KEY_FILE_ENV, f"cannot read the key file {path!r}: {e}") from None
     if raw:
         if len(raw) < _MIN_KEY:
-            raise ConfigError(KEY_ENV, f"the key must be at least {_MIN_KEY} characters")
+            raise ConfigError(source, f"the key must be at least {_MIN_KEY} characters")
         return raw.encode()
     if env.get(DEMO_ENV, "") == "1":
         log.warn(
@@ -152,6 +181,7 @@ def load_key(env: Mapping[str, str] | None = None) -> bytes:
         return DEMO_KEY
     raise ConfigError(
         KEY_ENV,
-        "is not set: give the token signing key (16+ characters, the same for sso and "
-        f"brokers), or set {DEMO_ENV}=1 to use the public demo key",
+        f"is not set (nor {KEY_FILE_ENV}): give the token signing key (16+ characters, the "
+        f"same for sso, the session service and brokers), or set {DEMO_ENV}=1 to use the "
+        "public demo key",
     )

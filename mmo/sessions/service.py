@@ -11,6 +11,13 @@ Records live in memory (one instance per cluster, as ``docs/edge.md`` says):
 a record is deleted when its session leaves, so memory is bounded by the live
 sessions plus those within their grace period.
 
+A session's resume token is signed (:mod:`mmo.data.tokens`, purpose ``"resume"``,
+subject the session id) with the key the brokers share, so a broker turns away a
+forged or expired token without asking; it expires after :attr:`SessionService.token_ttl`
+(``refresh`` gives a new one) and is replaced at every resume (only the latest works).
+Without a key (``$MMO_AUTH_KEY`` / ``$MMO_AUTH_KEY_FILE``) the service refuses to start,
+unless ``MMO_DEMO=1``.
+
 A method that names a ``broker`` only acts when that broker still holds the
 session: once a session has moved to another broker (resume), late messages
 from the old one (its ``closed``, ``track`` or ``logout`` of the replaced
@@ -30,6 +37,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from mmo.config import ConfigError
+from mmo.data import tokens
 from mmo.errors import BadRequest, MmoError
 from mmo.logic import Context, ServiceHandler, idempotent
 from mmo.logic.sessions import BROKER_SERVICE
@@ -37,12 +45,23 @@ from mmo.registry import Change, Instance
 from mmo.types import DelayedCall
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
 
-__all__ = ["GRACE_ENV", "ResumeFailed", "SessionRecord", "SessionService"]
+__all__ = [
+    "GRACE_ENV",
+    "RESUME_PURPOSE",
+    "TOKEN_TTL_ENV",
+    "ResumeFailed",
+    "SessionRecord",
+    "SessionService",
+]
 
 log = Logger()
 
 #: Environment variable that overrides :attr:`SessionService.grace` (seconds).
 GRACE_ENV = "MMO_SESSION_GRACE"
+#: Environment variable that overrides :attr:`SessionService.token_ttl` (seconds).
+TOKEN_TTL_ENV = "MMO_SESSION_TOKEN_TTL"
+#: The purpose resume tokens are signed for (:func:`mmo.data.tokens.verify`).
+RESUME_PURPOSE = "resume"
 
 #: Event reasons (the ``reason`` of an event's payload).
 REASON_LOGIN = "login"
@@ -98,21 +117,21 @@ class SessionRecord:
         self.timer = None
 
 
-def grace_from_env(default: float) -> float:
-    """The grace period: ``$MMO_SESSION_GRACE`` if set, else ``default``.
+def seconds_from_env(name: str, default: float) -> float:
+    """``$name`` as a number of seconds if set, else ``default``.
 
     Raises:
         ConfigError: the variable is set but is not a finite number >= 0.
     """
-    raw = os.environ.get(GRACE_ENV, "").strip()
+    raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(GRACE_ENV, f"not a number of seconds: {raw!r}") from None
+        raise ConfigError(name, f"not a number of seconds: {raw!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise ConfigError(GRACE_ENV, f"must be a number of seconds >= 0, not {raw!r}")
+        raise ConfigError(name, f"must be a number of seconds >= 0, not {raw!r}")
     return value
 
 
@@ -152,15 +171,21 @@ class SessionService(ServiceHandler):
         grace: seconds an offline session may be resumed before it ends; the class
             default (30 s) may be overridden by a subclass, and ``$MMO_SESSION_GRACE``
             overrides both (handy for tests and demos).
+        token_ttl: seconds a resume token is valid (default 24 h; a client refreshes
+            it before then); ``$MMO_SESSION_TOKEN_TTL`` overrides it.
+        key: the key resume tokens are signed with (:func:`mmo.data.tokens.load_key`).
         records: the sessions by id.
     """
 
     default_service = "session"
     grace: float = 30.0
+    token_ttl: float = 24 * 3600.0
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        self.grace = grace_from_env(type(self).grace)
+        self.grace = seconds_from_env(GRACE_ENV, type(self).grace)
+        self.token_ttl = seconds_from_env(TOKEN_TTL_ENV, type(self).token_ttl)
+        self.key = tokens.load_key()
         self.records: dict[str, SessionRecord] = {}
         # user id -> its session ids (a dict as an insertion-ordered set).
         self._by_user: dict[str, dict[str, None]] = {}
@@ -200,11 +225,11 @@ class SessionService(ServiceHandler):
 
     def on_open(
         self, ctx: Context, user_id: Any, broker: str, props: dict[str, Any] | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, Any]:
         """Open a session for ``user_id`` held by ``broker``; publish ``enter``.
 
         Returns:
-            ``{"session_id", "token"}``; the token resumes the session.
+            ``{"session_id", "token", "token_ttl"}``; the token resumes the session.
         """
         user = _user_id("open", user_id)
         broker = _text("open", "broker", broker)
@@ -212,11 +237,11 @@ class SessionService(ServiceHandler):
         session_id = secrets.token_urlsafe(12)
         while session_id in self.records:
             session_id = secrets.token_urlsafe(12)
-        record = SessionRecord(session_id, user, broker, secrets.token_urlsafe(24), props=props)
+        record = SessionRecord(session_id, user, broker, self._token(session_id), props=props)
         self.records[session_id] = record
         self._by_user.setdefault(user, {})[session_id] = None
         self._event("enter", record, REASON_LOGIN)
-        return {"session_id": session_id, "token": record.token}
+        return {"session_id": session_id, "token": record.token, "token_ttl": self.token_ttl}
 
     def on_resume(self, ctx: Context, session_id: str, token: str, broker: str) -> dict[str, Any]:
         """Resume a session on ``broker`` with its token; publish ``online``.
@@ -225,35 +250,47 @@ class SessionService(ServiceHandler):
         holding the session on another broker is kicked with ``REPLACED``.
 
         Returns:
-            ``{"session_id", "user_id", "token", "props", "channels", "bindings"}``:
-            the new token and what the broker restores.
+            ``{"session_id", "user_id", "token", "token_ttl", "props", "channels",
+            "bindings"}``: the new token and what the broker restores.
 
         Raises:
-            ResumeFailed: unknown or expired session, or a wrong token.
+            ResumeFailed: unknown or expired session, a token that is not the
+                session's latest, or one that is forged or expired.
         """
         broker = _text("resume", "broker", broker)
-        record = self._lookup(session_id)
-        if (
-            record is None
-            or not isinstance(token, str)
-            or not hmac.compare_digest(record.token.encode(), token.encode())
-        ):
-            raise ResumeFailed("unknown or expired session, or wrong token")
+        record = self._checked(session_id, token)
         if record.online and record.broker != broker:
             self.sessions.kick(Session(id=record.session_id, broker=record.broker), KICK_REPLACED)
         record.cancel_timer()
         record.online = True
         record.broker = broker
-        record.token = secrets.token_urlsafe(24)
+        record.token = self._token(record.session_id)
         self._event("online", record, REASON_RESUMED)
         return {
             "session_id": record.session_id,
             "user_id": record.user_id,
             "token": record.token,
+            "token_ttl": self.token_ttl,
             "props": dict(record.props),
             "channels": sorted(record.channels),
             "bindings": dict(record.bindings),
         }
+
+    def on_refresh(self, ctx: Context, session_id: str, broker: str) -> dict[str, Any]:
+        """A new resume token for the session ``broker`` holds online (the old one
+        stops working): a client refreshes before :attr:`token_ttl` runs out.
+
+        Returns:
+            ``{"token", "token_ttl"}``.
+
+        Raises:
+            ResumeFailed: no such session online on ``broker``.
+        """
+        record = self._lookup(session_id)
+        if record is None or not record.online or record.broker != broker:
+            raise ResumeFailed("no such session online on this broker")
+        record.token = self._token(record.session_id)
+        return {"token": record.token, "token_ttl": self.token_ttl}
 
     def on_closed(self, ctx: Context, session_id: str, broker: str) -> None:
         """(one-way) ``broker`` lost the session's connection: offline, publish ``offline``.
@@ -349,6 +386,24 @@ class SessionService(ServiceHandler):
 
     def _lookup(self, session_id: Any) -> SessionRecord | None:
         return self.records.get(session_id) if isinstance(session_id, str) else None
+
+    def _token(self, session_id: str) -> str:
+        return tokens.issue(session_id, self.key, ttl=self.token_ttl, purpose=RESUME_PURPOSE)
+
+    def _checked(self, session_id: Any, token: Any) -> SessionRecord:
+        """The session ``token`` resumes: signed for it, unexpired, and its latest."""
+        try:
+            subject = tokens.verify(token, self.key, purpose=RESUME_PURPOSE)
+        except tokens.TokenError as e:
+            raise ResumeFailed(f"bad resume token: {e}") from None
+        record = self._lookup(session_id)
+        if (
+            record is None
+            or subject != session_id
+            or not hmac.compare_digest(record.token.encode(), token.encode())
+        ):
+            raise ResumeFailed("unknown or expired session, or not its latest token")
+        return record
 
     def _go_offline(self, record: SessionRecord, reason: str) -> None:
         record.online = False

@@ -108,6 +108,7 @@ def make_broker(**settings_: Any) -> tuple[Broker, task.Clock]:
         FakeDirectory(),  # type: ignore[arg-type]
         "broker-test",
         FakeRegistration(),  # type: ignore[arg-type]
+        b"test-key-of-sixteen-or-more",
     )
     broker.accepting = True  # what startService does, minus the ZeroMQ socket
     return broker, clock

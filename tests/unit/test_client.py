@@ -1146,3 +1146,30 @@ def test_chat_ends_with_an_error_when_the_session_is_kicked() -> None:
     e = failure_of(d)
     assert isinstance(e, CommandError)
     assert "KICKED: banned" in str(e)
+
+
+def test_the_token_is_refreshed_at_half_its_lifetime_and_resumes_with_the_new_one() -> None:
+    """A login reply with token_ttl makes the client ask session.refresh at ttl / 2, keep
+    the new token, and go on; a resume then uses the newest token."""
+    client, net, clock = make_client()
+    result(client.connect())
+    d = client.login(user="harry", password="pw")
+    protocol, transport = net.last
+    (packet,) = sent(transport)
+    protocol.dataReceived(response(packet.seq, {**LOGIN_REPLY, "token_ttl": 4}))
+    result(d)
+    clock.advance(1.9)
+    assert [p.route for p in sent(transport) if p.kind == PacketKind.REQUEST] == []
+    clock.advance(0.1)
+    (refresh,) = [p for p in sent(transport) if p.kind == PacketKind.REQUEST]
+    assert refresh.route == "session.refresh"
+    protocol.dataReceived(response(refresh.seq, {"token": "t2", "token_ttl": 4}))
+    assert client.token == "t2"
+    clock.advance(2)
+    (again,) = [p for p in sent(transport) if p.kind == PacketKind.REQUEST]
+    assert again.route == "session.refresh"
+    protocol.dataReceived(response(again.seq, {"token": "t3", "token_ttl": 4}))
+    net.kill("b1:1")
+    protocol, transport = net.last
+    (resume,) = sent(transport)
+    assert decode_value(resume.body) == {"session_id": "s1", "token": "t3"}

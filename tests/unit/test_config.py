@@ -370,3 +370,24 @@ def test_non_finite_numbers_are_refused(tmp_path: Path, value: str) -> None:
     path = write(tmp_path, f"[yellow]\nwatch-lease = {value}\n")
     with pytest.raises(UsageError, match="watch-lease"):
         YellowOptions().parseOptions(["--config", path])
+
+
+def test_every_surface_binds_to_loopback_unless_told_otherwise() -> None:
+    """Out of the box nothing listens beyond 127.0.0.1: the registry, workers' and fight
+    processes' sockets, the broker's internal endpoint, and even the client-facing ports
+    (broker, brokerlist) until an operator opens them on purpose."""
+    from mmo.broker.config import BrokerConfig
+    from mmo.brokerlist.config import BrokerlistConfig
+    from mmo.fight.config import FightConfig
+    from mmo.worker.config import WorkerConfig
+    from mmo.yellow.config import YellowConfig
+
+    yellow = ("tcp://127.0.0.1:5555",)
+    assert YellowConfig().listen.startswith("tcp://127.0.0.1:")
+    assert WorkerConfig(yellow=yellow, handler="m:C").bind_host == "127.0.0.1"
+    assert FightConfig(yellow=yellow, handler="m:C", cap=2).bind_host == "127.0.0.1"
+    broker = BrokerConfig(yellow=yellow)
+    assert broker.advertise_host == "127.0.0.1"
+    assert broker.listen.endswith(":interface=127.0.0.1")
+    assert broker.websocket is None
+    assert BrokerlistConfig(yellow=yellow).listen.endswith(":interface=127.0.0.1")

@@ -1,6 +1,8 @@
-"""Session tokens: HMAC-SHA256 over (user_id, expiry), verified with the shared key."""
+"""Signed tokens: HMAC-SHA256 over (subject, expiry, purpose, nonce), with the shared key."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +52,34 @@ def test_key_comes_from_the_environment() -> None:
     assert load_key({"MMO_AUTH_KEY": "0123456789abcdef"}) == b"0123456789abcdef"
     with pytest.raises(ConfigError, match="at least 16"):
         load_key({"MMO_AUTH_KEY": "short"})
+
+
+def test_a_token_is_only_good_for_its_purpose_and_never_repeats() -> None:
+    """An auth token does not resume a session, nor the other way round; two tokens
+    issued at the same moment for the same subject differ."""
+    auth = issue("s1", KEY, ttl=60, now=0)
+    resume = issue("s1", KEY, ttl=60, purpose="resume", now=0)
+    assert verify(resume, KEY, purpose="resume", now=1) == "s1"
+    with pytest.raises(InvalidToken, match="resume"):
+        verify(auth, KEY, purpose="resume", now=1)
+    with pytest.raises(InvalidToken, match="auth"):
+        verify(resume, KEY, now=1)
+    assert issue("s1", KEY, ttl=60, now=0) != auth
+
+
+def test_key_comes_from_a_file(tmp_path: Path) -> None:
+    """$MMO_AUTH_KEY_FILE names a file holding the key (whitespace around it ignored);
+    $MMO_AUTH_KEY wins when both are set; a missing file is a ConfigError naming it."""
+    path = tmp_path / "auth.key"
+    path.write_text("  0123456789abcdef-from-file\n")
+    assert load_key({"MMO_AUTH_KEY_FILE": str(path)}) == b"0123456789abcdef-from-file"
+    both = {"MMO_AUTH_KEY_FILE": str(path), "MMO_AUTH_KEY": "0123456789abcdef"}
+    assert load_key(both) == b"0123456789abcdef"
+    with pytest.raises(ConfigError, match="MMO_AUTH_KEY_FILE.*nope"):
+        load_key({"MMO_AUTH_KEY_FILE": str(tmp_path / "nope")})
+    path.write_text("short\n")
+    with pytest.raises(ConfigError, match="MMO_AUTH_KEY_FILE.*at least 16"):
+        load_key({"MMO_AUTH_KEY_FILE": str(path)})
 
 
 def test_no_key_is_refused_unless_demo() -> None:

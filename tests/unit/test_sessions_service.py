@@ -17,7 +17,8 @@ from mmo.config import ConfigError
 from mmo.errors import BadRequest, MmoError
 from mmo.registry import Change, Instance
 from mmo.sessions import ResumeFailed, SessionService
-from mmo.sessions.service import GRACE_ENV
+from mmo.data.tokens import issue, verify
+from mmo.sessions.service import GRACE_ENV, RESUME_PURPOSE, TOKEN_TTL_ENV
 from mmo.testing import fake_context, handler_factory
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
 
@@ -97,9 +98,10 @@ def broker(instance_id: str) -> Instance:
 def test_open_returns_random_urlsafe_id_and_token_and_publishes_enter(svc: SessionService) -> None:
     """open answers a URL-safe session id and token and publishes enter with the full payload."""
     reply = open_session(svc)
-    assert set(reply) == {"session_id", "token"}
+    assert set(reply) == {"session_id", "token", "token_ttl"}
     assert URLSAFE.fullmatch(reply["session_id"]) and len(reply["session_id"]) == 16
-    assert URLSAFE.fullmatch(reply["token"]) and len(reply["token"]) == 32
+    assert verify(reply["token"], svc.key, purpose=RESUME_PURPOSE) == reply["session_id"]
+    assert reply["token_ttl"] == SessionService.token_ttl
     assert published(svc) == [
         (
             "enter",
@@ -177,7 +179,7 @@ def test_find_lists_a_users_sessions_oldest_first(svc: SessionService) -> None:
 def test_only_get_and_find_are_idempotent() -> None:
     """Only the read-only methods are marked safe to retry on another instance."""
     methods = SessionService.method_names()
-    assert set(methods) == {"open", "resume", "closed", "logout", "track", "get", "find"}
+    assert set(methods) == {"open", "resume", "refresh", "closed", "logout", "track", "get", "find"}
     assert {m for m, safe in methods.items() if safe} == {"get", "find"}
 
 
@@ -296,11 +298,13 @@ def test_resume_restores_the_session_with_a_new_token_and_publishes_online(
         "session_id": sid,
         "user_id": "alice",
         "token": reply["token"],
+        "token_ttl": SessionService.token_ttl,
         "props": {},
         "channels": [],
         "bindings": {},
     }
-    assert reply["token"] != opened["token"] and URLSAFE.fullmatch(reply["token"])
+    assert reply["token"] != opened["token"]
+    assert verify(reply["token"], svc.key, purpose=RESUME_PURPOSE) == sid
     assert published(svc)[-1] == (
         "online",
         {"session_id": sid, "user_id": "alice", "broker": "b2", "reason": "resumed"},
@@ -338,6 +342,56 @@ def test_resume_with_a_wrong_token_fails(svc: SessionService, token: Any) -> Non
     with pytest.raises(ResumeFailed):
         call(svc, "resume", session_id=sid, token=token, broker="b1")
     assert topics(svc) == ["enter"]
+
+
+def test_resume_with_a_forged_expired_or_foreign_token_fails(
+    svc: SessionService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed with another key, for another purpose, for another session, or past its
+    expiry: ResumeFailed, and the session is still there for its real token."""
+    opened, other = open_session(svc), open_session(svc, user="bob")
+    sid = opened["session_id"]
+    forged = [
+        issue(sid, b"not-the-cluster-key-at-all", ttl=60, purpose=RESUME_PURPOSE),
+        issue(sid, svc.key, ttl=60, purpose="auth"),
+        other["token"],
+        issue(sid, svc.key, ttl=-1, purpose=RESUME_PURPOSE),
+    ]
+    for token in forged:
+        with pytest.raises(ResumeFailed):
+            call(svc, "resume", session_id=sid, token=token, broker="b1")
+    monkeypatch.setenv(TOKEN_TTL_ENV, "0")
+    short = handler_factory(SessionService, clock=task.Clock())
+    expired = open_session(short)
+    with pytest.raises(ResumeFailed, match="expired"):
+        call(short, "resume", session_id=expired["session_id"], token=expired["token"], broker="b1")
+    assert call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")["user_id"]
+
+
+def test_refresh_gives_a_new_token_to_the_session_online_on_that_broker(
+    svc: SessionService,
+) -> None:
+    """refresh replaces the token (the old one stops working); only the holding broker may."""
+    opened = open_session(svc)
+    sid = opened["session_id"]
+    with pytest.raises(ResumeFailed):
+        call(svc, "refresh", session_id=sid, broker="b2")
+    fresh = call(svc, "refresh", session_id=sid, broker="b1")
+    assert fresh == {"token": fresh["token"], "token_ttl": SessionService.token_ttl}
+    with pytest.raises(ResumeFailed):
+        call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
+    assert call(svc, "resume", session_id=sid, token=fresh["token"], broker="b1")["user_id"]
+    call(svc, "closed", session_id=sid, broker="b1")
+    with pytest.raises(ResumeFailed):
+        call(svc, "refresh", session_id=sid, broker="b1")
+
+
+def test_the_service_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No $MMO_AUTH_KEY, no key file, no MMO_DEMO=1: a ConfigError naming the variable."""
+    for name in ("MMO_AUTH_KEY", "MMO_AUTH_KEY_FILE", "MMO_DEMO"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="MMO_AUTH_KEY"):
+        handler_factory(SessionService, clock=task.Clock())
 
 
 def test_resume_of_an_unknown_or_expired_session_fails(
