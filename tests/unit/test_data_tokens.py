@@ -75,10 +75,10 @@ def test_key_comes_from_a_file(tmp_path: Path) -> None:
     assert load_key({"MMO_AUTH_KEY_FILE": str(path)}) == b"0123456789abcdef-from-file"
     both = {"MMO_AUTH_KEY_FILE": str(path), "MMO_AUTH_KEY": "0123456789abcdef"}
     assert load_key(both) == b"0123456789abcdef"
-    with pytest.raises(ConfigError, match="MMO_AUTH_KEY_FILE.*nope"):
+    with pytest.raises(ConfigError, match=r"MMO_AUTH_KEY_FILE.*nope"):
         load_key({"MMO_AUTH_KEY_FILE": str(tmp_path / "nope")})
     path.write_text("short\n")
-    with pytest.raises(ConfigError, match="MMO_AUTH_KEY_FILE.*at least 16"):
+    with pytest.raises(ConfigError, match=r"MMO_AUTH_KEY_FILE.*at least 16"):
         load_key({"MMO_AUTH_KEY_FILE": str(path)})
 
 

@@ -14,10 +14,10 @@ import pytest
 from twisted.internet import task
 
 from mmo.config import ConfigError
+from mmo.data.tokens import issue, verify
 from mmo.errors import BadRequest, MmoError
 from mmo.registry import Change, Instance
 from mmo.sessions import ResumeFailed, SessionService
-from mmo.data.tokens import issue, verify
 from mmo.sessions.service import GRACE_ENV, RESUME_PURPOSE, TOKEN_TTL_ENV
 from mmo.testing import fake_context, handler_factory
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
