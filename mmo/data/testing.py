@@ -71,10 +71,14 @@ def _wait(check: Any, timeout: float, what: str) -> None:
 
 def redis_command(host: str, port: int, *args: str, timeout: float = 3.0) -> Any:
     """Send one command to Redis and return its decoded reply (a tiny blocking client)."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    # Close the reader too: left open, it keeps the socket open until the garbage collector
+    # finds both (a ResourceWarning).
+    with (
+        socket.create_connection((host, port), timeout=timeout) as sock,
+        sock.makefile("rb") as reader,
+    ):
         payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
         sock.sendall(payload.encode())
-        reader = sock.makefile("rb")
 
         def read() -> Any:
             line = reader.readline()

@@ -31,22 +31,38 @@ class EdgeCluster:
         self.http_port = free_port()
         self.broker_args = broker_args
         self.processes: dict[str, TwistdProcess] = {}
-        env = {"MMO_SSO_ACCOUNTS": ACCOUNTS, "MMO_SESSION_GRACE": "30", "MMO_DEMO": "1"}
-        self._start("yellow", "mmo-yellow", ["--listen", self.yellow], env)
+        self.env = {"MMO_SSO_ACCOUNTS": ACCOUNTS, "MMO_SESSION_GRACE": "30", "MMO_DEMO": "1"}
+        self._start("yellow", "mmo-yellow", ["--listen", self.yellow], self.env)
         for name, handler in WORKERS.items():
-            args = ["--yellow", self.yellow, "--handler", handler, "--instance-id", name]
-            self._start(name, "mmo-worker", args, env)
+            self.start_worker(name, handler)
         for i in range(brokers):
             self.start_broker(i)
         self._start(
             "brokerlist",
             "mmo-brokerlist",
             ["--yellow", self.yellow, "--listen", f"tcp:{self.http_port}:interface=127.0.0.1"],
-            env,
+            self.env,
         )
 
     def _start(self, name: str, role: str, args: list[str], env: dict[str, str]) -> None:
         self.processes[name] = TwistdProcess(role, args, self.log_dir, name, env).start()
+
+    def start_worker(
+        self,
+        name: str,
+        handler: str,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> TwistdProcess:
+        """Start worker ``name`` (its instance id) serving ``handler`` in this cluster.
+
+        Args:
+            extra: more ``mmo-worker`` arguments (e.g. ``("--database", url)``).
+            env: more environment variables, over the cluster's own.
+        """
+        args = ["--yellow", self.yellow, "--handler", handler, "--instance-id", name, *extra]
+        self._start(name, "mmo-worker", args, {**self.env, **(env or {})})
+        return self.processes[name]
 
     def start_broker(self, i: int) -> TwistdProcess:
         """(Re)start broker ``i`` (named broker-<i+1>)."""

@@ -15,6 +15,28 @@ measures:
   1 s) ended;
 - **detect**: seconds until the system noticed (scenario-specific, see each test).
 
+The data scenarios (a throwaway PostgreSQL or Redis of the test's own, stopped and started
+again on the same port :data:`OUTAGE` seconds later) add workers that use that server and
+8 players (2 per client) whose requests go through the brokers beside the same load:
+``player.save`` (acknowledged in memory, written behind) with a ``player.leave`` (written
+now) every third time (PostgreSQL); or entering a map, which first takes a hand-off from
+the cache, earning a coin and leaving (Redis). Data requests are sent once, never
+retried, and counted as:
+
+- **data ok / failed / lost / other**: answered; failed with a clear data-layer error
+  naming the server (``DatabaseUnavailable``, ``CacheUnavailable``...: ``SERVICE_ERROR``
+  at the client); never answered within the deadline; any other error;
+- **slowest failure**: how long the slowest failed request took (nothing waits for the
+  server to come back);
+- **acked missing / data dup**: each cycle adds 1 to a counter of the player's state;
+  at the end every player is written and dropped from memory and its counter loaded back
+  from the database: acknowledged writes it lacks, and writes it has beyond those
+  acknowledged or lost; **acked in outage**: writes acknowledged while the server was
+  away (with PostgreSQL, saves only in the player service's memory then);
+- **data recovery**: seconds from the server answering again until the last failed data
+  request ended; **detect** is the time from the stop to the first failed data request,
+  **outage** how long the server was away.
+
 Each scenario prints one ``FAULTS`` line (``pytest -s``); docs/reliability.md records them.
 """
 
@@ -24,18 +46,21 @@ import functools
 import random
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 
 from mmo.client import Client
-from mmo.client.errors import ClientException
+from mmo.client.errors import ClientException, ClientRequestError, ClientTimeout
 from mmo.client.session import http_fetcher, parse_brokerlist
+from mmo.data.testing import ThrowawayPostgres, ThrowawayRedis
+from mmo.examples.maps import MAPS_ENV
+from mmo.examples.player import FLUSH_ENV
 from mmo.logic import Directory
 from mmo.registry import Change
 from mmo.testing import TwistdProcess
@@ -55,6 +80,17 @@ SLOW = 1.0
 DEADLINE_SLACK = 0.5
 #: Registry detection bound: 3 missed 1 s heartbeats + the 0.2 s sweep, with slack.
 DETECT_BOUND = 4.0
+#: Players each client plays in the data scenarios (their loops run beside the echo load).
+DATA_PLAYERS = 2
+#: Average seconds a player waits between two cycles of data requests (keeps each client
+#: well under the broker's 100 packets/s beside its echo calls and chat).
+DATA_PAUSE = 0.15
+#: How long a data server stays down in the data scenarios (seconds).
+OUTAGE = 2.0
+#: Every data request succeeds again within this many seconds of the server being back.
+DATA_RECOVERY_BOUND = 5.0
+#: Seconds the load goes on once data requests succeed again (late failures would show).
+AFTER_RECOVERY = 3.0
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,6 +103,126 @@ class Call:
     end: float = 0.0
     ok: bool = False
     errors: list[str] = field(default_factory=list)
+
+
+#: Outcomes of a data request.
+OK, FAILED, LOST, OTHER = "ok", "failed", "lost", "other"
+
+
+@dataclass
+class DataCall:
+    """One data request, sent once (data writes are not idempotent: never resent).
+
+    Attributes:
+        outcome: :data:`OK`; :data:`FAILED` (a clear error of the data layer naming the
+            server); :data:`LOST` (no answer within the deadline: it may have run);
+            :data:`OTHER` (any other error).
+    """
+
+    route: str
+    player_id: str
+    start: float
+    end: float = 0.0
+    outcome: str = ""
+    kind: str = ""
+    error: str = ""
+
+
+def error_kind(error: ClientException) -> str:
+    """The type of a service error (``"DatabaseUnavailable"``), else the broker's error
+    code (``"TIMEOUT"``), else the client's exception class."""
+    if isinstance(error, ClientRequestError):
+        if error.name == "SERVICE_ERROR":
+            return error.message.partition(": ")[0]
+        return error.name
+    return type(error).__name__
+
+
+@dataclass(frozen=True)
+class DataWorkload:
+    """What each player does through the brokers in a data scenario, and how it is read back.
+
+    Each cycle adds 1 to a counter of the player's state through one write request.
+    At the end every player is brought home (its state written to the database and
+    dropped from the player service's memory) and its counter loaded back from the
+    database: an acknowledged write missing from it, or a write applied more often than
+    it was sent, shows.
+
+    Attributes:
+        cycle: the requests of a player's n-th cycle, ``(route, body)``; a cycle stops at
+            its first failure.
+        write: the route of the request that adds 1 to the counter.
+        counter: the counter in a ``player.load`` reply.
+        server: ``host:port`` of the data server; a clear failure names it.
+        clear_errors: the service error types that are a clear failure of the data layer.
+        fail_within: seconds within which a failed request has failed (its data-layer
+            deadline, with slack): nothing waits for the server to come back.
+        home: routes called with ``player_id`` before the read-back to bring a player's
+            state to the player service (``NotHere``: it is there already).
+    """
+
+    cycle: Callable[[str, int], list[tuple[str, dict[str, Any]]]]
+    write: str
+    counter: Callable[[dict[str, Any]], int]
+    server: str
+    clear_errors: frozenset[str]
+    fail_within: float
+    home: tuple[str, ...] = ()
+
+    def outcome(self, error: ClientException) -> str:
+        """How a request that raised ``error`` counts."""
+        kind = error_kind(error)
+        if isinstance(error, ClientTimeout) or kind == "TIMEOUT":
+            return LOST  # no answer within the client's or the broker's deadline
+        if kind in self.clear_errors and self.server in str(error):
+            return FAILED
+        return OTHER
+
+
+@dataclass
+class DataFigures:
+    """What the data requests of one scenario met.
+
+    Attributes:
+        requests: data requests sent.
+        ok: answered with success.
+        failed: failed with a clear error of the data layer.
+        lost: never answered within their deadline.
+        other: failed with any other error.
+        over_deadline: ended more than :data:`DEADLINE_SLACK` past their deadline.
+        slowest_failure: seconds the slowest failed request took.
+        acked_in_outage: writes acknowledged while the server was away.
+        missing: acknowledged writes missing from the database at the end.
+        dup: writes applied beyond those acknowledged or lost (applied twice, or applied
+            although they failed).
+        recovery: seconds from the server being back until the last failed request ended.
+        error_types: failed requests by error type.
+    """
+
+    requests: int
+    ok: int
+    failed: int
+    lost: int
+    other: int
+    over_deadline: int
+    slowest_failure: float
+    acked_in_outage: int
+    missing: int
+    dup: int
+    recovery: float
+    error_types: dict[str, int]
+
+    def line(self) -> str:
+        """The data part of the scenario's line."""
+        types = ",".join(f"{k}:{v}" for k, v in sorted(self.error_types.items()))
+        return (
+            f"data_requests={self.requests} data_ok={self.ok} data_failed={self.failed}"
+            f" data_lost={self.lost} data_other={self.other}"
+            f" data_over_deadline={self.over_deadline}"
+            f" slowest_failure={self.slowest_failure:.2f}s"
+            f" acked_in_outage={self.acked_in_outage} acked_missing={self.missing}"
+            f" data_dup={self.dup} data_recovery={self.recovery:.2f}s errors_by_type={types}"
+        )
 
 
 @dataclass
@@ -86,17 +242,20 @@ class Figures:
     recovery: float
     detect: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    data: DataFigures | None = None
 
     def line(self) -> str:
         """One line for the log and the docs."""
         detect = "-" if self.detect is None else f"{self.detect:.2f}s"
         extra = " ".join(f"{k}={v:.2f}s" for k, v in self.extra.items())
-        return (
+        data = "" if self.data is None else self.data.line()
+        echo = (
             f"FAULTS {self.scenario}: calls={self.calls} lost={self.lost} errors={self.errors}"
             f" over_deadline={self.over_deadline} p99={self.p99 * 1000:.0f}ms"
             f" max={self.max_latency:.2f}s chat_sent={self.chat_sent} missed={self.missed}"
-            f" dup={self.dup} recovery={self.recovery:.2f}s detect={detect} {extra}"
-        ).rstrip()
+            f" dup={self.dup} recovery={self.recovery:.2f}s detect={detect}"
+        )
+        return " ".join(part for part in (echo, extra, data) if part)
 
 
 class Traffic:
@@ -109,6 +268,7 @@ class Traffic:
             always catches calls in flight.
         pause: seconds each loop waits between calls, on average.
         chat_rate: chat messages per second from each of :data:`SENDERS`.
+        data: if given, each client also plays :data:`DATA_PLAYERS` players of it.
     """
 
     def __init__(
@@ -118,15 +278,24 @@ class Traffic:
         work: float = 0.05,
         pause: float = 0.01,
         chat_rate: float = 10.0,
+        data: DataWorkload | None = None,
     ) -> None:
         self.clients = clients
         self.loops = loops
         self.work = work
         self.pause = pause
         self.chat_rate = chat_rate
+        self.data = data
         self.calls: list[Call] = []
         self.sent: dict[str, float] = {}
         self.heard: Counter[tuple[str, str]] = Counter()
+        #: The data players, by id, with the client each plays through.
+        self.players = {
+            f"{user}-{i}": client
+            for user, client in (clients.items() if data is not None else ())
+            for i in range(DATA_PLAYERS)
+        }
+        self.data_calls: list[DataCall] = []
         self.running = False
         self._done: list[defer.Deferred[None]] = []
         for user, client in clients.items():
@@ -144,6 +313,8 @@ class Traffic:
                 self._done.append(self._echo_loop(f"{user}-{i}", client))
         for user in SENDERS:
             self._done.append(self._chat_loop(user, self.clients[user]))
+        for player_id, client in self.players.items():
+            self._done.append(self._data_loop(player_id, client))
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
@@ -196,6 +367,99 @@ class Traffic:
             except ClientException:
                 pass  # closed: the message was never sent
             yield sleep(1.0 / self.chat_rate)
+
+    @defer.inlineCallbacks
+    def _data_loop(self, player_id: str, client: Client) -> Any:
+        assert self.data is not None
+        rng = random.Random(player_id)
+        n = 0
+        while self.running:
+            n += 1
+            for route, body in self.data.cycle(player_id, n):
+                call = DataCall(route, player_id, start=reactor.seconds())
+                self.data_calls.append(call)
+                try:
+                    yield client.request(route, body, timeout=CALL_DEADLINE)
+                    call.outcome = OK
+                except ClientException as e:
+                    call.outcome = self.data.outcome(e)
+                    call.kind = error_kind(e)
+                    call.error = str(e)
+                call.end = reactor.seconds()
+                if call.outcome != OK:
+                    break
+            yield sleep(rng.uniform(0.0, 2 * DATA_PAUSE))
+
+    def data_ok_since(self, since: float) -> bool:
+        """Whether a data request sent at ``since`` or later has succeeded."""
+        return any(c.outcome == OK and c.start >= since for c in self.data_calls)
+
+    def first_data_failure(self, since: float) -> float | None:
+        """When the first data request that failed after ``since`` ended."""
+        ends = [c.end for c in self.data_calls if c.end >= since and c.outcome != OK]
+        return min(ends) if ends else None
+
+    @defer.inlineCallbacks
+    def read_back(self) -> Any:
+        """Bring every player home and load its counter from the database; fires with
+        ``{player_id: counter}``. Run it after :meth:`stop`, with the servers up."""
+        assert self.data is not None
+        for player_id, client in self.players.items():
+            for route in self.data.home:
+                try:
+                    yield client.request(route, {"player_id": player_id})
+                except ClientRequestError as e:
+                    if not e.message.startswith("NotHere:"):
+                        raise
+            # Written to the database (or this fails) and dropped from memory.
+            yield client.request("player.leave", {"player_id": player_id})
+        client = next(iter(self.clients.values()))
+        stats = yield client.request("player.stats")
+        # Nothing in the player service's memory: the loads below read the database.
+        assert stats["players"] == 0 and stats["dirty"] == 0, stats
+        counters = {}
+        for player_id, client in self.players.items():
+            loaded = yield client.request("player.load", {"player_id": player_id})
+            counters[player_id] = self.data.counter(loaded)
+        return counters
+
+    def data_figures(self, fault_at: float, back_at: float, stored: dict[str, int]) -> DataFigures:
+        """Count what happened to the data requests (after :meth:`stop`: all have ended).
+
+        Args:
+            fault_at: when the data server was stopped.
+            back_at: when it answered again.
+            stored: the counters :meth:`read_back` found.
+        """
+        assert self.data is not None
+        calls = self.data_calls
+        assert all(c.end for c in calls)
+        failures = [c for c in calls if c.outcome != OK]
+        missing = dup = 0
+        for player_id in self.players:
+            writes = [c for c in calls if c.player_id == player_id and c.route == self.data.write]
+            acked = sum(1 for c in writes if c.outcome == OK)
+            unknown = sum(1 for c in writes if c.outcome in (LOST, OTHER))
+            missing += max(0, acked - stored[player_id])
+            dup += max(0, stored[player_id] - acked - unknown)
+        return DataFigures(
+            requests=len(calls),
+            ok=sum(1 for c in calls if c.outcome == OK),
+            failed=sum(1 for c in calls if c.outcome == FAILED),
+            lost=sum(1 for c in calls if c.outcome == LOST),
+            other=sum(1 for c in calls if c.outcome == OTHER),
+            over_deadline=sum(1 for c in calls if c.end - c.start > CALL_DEADLINE + DEADLINE_SLACK),
+            slowest_failure=max((c.end - c.start for c in failures), default=0.0),
+            acked_in_outage=sum(
+                1
+                for c in calls
+                if c.route == self.data.write and c.outcome == OK and fault_at <= c.end <= back_at
+            ),
+            missing=missing,
+            dup=dup,
+            recovery=max([0.0, *(c.end - back_at for c in failures)]),
+            error_types=dict(Counter(c.kind for c in failures)),
+        )
 
     def missed(self, outside: tuple[float, float] | None = None) -> int:
         """(member, message) pairs never delivered; only for messages sent ``outside`` a window."""
@@ -331,13 +595,25 @@ def change_time(directory: Directory, instance_id: str, change: int) -> defer.De
 
 
 @defer.inlineCallbacks
-def run_with_load(edge: EdgeCluster, warmup: float = 2.0) -> Any:
-    """Connect the clients and start the load; fires with ``(clients, traffic)``."""
+def run_with_load(edge: EdgeCluster, warmup: float = 2.0, data: DataWorkload | None = None) -> Any:
+    """Connect the clients and start the load (with ``data``'s players, if given); fires
+    with ``(clients, traffic)``."""
     clients = yield connect_clients(edge)
-    traffic = Traffic(clients)
+    traffic = Traffic(clients, data=data)
     traffic.start()
     yield sleep(warmup)
     return clients, traffic
+
+
+@defer.inlineCallbacks
+def until(predicate: Callable[[], bool], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` every 50 ms; fire with the time it held, or fail after ``timeout``."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        yield sleep(0.05)
+    return reactor.seconds()
 
 
 @pytest_twisted.inlineCallbacks
@@ -514,3 +790,186 @@ def test_roles_started_in_reverse_order(tmp_path: Path) -> Any:
     assert figures.errors == 0
     assert figures.missed == 0
     assert figures.detect is not None and figures.detect <= 10.0
+
+
+# -- data servers restarted ----------------------------------------------------------
+
+PLAYER = "mmo.examples.player:PlayerService"
+MAP = "mmo.examples.maps:MapService"
+#: The map of the Redis scenario, served by the ``map-1`` worker.
+MAP_ID = "forest"
+
+
+class DataServer(Protocol):
+    """A throwaway data server the test may stop and start again on the same port."""
+
+    def stop(self) -> None:
+        """Stop the server."""
+
+    def start(self) -> object:
+        """Start the server and return once it answers."""
+
+
+@pytest.fixture
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server of the test's own (never the machine's shared one)."""
+    server = ThrowawayPostgres().init().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    """A Redis server of the test's own (never the machine's shared one)."""
+    server = ThrowawayRedis(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def save_and_leave(player_id: str, n: int) -> list[tuple[str, dict[str, Any]]]:
+    """Save a player's state (acknowledged once in memory, written behind); every third
+    cycle also write it now and drop it from memory (``leave``).
+
+    So when the database goes away most players are in memory: their saves go on being
+    acknowledged, and must all reach the database once it is back.
+    """
+    save = ("player.save", {"player_id": player_id, "state": {"n": n}})
+    return [save, ("player.leave", {"player_id": player_id})] if n % 3 == 0 else [save]
+
+
+def visit_map(player_id: str, n: int) -> list[tuple[str, dict[str, Any]]]:
+    """Enter the map (which takes a hand-off from the cache first), earn a coin, and leave
+    (saved to the player service)."""
+    return [
+        ("map.enter", {"player_id": player_id, "map_id": MAP_ID}),
+        ("map.move", {"player_id": player_id, "dx": 1, "coins": 1}),
+        ("map.leave", {"player_id": player_id}),
+    ]
+
+
+@defer.inlineCallbacks
+def restart_under_load(
+    edge: FaultCluster, server: DataServer, workload: DataWorkload, scenario: str
+) -> Any:
+    """Run the load with ``workload``'s players, stop ``server``, start it again
+    :data:`OUTAGE` seconds after; fires with ``(figures, traffic)``.
+
+    The figures' detect is the time from the stop to the first failed data request.
+    """
+    clients, traffic = yield run_with_load(edge, data=workload)
+    try:
+        fault_at = reactor.seconds()
+        # In a thread: the load goes on while the server stops and starts.
+        yield threads.deferToThread(server.stop)
+        yield sleep(max(0.0, fault_at + OUTAGE - reactor.seconds()))
+        yield threads.deferToThread(server.start)
+        back_at = reactor.seconds()
+        yield until(
+            lambda: traffic.data_ok_since(back_at),
+            DATA_RECOVERY_BOUND,
+            "a data request succeeding after the restart",
+        )
+        yield sleep(AFTER_RECOVERY)
+        yield traffic.stop()
+        stored = yield traffic.read_back()
+    finally:
+        traffic.running = False  # if something above failed, the loops end with the test
+        yield close_clients(clients)
+    first_failure = traffic.first_data_failure(fault_at)
+    detect = None if first_failure is None else first_failure - fault_at
+    figures = traffic.figures(scenario, fault_at, detect=detect)
+    figures.extra["outage"] = back_at - fault_at
+    figures.data = traffic.data_figures(fault_at, back_at, stored)
+    report(figures)
+    return figures, traffic
+
+
+def assert_data_bounds(
+    figures: Figures, traffic: Traffic, workload: DataWorkload, workers: list[TwistdProcess]
+) -> None:
+    """The bounds of a data server's restart: echo and chat untouched; data requests
+    failed clearly, within their data-layer deadline, while the server was away, none
+    lost or past its deadline; all succeed again within :data:`DATA_RECOVERY_BOUND` of it
+    being back, in the same worker processes; no acknowledged write lost, none applied
+    twice."""
+    assert_no_loss(figures, traffic)
+    assert figures.errors == 0
+    assert figures.missed == 0
+    assert figures.recovery == 0.0
+    data = figures.data
+    assert data is not None
+    unclear = [
+        (c.route, c.outcome, c.error) for c in traffic.data_calls if c.outcome in (LOST, OTHER)
+    ]
+    assert data.lost == 0 and data.other == 0, unclear[:5]
+    assert data.over_deadline == 0
+    # The outage was noticed while it lasted: requests failed rather than waited.
+    assert figures.detect is not None and figures.detect <= figures.extra["outage"]
+    assert data.ok > 100, data
+    assert data.slowest_failure <= workload.fail_within
+    assert data.recovery <= DATA_RECOVERY_BOUND
+    assert data.missing == 0
+    assert data.dup == 0
+    assert all(worker.alive() for worker in workers)  # recovered by themselves
+
+
+@pytest_twisted.inlineCallbacks
+def test_postgres_restart(
+    postgres: ThrowawayPostgres, edge: FaultCluster, directory_factory: Any
+) -> Any:
+    """PostgreSQL restarted under load: player calls fail clearly meanwhile, all work again
+    within 5 s of it being back in the same worker, no acknowledged save is lost, and echo
+    and chat are untouched."""
+    player = edge.start_worker(
+        "player-1",
+        PLAYER,
+        ("--database", f"{postgres.url}?max_size=4&timeout=2"),
+        {FLUSH_ENV: "0.5"},
+    )
+    yield wait_instances(directory_factory([edge.yellow]), "player", {"player-1"})
+    workload = DataWorkload(
+        cycle=save_and_leave,
+        write="player.save",
+        counter=lambda loaded: int(loaded["version"]),  # each save adds 1
+        server=f"127.0.0.1:{postgres.port}",
+        clear_errors=frozenset({"DatabaseUnavailable", "DatabaseTimeout"}),
+        fail_within=2.0 + SLOW,  # the 2 s operation deadline, with the machine's slack
+    )
+    figures, traffic = yield restart_under_load(edge, postgres, workload, "PostgreSQL restart")
+    assert_data_bounds(figures, traffic, workload, [player])
+    # Saves were acknowledged while PostgreSQL was away (held in memory, written behind):
+    # the read-back above found every one of them in the database.
+    assert figures.data is not None and figures.data.acked_in_outage > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_restart(
+    redis: ThrowawayRedis, edge: FaultCluster, directory_factory: Any, tmp_path: Path
+) -> Any:
+    """Redis restarted under load: map entries fail clearly with CacheUnavailable within
+    the cache's deadline meanwhile, all work again within 5 s of it being back in the same
+    worker, no acknowledged move is lost, and echo and chat are untouched."""
+    player = edge.start_worker(
+        "player-1", PLAYER, ("--database", f"sqlite:///{tmp_path / 'players.db'}")
+    )
+    maps = edge.start_worker(
+        "map-1", MAP, ("--cache", f"{redis.url}?timeout=0.5"), {MAPS_ENV: f"{MAP_ID}=map-1"}
+    )
+    directory = directory_factory([edge.yellow])
+    yield wait_instances(directory, "player", {"player-1"})
+    yield wait_instances(directory, "map", {"map-1"})
+    workload = DataWorkload(
+        cycle=visit_map,
+        write="map.move",
+        counter=lambda loaded: int(loaded["state"].get("coins", 0)),  # each move adds 1
+        server=f"127.0.0.1:{redis.port}",
+        clear_errors=frozenset({"CacheUnavailable"}),
+        fail_within=0.5 + SLOW,  # the cache's 0.5 s deadline, with the machine's slack
+        home=("map.leave",),
+    )
+    figures, traffic = yield restart_under_load(edge, redis, workload, "Redis restart")
+    assert_data_bounds(figures, traffic, workload, [player, maps])
