@@ -6,6 +6,7 @@
     mmo bench calls [--concurrency 1 50] [--duration S] [--yellow URL] [--json]
     mmo chat --brokerlist URL --user NAME --password PW --room ROOM [--register]
     mmo fights --yellow URL [--json]
+    mmo keys DIR [--force]
 
 ``--yellow`` defaults to ``$MMO_YELLOW`` or ``tcp://127.0.0.1:5555``; several
 addresses may be given, separated by commas. Exit status: 0 on success, 1 when
@@ -133,6 +134,24 @@ def cmd_call(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     print(to_json(reply))
 
 
+def cmd_keys(reactor: Any, args: argparse.Namespace) -> defer.Deferred[None]:
+    """Make a CURVE keys directory for ``$MMO_CURVE_KEYS`` (docs/security.md)."""
+    from mmo.zmq.curve import ENV_KEYS, create_keys
+
+    def make() -> None:
+        try:
+            written = create_keys(args.directory, force=args.force)
+        except FileExistsError as e:
+            raise CommandError(f"{e}: keys are already there (--force replaces them)") from e
+        except OSError as e:
+            raise CommandError(f"cannot write the keys: {e}") from e
+        for path in written:
+            print(f"wrote {path}")
+        print(f"give every process of the cluster {ENV_KEYS}={os.path.abspath(args.directory)}")
+
+    return defer.maybeDeferred(make)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmo`` argument parser."""
     parser = argparse.ArgumentParser(prog="mmo", description="Operate an mmo cluster.")
@@ -164,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     from mmo.fight.cli import add_parser as add_fights
 
     add_fights(sub)
+
+    keys = sub.add_parser(
+        "keys", help="make the CURVE keys that encrypt internal links (docs/security.md)"
+    )
+    keys.add_argument("directory", metavar="DIR", help="directory to create (mode 0700)")
+    keys.add_argument("--force", action="store_true", help="replace the keys already in DIR")
+    keys.set_defaults(run=cmd_keys)
     return parser
 
 

@@ -4,11 +4,16 @@ One :class:`ZmqContext` per process owns the ZeroMQ context; sockets are made
 from it with :meth:`ZmqContext.socket`, one class per use rather than per
 pattern: a :class:`ZmqSocket` hands each multipart message to a callback and can
 report connection events (connected, disconnected) through a monitor socket.
+
+Links over ``tcp://`` are encrypted and authenticated with CURVE when
+``$MMO_CURVE_KEYS`` names a keys directory (:mod:`mmo.zmq.curve`); ``inproc://``
+links (monitors) always use NULL security.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,11 +23,16 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from txzmq import ZmqConnection, ZmqEndpoint, ZmqFactory
 from typing_extensions import override
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
+
+from mmo.zmq.curve import CurveKeys, curve_keys_from_environment, start_authenticator
 
 __all__ = [
     "EVENT_CONNECTED",
     "EVENT_DISCONNECTED",
+    "FROM_ENVIRONMENT",
+    "CurveKeys",
     "ZmqContext",
     "ZmqContextService",
     "ZmqSocket",
@@ -42,20 +52,37 @@ _MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _LAST = int(zmq.NOBLOCK)
 
 
+class _Default(enum.Enum):
+    FROM_ENVIRONMENT = "from the environment"
+
+
+#: ``ZmqContext(curve=...)``'s default: the keys ``$MMO_CURVE_KEYS`` names, if any.
+FROM_ENVIRONMENT = _Default.FROM_ENVIRONMENT
+
+
 class ZmqContext:
     """The process's ZeroMQ context, bound to one reactor.
 
     Args:
         reactor: the reactor sockets register with (the global one if ``None``).
+        curve: the CURVE keys securing ``tcp://`` links, ``None`` for NULL security;
+            by default read from ``$MMO_CURVE_KEYS`` (:mod:`mmo.zmq.curve`).
+
+    Raises:
+        mmo.config.ConfigError: ``$MMO_CURVE_KEYS`` is set but its keys are missing or bad.
     """
 
-    def __init__(self, reactor: Any = None) -> None:
+    def __init__(
+        self, reactor: Any = None, *, curve: CurveKeys | _Default | None = FROM_ENVIRONMENT
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.reactor = reactor
+        self.curve = curve_keys_from_environment() if curve is FROM_ENVIRONMENT else curve
         self._lazy_factory: ZmqFactory | None = None
+        self._authenticator: ThreadAuthenticator | None = None
 
     @property
     def _factory(self) -> ZmqFactory:
@@ -76,24 +103,50 @@ class ZmqContext:
         """Make a socket of ``socket_type`` (``zmq.ROUTER``, ...) on this context."""
         return ZmqSocket(self, socket_type, on_message, options or {})
 
+    def security_options(self, address: str, *, server: bool) -> dict[int, Any]:
+        """Socket options securing a bind (``server``) or a connect to ``address``.
+
+        The first CURVE bind starts the ZAP authenticator that checks clients.
+        """
+        if self.curve is None or not address.startswith("tcp://"):
+            return {}
+        if not server:
+            return self.curve.client_options()
+        if self._authenticator is None:
+            self._authenticator = start_authenticator(
+                self._factory.context, self.curve, self.reactor
+            )
+            log.info(
+                "CURVE on: tcp:// links encrypted, clients checked against {authorized}",
+                authorized=self.curve.authorized_dir,
+            )
+        return self.curve.server_options()
+
     def close(self) -> None:
-        """Close every socket and terminate the context."""
+        """Close every socket, stop the authenticator and terminate the context."""
         factory, self._lazy_factory = self._lazy_factory, None
+        authenticator, self._authenticator = self._authenticator, None
         if factory is not None:
             for conn in list(factory.connections):
                 conn.close()
+            if authenticator is not None:
+                authenticator.stop()
             factory.shutdown()
 
 
 class ZmqContextService(Service):
     """Owns a process's :class:`ZmqContext`: closes it when the service stops.
 
+    Its construction reads ``$MMO_CURVE_KEYS`` (see :class:`ZmqContext`), so bad
+    keys stop a role while its service tree is built, before anything starts.
     Put it first in a service tree: children stop in reverse order, so every
     socket user has stopped before the context is terminated.
     """
 
-    def __init__(self, reactor: Any = None) -> None:
-        self.context = ZmqContext(reactor)
+    def __init__(
+        self, reactor: Any = None, *, curve: CurveKeys | _Default | None = FROM_ENVIRONMENT
+    ) -> None:
+        self.context = ZmqContext(reactor, curve=curve)
 
     @override
     def stopService(self) -> None:
@@ -128,12 +181,19 @@ class ZmqSocket(ZmqConnection):
 
     def bind(self, address: str) -> str:
         """Bind to ``address`` (``tcp://127.0.0.1:*`` picks a free port); return the address."""
+        self._secure(address, server=True)
         self.addEndpoints([ZmqEndpoint("bind", address)])
         return str(self.socket.get(zmq.LAST_ENDPOINT).decode())
 
     def connect(self, address: str) -> None:
         """Connect to ``address``; ZeroMQ reconnects by itself when the link drops."""
+        self._secure(address, server=False)
         self.addEndpoints([ZmqEndpoint("connect", address)])
+
+    def _secure(self, address: str, *, server: bool) -> None:
+        # ZeroMQ copies a socket's options into each bind and connect as it is made.
+        for option, value in self._ctx.security_options(address, server=server).items():
+            self.socket.set(option, value)
 
     def disconnect(self, address: str) -> None:
         """Stop connecting to ``address``."""
