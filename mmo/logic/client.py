@@ -185,8 +185,8 @@ class _Pool:
     ) -> _Conn | None:
         """The live instance with the fewest calls outstanding (connected ones first),
         or ``instance`` if given (None if it is not live), or, with ``affinity``, the
-        instance that key hashes to (rendezvous hashing: every process that knows the
-        same instances picks the same one, and losing one moves only its keys)."""
+        connected instance that key hashes to (rendezvous hashing: every process that
+        knows the same instances picks the same one, and losing one moves only its keys)."""
         if instance is not None:
             conn = self.conns.get(instance)
             if conn is None or conn.draining or instance in exclude:
@@ -195,7 +195,9 @@ class _Pool:
         if affinity is not None:
             return max(
                 (c for c in self.conns.values() if not c.draining and c.instance_id not in exclude),
-                key=lambda c: _rendezvous(affinity, c.instance_id),
+                # Connected links first (a killed instance is not chosen while the
+                # registry still lists it), then the hash.
+                key=lambda c: (c.up, _rendezvous(affinity, c.instance_id)),
                 default=None,
             )
         best: _Conn | None = None
