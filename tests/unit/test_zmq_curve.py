@@ -283,13 +283,18 @@ def test_curve_pair_exchanges_messages_both_ways(contexts: Any, keys: CurveKeys)
 @pytest.mark.parametrize(
     ("client", "event"),
     [
-        ("null", zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL),
-        ("other cluster", zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL),
-        ("unauthorized key", zmq.EVENT_HANDSHAKE_FAILED_AUTH),
+        # A mechanism or key mismatch is reported as a protocol failure, or, when the
+        # client hangs up first (timing), without detail.
+        ("null", {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}),
+        (
+            "other cluster",
+            {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL},
+        ),
+        ("unauthorized key", {zmq.EVENT_HANDSHAKE_FAILED_AUTH}),
     ],
 )
 def test_curve_server_refuses_clients_without_the_cluster_keys(
-    contexts: Any, keys: CurveKeys, other_cluster: CurveKeys, client: str, event: int
+    contexts: Any, keys: CurveKeys, other_cluster: CurveKeys, client: str, event: set[int]
 ) -> None:
     """NULL clients, another cluster's and unauthorized keys fail the handshake; nothing passes."""
     client_keys = {
@@ -304,7 +309,7 @@ def test_curve_server_refuses_clients_without_the_cluster_keys(
     pair = Pair(server, contexts(client_keys))
     with handshake_failures(pair.server) as next_failure:
         pair.connect()
-        assert next_failure() == event
+        assert next_failure() in event
     pair.server.doRead()
     assert pair.to_server == []
     if client == "unauthorized key":
