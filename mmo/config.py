@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import tomllib
 import types
 import typing
@@ -138,3 +139,21 @@ def check_zmq_address(key: str, address: str) -> None:
     """Reject a value that is not a ZeroMQ address (``tcp://HOST:PORT``, ``ipc://...``)."""
     if not address.startswith(("tcp://", "ipc://", "inproc://")):
         raise ConfigError(key, f"not a ZeroMQ address: {address!r} (tcp://127.0.0.1:PORT)")
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """``$name`` as a number of seconds if set (and not blank), else ``default``.
+
+    Raises:
+        ConfigError: the variable is set but is not a finite number >= 0.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"not a number of seconds: {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(name, f"must be a number of seconds >= 0, not {raw!r}")
+    return value

@@ -344,13 +344,11 @@ class Broker(Service):
                 raise BadRequest("resume takes {session_id, token}")
             session_id, token = str(args.get("session_id", "")), str(args.get("token", ""))
             try:
-                subject = tokens.verify(token, self.key, purpose=RESUME_PURPOSE)
+                if tokens.verify(token, self.key, purpose=RESUME_PURPOSE) != session_id:
+                    raise tokens.InvalidToken("the token is not this session's")
             except tokens.TokenError as e:
                 self.count("resume_bad_tokens")
                 raise BadRequest(f"bad resume token: {e}") from None
-            if subject != session_id:
-                self.count("resume_bad_tokens")
-                raise BadRequest("the token is not this session's")
             record = yield self.directory.call(
                 SESSION_SERVICE,
                 "resume",

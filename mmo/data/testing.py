@@ -127,6 +127,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Signal a server child we started (by its pid) and reap it; kill it if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class ThrowawayRedis:
     """A ``redis-server`` child on 127.0.0.1, without persistence, on a free port.
 
@@ -183,14 +195,7 @@ class ThrowawayRedis:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Stop the server (by its pid) and reap it."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        _stop(self.proc, sig, timeout)
 
 
 class ThrowawaySentinel(ThrowawayRedis):
@@ -356,11 +361,4 @@ class ThrowawayPostgres:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
         """Stop the server by its pid (SIGINT: fast shutdown) and reap it."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        _stop(self.proc, sig, timeout)

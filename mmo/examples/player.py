@@ -17,7 +17,6 @@ newer version in the database.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mmo.config import ConfigError
+from mmo.config import ConfigError, seconds_from_env
 from mmo.data import Cursor, Database, DataError
 from mmo.errors import BadRequest, MmoError
 from mmo.logic import Context, ServiceHandler, idempotent
@@ -102,14 +101,9 @@ class PlayerService(ServiceHandler):
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        raw = os.environ.get(FLUSH_ENV, "").strip()
-        if raw:
-            try:
-                self.flush_interval = float(raw)
-            except ValueError:
-                raise ConfigError(FLUSH_ENV, f"expected seconds, got {raw!r}") from None
-            if not 0 < self.flush_interval <= 3600:
-                raise ConfigError(FLUSH_ENV, "must be between 0 and 3600 seconds")
+        self.flush_interval = seconds_from_env(FLUSH_ENV, type(self).flush_interval)
+        if not 0 < self.flush_interval <= 3600:
+            raise ConfigError(FLUSH_ENV, "must be between 0 and 3600 seconds")
         self.players: dict[str, _Player] = {}
         self._dirty: set[str] = set()  # ids of the players with unwritten saves
         self._loading: dict[str, list[defer.Deferred[_Player]]] = {}

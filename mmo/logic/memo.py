@@ -79,18 +79,23 @@ class ReplyMemo:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def find(self, key: Key, method: str, body: bytes) -> Entry | None:
+    @staticmethod
+    def fingerprint(method: str, body: bytes) -> int:
+        """What tells a resend (the same) from a new request reusing its seq."""
+        return hash((method, body))
+
+    def find(self, key: Key, fingerprint: int) -> Entry | None:
         """The entry of a request this is a resend of, or None (it is a new request)."""
         self._prune()
         entry = self._entries.get(key)
-        if entry is not None and entry.fingerprint == hash((method, body)):
+        if entry is not None and entry.fingerprint == fingerprint:
             return entry
         return None
 
-    def start(self, key: Key, method: str, body: bytes) -> Entry:
+    def start(self, key: Key, fingerprint: int) -> Entry:
         """A new, pending entry for a request about to run (replacing one that reused
         its seq); the caller records the outcome with :meth:`end`."""
-        entry = Entry(hash((method, body)))
+        entry = Entry(fingerprint)
         self._entries[key] = entry
         self._entries.move_to_end(key)
         return entry

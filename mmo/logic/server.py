@@ -163,12 +163,13 @@ class HandlerServer(Service):
             and header.method not in self._idempotent
         ):
             key = (header.session.id, header.client_seq)
-            known = self.memo.find(key, header.method or "", body)
+            fingerprint = ReplyMemo.fingerprint(header.method or "", body)
+            known = self.memo.find(key, fingerprint)
             if known is not None:
                 self._resent(known, ident, header.call_id)
                 return
             if self.accepting:
-                memo = (key, self.memo.start(key, header.method or "", body))
+                memo = (key, self.memo.start(key, fingerprint))
         if not self.accepting:
             # Stopping: nothing runs, so the caller may resend it anywhere.
             self._error(

@@ -27,8 +27,6 @@ connection) change nothing.
 from __future__ import annotations
 
 import hmac
-import math
-import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +34,7 @@ from typing import Any
 from twisted.logger import Logger
 from typing_extensions import override
 
-from mmo.config import ConfigError
+from mmo.config import seconds_from_env
 from mmo.data import tokens
 from mmo.errors import BadRequest, MmoError
 from mmo.logic import Context, ServiceHandler, idempotent
@@ -115,24 +113,6 @@ class SessionRecord:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
-
-
-def seconds_from_env(name: str, default: float) -> float:
-    """``$name`` as a number of seconds if set, else ``default``.
-
-    Raises:
-        ConfigError: the variable is set but is not a finite number >= 0.
-    """
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"not a number of seconds: {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(name, f"must be a number of seconds >= 0, not {raw!r}")
-    return value
 
 
 def _text(method: str, name: str, value: Any) -> str:

@@ -16,6 +16,8 @@ from mmo.testing import handler_factory
 from mmo.wire import decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import Header, Kind, Session
 
+from .test_broker_fuzz import FakeContext
+
 
 class Shop(ServiceHandler):
     """Counts what it sells; ``slow_buy`` answers when the test says so."""
@@ -46,13 +48,6 @@ class Shop(ServiceHandler):
         return self.sold
 
 
-class Context0:
-    """Just what HandlerServer needs of a ZmqContext here: the reactor."""
-
-    def __init__(self, clock: task.Clock) -> None:
-        self.reactor = clock
-
-
 class Wire:
     """Stands in for the ROUTER socket: records what the server sends."""
 
@@ -77,7 +72,7 @@ class Wire:
 def shop() -> tuple[HandlerServer, Shop, Wire, task.Clock]:
     clock = task.Clock()
     handler = handler_factory(Shop, clock=clock)
-    server = HandlerServer(Context0(clock), handler, memo=ReplyMemo(clock, ttl=60, size=100))  # type: ignore[arg-type]
+    server = HandlerServer(FakeContext(clock), handler, memo=ReplyMemo(clock, ttl=60, size=100))  # type: ignore[arg-type]
     wire = Wire()
     server._rep = wire  # type: ignore[assignment]
     server.accepting = True
@@ -172,16 +167,16 @@ def test_outcomes_expire_after_the_ttl_and_the_size_bounds_them() -> None:
     clock = task.Clock()
     memo = ReplyMemo(clock, ttl=10, size=3)
     for seq in (1, 2):
-        entry = memo.start(("s", seq), "m", b"")
+        entry = memo.start(("s", seq), ReplyMemo.fingerprint("m", b""))
         memo.end(("s", seq), entry, {"kind": Kind.REPLY}, b"")
     clock.advance(9)
-    assert memo.find(("s", 1), "m", b"") is not None
+    assert memo.find(("s", 1), ReplyMemo.fingerprint("m", b"")) is not None
     clock.advance(2)
-    assert memo.find(("s", 1), "m", b"") is None
+    assert memo.find(("s", 1), ReplyMemo.fingerprint("m", b"")) is None
     assert len(memo) == 0
     for seq in range(10):
-        memo.find(("s", seq), "m", b"")
-        memo.start(("s", seq), "m", b"")
+        memo.find(("s", seq), ReplyMemo.fingerprint("m", b""))
+        memo.start(("s", seq), ReplyMemo.fingerprint("m", b""))
     assert len(memo) == 3
     assert memo.evicted == 7
 
