@@ -226,6 +226,7 @@ class FightPool:
         self._failures = 0
         self._spawn_after = 0.0
         self._retry: DelayedCall | None = None
+        self._next_turn: DelayedCall | None = None
         self._loop: task.LoopingCall | None = None
         self._drained: defer.Deferred[None] | None = None
         self._stopped: defer.Deferred[None] | None = None
@@ -255,6 +256,7 @@ class FightPool:
             self._cancel(waiter.timer)
             waiter.d.errback(PoolDraining("the fight dispatcher is shutting down"))
         self._cancel(self._retry)
+        self._cancel(self._next_turn)
         self._drained = defer.Deferred()
         if self.fights:
             log.info(
@@ -581,9 +583,13 @@ class FightPool:
     # -- keeping the pool the right size ---------------------------------------
 
     def maintain(self) -> None:
-        """Start the processes that waiting allocations and the spare count need."""
+        """Start the processes that waiting allocations and the spare count need: one
+        per reactor turn (the next turn starts the next), so that starting many never
+        holds the loop (its registry heartbeats, calls, answers) for long."""
         if self.draining or not self.running:
             return
+        if self._next_turn is not None and self._next_turn.active():
+            return  # a process started this turn; the next turn looks again
         now = self.clock.seconds()
         if now < self._spawn_after:
             self._retry_later()
@@ -603,11 +609,13 @@ class FightPool:
                 new += 1
         spares = sum(1 for room in rooms if room > 0)
         new += max(0, self.config.min_spare - spares)
-        allowed = self.config.max_processes - len(self.processes)
-        for _ in range(min(new, allowed)):
-            if not self._spawn():
-                self._retry_later()
-                break
+        wanted = min(new, self.config.max_processes - len(self.processes))
+        if wanted <= 0:
+            return
+        if self._spawn():
+            self._next_turn = self.clock.callLater(0, self.maintain)
+        else:
+            self._retry_later()
 
     def _retry_later(self) -> None:
         if self._retry is None or not self._retry.active():

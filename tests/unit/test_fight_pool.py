@@ -107,11 +107,18 @@ def make_pool(
     pool = FightPool(config, clock, spawner, listener)
     if start:
         pool.start()
+        clock.advance(0)  # the pool starts one process per reactor turn
     return pool, clock, spawner, listener
 
 
+def settle(pool: FightPool) -> None:
+    """Run the reactor turns that are due (the pool starts one process per turn)."""
+    pool.clock.advance(0)  # type: ignore[attr-defined]
+
+
 def ready_all(pool: FightPool) -> None:
-    """Every starting process registers."""
+    """The processes due to start have started, and every starting one registers."""
+    settle(pool)
     for proc in list(pool.processes.values()):
         if proc.state == STARTING:
             pool.process_ready(proc.instance_id, proc.handle.pid)
@@ -159,6 +166,7 @@ def test_200_concurrent_allocations_never_exceed_the_cap():
     pool, _, spawner, _ = make_pool(cap=10, min_spare=1, max_processes=30)
     ready_all(pool)
     calls = [pool.allocate([f"p{i}"], timeout=30) for i in range(200)]
+    settle(pool)
     assert spawner.spawned == 21
     ready_all(pool)
     fights = [result(d) for d in calls]
@@ -302,6 +310,7 @@ def test_a_crashed_process_loses_its_fights_and_is_replaced():
     # fight-2 is an idle spare already: no replacement is needed for the spare count.
     assert spawner.spawned == 2
     spawner.children["fight-2"].exit()
+    settle(pool)
     assert spawner.spawned == 3
 
 
@@ -515,3 +524,16 @@ def test_a_process_that_registers_again_after_a_foreign_goodbye_takes_fights_aga
     pool.process_ready("fight-1", spawner.children["fight-1"].pid)
     assert pool.processes["fight-1"].state == READY
     assert result(pool.allocate(["a"], timeout=1)).instance_id in {"fight-1", "fight-2"}
+
+
+def test_processes_start_one_per_reactor_turn():
+    """A burst that needs many processes starts them one reactor turn after another, so the
+    dispatcher's loop (its registry heartbeats, its answers) runs between two starts."""
+    pool, clock, spawner, _ = make_pool(cap=2, min_spare=0, max_processes=10)
+    for i in range(10):
+        pool.allocate([f"p{i}"], timeout=5)
+    assert spawner.spawned == 1
+    (next_turn,) = [c for c in clock.getDelayedCalls() if c.getTime() == clock.seconds()]
+    assert next_turn.func == pool.maintain
+    clock.advance(0)  # runs the turns that follow, one start each
+    assert spawner.spawned == 5
