@@ -78,6 +78,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
         raise ConfigError(key, f"expected true or false, got {value!r}")
     if hint is float:
         number: float | None = None
@@ -157,3 +159,22 @@ def seconds_from_env(name: str, default: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ConfigError(name, f"must be a number of seconds >= 0, not {raw!r}")
     return value
+
+
+#: Environment variable that, set to 1, makes a process the one-machine demo: the
+#: public demo token key is accepted and internal links may go without CURVE keys.
+DEMO_ENV = "MMO_DEMO"
+#: Environment variable that, set to 1, lets a role run its internal links without
+#: CURVE keys (what ``--insecure`` sets, so that the role's children inherit it).
+INSECURE_ENV = "MMO_INSECURE"
+
+
+def demo_mode(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``$MMO_DEMO`` is 1 (the one-machine demo)."""
+    return (os.environ if env is None else env).get(DEMO_ENV, "") == "1"
+
+
+def insecure_mode(env: Mapping[str, str] | None = None) -> bool:
+    """Whether internal links may go without CURVE: ``$MMO_INSECURE`` or ``$MMO_DEMO`` is 1."""
+    env = os.environ if env is None else env
+    return env.get(INSECURE_ENV, "") == "1" or demo_mode(env)

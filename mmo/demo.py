@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from twisted.application.service import MultiService
 from twisted.internet import defer, task
 
 from mmo.cluster.config import ClusterConfig
@@ -322,7 +323,8 @@ class Demo:
             "still in the room: everyone heard bob",
             all(sum("still here" in x for x in heard[b]) == 1 for b in BOTS),
         )
-        self.say("\n10. dave logs out; the others see him leave:")
+        yield self.boundaries(bots["carol"])
+        self.say("\n11. dave logs out; the others see him leave:")
         yield bots["dave"].logout()
         yield self.wait_heard(
             {b: heard[b] for b in BOTS[:3]}, lambda lines: any("dave left" in x for x in lines)
@@ -333,9 +335,29 @@ class Demo:
             yield client.close()
 
     @defer.inlineCallbacks
+    def boundaries(self, player: Any) -> InlineCallbacks[None]:
+        """A player tries what players may not: internal and demo-only routes."""
+        from mmo.client.errors import ClientRequestError
+
+        self.say("\n10. carol tries routes no handler declares for players (each is refused")
+        self.say("    exactly like a route that does not exist; the worker never sees it):")
+        for route, body in [
+            ("session.open", {"user_id": "alice"}),
+            ("session.find", {"user_id": "alice"}),
+            ("echo.whoami", {}),
+            ("sso.login", {"user": "alice", "password": "guess"}),
+            ("chat.members", {"room": "somewhere-else"}),
+        ]:
+            try:
+                reply = yield player.request(route, body)
+                self.check(f"{route} refused", False, f"answered {reply!r}")
+            except ClientRequestError as e:
+                self.check(f"{route} refused", True, str(e))
+
+    @defer.inlineCallbacks
     def fight(self, *players: Any) -> InlineCallbacks[None]:
         """Two bots matchmake, join the fight process they are bound to, and take turns."""
-        self.say("\n11. alice and bob ask for a fight (the dispatcher picks a fight process")
+        self.say("\n12. alice and bob ask for a fight (the dispatcher picks a fight process")
         self.say("    with room, binds their fight.* routes to it; they take turns):")
         ended: defer.Deferred[Any] = defer.Deferred()
 
@@ -380,7 +402,7 @@ class Demo:
 
 def _child(cluster: Any, name: str) -> Any:
     for tier in cluster:
-        for child in tier:
+        for child in tier if isinstance(tier, MultiService) else ():
             if child.name == name:
                 return child
     raise KeyError(name)

@@ -62,6 +62,13 @@ class Unavailable(MmoError):
     code = ErrorCode.UNAVAILABLE
 
 
+class Forbidden(MmoError):
+    """The method exists, but the caller may not call it (its role is not one the
+    method allows). Players never see it: to them such a method does not exist."""
+
+    code = ErrorCode.FORBIDDEN
+
+
 _BY_CODE: dict[int, type[MmoError]] = {
     cls.code: cls
     for cls in (
@@ -71,6 +78,7 @@ _BY_CODE: dict[int, type[MmoError]] = {
         BadRequest,
         InstanceLost,
         Unavailable,
+        Forbidden,
     )
 }
 

@@ -1,4 +1,4 @@
-"""What every role's ``tap.Options`` shares: ``--config FILE`` and overrides.
+"""What every role's ``tap.Options`` shares: ``--config FILE``, ``--insecure``, overrides.
 
 A role's options class names its TOML section and config class and lists its
 own ``optParameters`` with ``None`` defaults: a value given on the command
@@ -7,12 +7,26 @@ line replaces the file's, the rest comes from the file or the class defaults.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from twisted.python import usage
 from typing_extensions import override
 
-from mmo.config import ConfigError, build, load_toml, section
+from mmo.config import INSECURE_ENV, ConfigError, build, load_toml, section
+
+T = TypeVar("T")
+
+
+def build_role(role: str, make: Callable[[], T]) -> T:
+    """Build a role's service tree with ``make()``; a ConfigError raised while doing it
+    (no CURVE keys, no token key, a handler refusing its settings) ends the process with
+    its message instead of a traceback."""
+    try:
+        return make()
+    except ConfigError as e:
+        raise SystemExit(f"{role}: {e}") from None
 
 
 class RoleOptions(usage.Options):
@@ -27,6 +41,14 @@ class RoleOptions(usage.Options):
 
     optParameters: ClassVar[list[list[Any]]] = [
         ["config", "c", None, "TOML configuration file (see etc/)."],
+    ]
+    optFlags: ClassVar[list[list[Any]]] = [
+        [
+            "insecure",
+            None,
+            "Run the internal links without CURVE keys, in the clear (logged as a warning; "
+            "children inherit it as MMO_INSECURE=1). For a machine of your own only.",
+        ],
     ]
 
     config: Any
@@ -46,6 +68,10 @@ class RoleOptions(usage.Options):
     @override
     def postOptions(self) -> None:
         """Merge file and command line into ``self.config``; bad values are a UsageError."""
+        if self["insecure"]:
+            # In the environment, so that the role's children (fight processes,
+            # mmo-cluster's processes) make the same choice.
+            os.environ[INSECURE_ENV] = "1"
         try:
             data = load_toml(self["config"]) if self["config"] else {}
             values = section(data, self.section)

@@ -1,5 +1,7 @@
 # twistd -ny tac/single.tac -- a yellow and an echo worker composed in one process.
 # The address may be changed with MMO_YELLOW (e.g. tcp://127.0.0.1:5555).
+# Like every role it needs the cluster's CURVE keys: MMO_CURVE_KEYS=DIR (mmo keys DIR makes
+# them), or MMO_INSECURE=1 to run in the clear.
 import os
 
 from twisted.application import service

@@ -1,4 +1,5 @@
 # twistd -ny tac/yellow.tac -- a registry on tcp://127.0.0.1:5555
+# Needs the cluster's CURVE keys (MMO_CURVE_KEYS=DIR) or MMO_INSECURE=1, as every role.
 from twisted.application import service
 
 from mmo.yellow.config import YellowConfig

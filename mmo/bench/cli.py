@@ -401,12 +401,14 @@ def cmd_calls(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     """Start servers (unless --yellow), run each concurrency, print the figures."""
     from mmo.logic import connect
     from mmo.testing.processes import TwistdProcess, free_port
+    from mmo.zmq.curve import provide_curve_keys
 
     duration = 5.0 if args.duration is None else args.duration
     processes: list[TwistdProcess] = []
     yellow = args.yellow
     logs = Path(tempfile.mkdtemp(prefix="mmo-bench-"))
     if yellow is None:
+        provide_curve_keys(logs / "curve")
         yellow = f"tcp://127.0.0.1:{free_port()}"
         processes.append(TwistdProcess("mmo-yellow", ["--listen", yellow], logs, "yellow"))
         for i in range(args.workers):

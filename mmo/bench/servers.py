@@ -23,6 +23,7 @@ from mmo.bench.stats import cpu_seconds, machine_busy_seconds, rss_kib
 from mmo.bench.wire import RESPONSE, Frame, encode_fast
 from mmo.testing.processes import TwistdProcess, free_port
 from mmo.types import InlineCallbacks
+from mmo.zmq.curve import provide_curve_keys
 
 __all__ = [
     "MACHINE",
@@ -135,8 +136,10 @@ class ServerSet:
         """
         yellow = f"tcp://127.0.0.1:{free_port()}"
         port = free_port()
-        # A fresh token signing key per run, shared by sso and the broker.
+        # A fresh token signing key per run, shared by sso and the broker; fresh CURVE
+        # keys too unless the caller gives some (the links are measured as deployed).
         env = {"MMO_SSO_ACCOUNTS": accounts, "MMO_AUTH_KEY": secrets.token_urlsafe(24)}
+        provide_curve_keys(self.log_dir / "curve")
         pids: dict[str, int] = {}
         p = self._start(
             TwistdProcess("mmo-yellow", ["--listen", yellow], self.log_dir, "yellow", env)
@@ -144,6 +147,10 @@ class ServerSet:
         pids["yellow"] = p.pid
         for name, handler in (("session", SESSION), ("sso", SSO), ("chat", CHAT)):
             args = ["--yellow", yellow, "--handler", handler, "--instance-id", name]
+            if name == "session":
+                # More clients than accounts share them, one session each (a game's
+                # default, one session per user, would have them replace each other).
+                args += ["--set", "max_sessions_per_user=1000000"]
             p = self._start(TwistdProcess("mmo-worker", args, self.log_dir, name, env))
             pids[name] = p.pid
         args = [
@@ -162,6 +169,14 @@ class ServerSet:
             # Every bench client comes from 127.0.0.1: no cap per address.
             "--max-per-address",
             "0",
+            # W2 senders go as fast as asked (the budgets are still checked: their cost
+            # is measured, as the packet rate's is).
+            "--sender-rate",
+            str(rate),
+            "--sender-burst",
+            str(burst),
+            "--channel-budget",
+            str(2**40),
         ]
         p = self._start(TwistdProcess("mmo-broker", args, self.log_dir, "broker", env))
         pids["broker"] = p.pid

@@ -33,6 +33,18 @@ class BrokerConfig:
         request_timeout: deadline of a forwarded request, in seconds.
         registry_heartbeat: seconds between registry heartbeats.
         drain_timeout: seconds a graceful stop waits for requests in flight.
+        listen_routes: the routes TCP clients may use, as shell-style patterns
+            (``chat.*``); ``*`` is every route the handlers declare for players.
+            Patterns only narrow: what no handler declares stays refused.
+        websocket_routes: the same for WebSocket clients.
+        max_channels: channels one session may be in; a join past it is refused.
+        max_channel_name: longest channel name, in bytes.
+        channel_budget: bytes per second one channel's broadcasts may fan out to
+            its members at this broker (burst: one second's worth); over it,
+            broadcasts to that channel are dropped.
+        sender_rate: broadcasts per second made for one sender (the session logic
+            names as the cause of a broadcast) that this broker fans out.
+        sender_burst: broadcasts one sender may cause at once.
     """
 
     yellow: tuple[str, ...]
@@ -55,6 +67,13 @@ class BrokerConfig:
     request_timeout: float = 5.0
     registry_heartbeat: float = 1.0
     drain_timeout: float = 5.0
+    listen_routes: tuple[str, ...] = ("*",)
+    websocket_routes: tuple[str, ...] = ("*",)
+    max_channels: int = 32
+    max_channel_name: int = 128
+    channel_budget: int = 2 * 1024 * 1024
+    sender_rate: float = 20.0
+    sender_burst: int = 40
 
     def validate(self) -> None:
         """Check values against each other."""
@@ -78,3 +97,13 @@ class BrokerConfig:
         for prefix, service in self.routes.items():
             if not isinstance(service, str) or not service:
                 raise ConfigError(f"routes.{prefix}", "must name a service")
+        for key in ("listen_routes", "websocket_routes"):
+            patterns = getattr(self, key)
+            if not patterns or not all(patterns):
+                raise ConfigError(key.replace("_", "-"), "give one or more patterns (* for all)")
+        if self.max_channels < 1 or self.max_channel_name < 1:
+            raise ConfigError("max-channels", "max-channels and max-channel-name must be >= 1")
+        if self.channel_budget < 1 or self.sender_rate <= 0 or self.sender_burst < 1:
+            raise ConfigError(
+                "channel-budget", "channel-budget >= 1 byte/s, sender-rate > 0, sender-burst >= 1"
+            )

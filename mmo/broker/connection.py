@@ -23,6 +23,7 @@ from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind, Session, Va
 
 if TYPE_CHECKING:
     from mmo.broker.core import Broker
+    from mmo.broker.routes import RoutePatterns
 
 _HEARTBEAT = None  # filled lazily: the encoded HEARTBEAT frame
 
@@ -56,7 +57,13 @@ class Carrier(Protocol):
 class ClientConnection:
     """The broker's side of one client: login state, session, limits.
 
+    Args:
+        broker: the broker.
+        carrier: the transport-specific protocol.
+        routes: the routes the listener it came in on accepts.
+
     Attributes:
+        host: the client's address (IP), set when the broker admits it.
         session_id: set once logged in (or resumed).
         user_id: the logged-in user.
         props: session properties (travel with each request).
@@ -64,9 +71,11 @@ class ClientConnection:
         bindings: route prefix -> instance id (dynamic routing).
     """
 
-    def __init__(self, broker: Broker, carrier: Carrier) -> None:
+    def __init__(self, broker: Broker, carrier: Carrier, routes: RoutePatterns) -> None:
         self.broker = broker
         self.carrier = carrier
+        self.routes = routes
+        self.host = ""
         clock = broker.clock
         self.connected_at = clock.seconds()
         self.last_seen = self.connected_at
@@ -299,7 +308,7 @@ class TCPClientProtocol(_Carrier, Int32StringReceiver):
     @override
     def connectionMade(self) -> None:
         """Admit the client (or refuse it when full)."""
-        self.connection = ClientConnection(self.broker, self)
+        self.connection = ClientConnection(self.broker, self, self.broker.tcp_routes)
         self._queue = _OutboundQueue(
             self.sendString, self.broker.config.max_outbound, self.connection.slow_consumer
         )
@@ -372,7 +381,7 @@ class WebSocketClientProtocol(_Carrier):
 
     def negotiationFinished(self) -> None:
         """The WebSocket is open: admit the client."""
-        self.connection = ClientConnection(self.broker, self)
+        self.connection = ClientConnection(self.broker, self, self.broker.websocket_routes)
         self._queue = _OutboundQueue(
             self.transport.sendBytesMessage,
             self.broker.config.max_outbound,

@@ -1,10 +1,14 @@
 """The broker's core: sessions, routing to workers, and what logic sends to clients.
 
 Requests from clients go to workers through the :class:`~mmo.logic.client.Directory`
-with their bodies untouched (``raw_body``); answers come back the same way.
-Logic reaches clients through the broker's internal endpoint (a ROUTER bound on
-the broker's host and registered as ``rep``): one-way ``push``, ``broadcast``,
-``join``, ``leave``, ``kick``, ``bind``, ``unbind`` and ``set`` (docs/edge.md).
+with their bodies untouched (``raw_body``); answers come back the same way. A
+player reaches only the routes handlers declare for players (:mod:`mmo.broker.routes`);
+every forwarded packet is marked as a player's (``Origin.CLIENT``, or ``LOGIN`` before
+login) with the player's address, so the worker checks it again and never takes
+identity from the body. Logic reaches clients through the broker's internal endpoint
+(a ROUTER bound on the broker's host and registered as ``rep``): one-way ``push``,
+``broadcast``, ``join``, ``leave``, ``kick``, ``bind``, ``unbind`` and ``set``
+(docs/edge.md), within the channel limits and broadcast budgets of the config.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing_extensions import override
 
 from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import ClientConnection, packet_bytes
+from mmo.broker.limits import Buckets
+from mmo.broker.routes import RoutePatterns, RouteTable
 from mmo.data import tokens
 from mmo.errors import (
     BadRequest,
@@ -29,13 +35,14 @@ from mmo.errors import (
     NoLiveInstance,
     RemoteError,
     UnknownMethod,
+    from_wire,
 )
 from mmo.logic.client import Directory
 from mmo.logic.sessions import ALL
 from mmo.registry import Registration
 from mmo.sessions.service import RESUME_PURPOSE
 from mmo.wire import WireError, decode, decode_value, encode_value
-from mmo.wire.gen.mmo.ttypes import ClientError, Header, Kind, Packet, PacketKind
+from mmo.wire.gen.mmo.ttypes import ClientError, Header, Kind, Origin, Packet, PacketKind
 from mmo.zmq import ZmqContext, ZmqSocket
 
 SESSION_SERVICE = "session"
@@ -44,12 +51,19 @@ LOGOUT_ROUTE = "session.logout"
 REFRESH_ROUTE = "session.refresh"
 
 
-def client_error(error: BaseException) -> tuple[int, str]:
-    """The ClientError code and message a failed forwarded request becomes."""
+def unknown_route(route: str | None) -> str:
+    """What a player is told of a route it may not use: the same for a route that does
+    not exist, a method no handler declares for players, and one its listener refuses."""
+    return f"no such route {route!r}"
+
+
+def client_error(error: BaseException, route: str | None = None) -> tuple[int, str]:
+    """The ClientError code and message a failed forwarded request (to ``route``) becomes;
+    a method the worker does not have, or not for players, reads as any refused route."""
     if isinstance(error, RemoteError):
         return ClientError.SERVICE_ERROR, f"{error.type}: {error.message}"
     if isinstance(error, UnknownMethod):
-        return ClientError.UNKNOWN_ROUTE, str(error)
+        return ClientError.UNKNOWN_ROUTE, unknown_route(route)
     if isinstance(error, BadRequest):
         return ClientError.BAD_REQUEST, str(error)
     if isinstance(error, DeadlineExceeded):
@@ -100,8 +114,12 @@ class Broker(Service):
         self.sessions: dict[str, ClientConnection] = {}
         self.channels: dict[str, set[ClientConnection]] = defaultdict(set)
         self.counters: Counter[str] = Counter()
+        self.routes = RouteTable(config.routes)
+        self.tcp_routes = RoutePatterns(config.listen_routes)
+        self.websocket_routes = RoutePatterns(config.websocket_routes)
+        self._channel_budget = Buckets(config.channel_budget, config.channel_budget)
+        self._sender_budget = Buckets(config.sender_rate, config.sender_burst)
         self._per_address: Counter[str] = Counter()
-        self._address_of: dict[ClientConnection, str] = {}
         self.accepting = False
         self.in_flight = 0
         self.endpoint: str | None = None
@@ -109,8 +127,8 @@ class Broker(Service):
         self._sweeper: task.LoopingCall | None = None
         self._load_dirty = False
         self._drained: defer.Deferred[None] | None = None
-        auth_service, _, auth_method = config.login_route.partition(".")
-        self._auth = (config.routes.get(auth_service, auth_service), auth_method)
+        directory.view.listen(self.routes.changed)
+        directory.on_one_way_error = self._notify_failed
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -160,6 +178,13 @@ class Broker(Service):
         """Count an event (see :meth:`stats`)."""
         self.counters[what] += n
 
+    def _count_and_log(self, what: str, message: str, **fields: Any) -> None:
+        """Count an event a player can repeat at will; log the first and every 1000th."""
+        self.counters[what] += 1
+        n = self.counters[what]
+        if n == 1 or n % 1000 == 0:
+            self.log.warn(message + " ({n} so far)", n=n, **fields)
+
     def stats(self) -> dict[str, Any]:
         """Counters and gauges for operators."""
         return {
@@ -192,6 +217,8 @@ class Broker(Service):
         if self._load_dirty:
             self._load_dirty = False
             self.registration.update_meta(now=False, **self.load_meta())
+        self._channel_budget.prune(now)
+        self._sender_budget.prune(now)
 
     # -- connections -----------------------------------------------------------
 
@@ -219,17 +246,18 @@ class Broker(Service):
             conn.fail(None, ClientError.UNAVAILABLE, "too many connections from your address")
             return
         self._per_address[host] += 1
-        self._address_of[conn] = host
+        conn.host = host
         self.connections.add(conn)
 
     def connection_lost(self, conn: ClientConnection) -> None:
         """A client's connection is gone: the session goes offline (it may resume)."""
+        if conn not in self.connections:
+            return
         self.connections.discard(conn)
-        host = self._address_of.pop(conn, None)
-        if host is not None:
-            self._per_address[host] -= 1
-            if self._per_address[host] <= 0:
-                del self._per_address[host]
+        host = conn.host
+        self._per_address[host] -= 1
+        if self._per_address[host] <= 0:
+            del self._per_address[host]
         sid = conn.session_id
         if sid is None or self.sessions.get(sid) is not conn:
             return
@@ -237,11 +265,7 @@ class Broker(Service):
         for channel in conn.channels:
             self._drop_member(channel, conn)
         self._load_dirty = True
-        self.directory.send(
-            SESSION_SERVICE,
-            "closed",
-            encode_value({"session_id": sid, "broker": self.instance_id}),
-        )
+        self.directory.send(SESSION_SERVICE, "closed", encode_value({"session_id": sid}))
 
     def _drop_member(self, channel: str, conn: ClientConnection) -> None:
         members = self.channels.get(channel)
@@ -253,7 +277,8 @@ class Broker(Service):
     # -- before login ----------------------------------------------------------
 
     def before_login(self, conn: ClientConnection, packet: Packet) -> None:
-        """Only login, resume and anonymous routes are served before a session exists."""
+        """Only login, resume and anonymous routes are served before a session exists
+        (and the first two only if the service declares them login methods)."""
         route = packet.route or ""
         if packet.kind == PacketKind.REQUEST and not conn.logging_in:
             if route == self.config.login_route:
@@ -263,7 +288,7 @@ class Broker(Service):
                 self._track(self._resume(conn, packet))
                 return
             if route in self.config.anonymous_routes:
-                self.request(conn, packet, anonymous=True)
+                self._anonymous(conn, packet)
                 return
         self.count("not_logged_in")
         self.log.info(
@@ -284,16 +309,29 @@ class Broker(Service):
             self._drained.callback(None)
         return result
 
+    def _pre_login(self, route: str) -> tuple[str, str]:
+        """The service and method of a route the config serves before login (the worker
+        takes it only if the handler declares it a login method)."""
+        prefix, _, method = route.partition(".")
+        return self.routes.service_of(prefix), method
+
+    def _anonymous(self, conn: ClientConnection, packet: Packet) -> None:
+        """A route served before login (``sso.register``), with the player's body."""
+        service, method = self._pre_login(packet.route or "")
+        self._forward(conn, packet, service, method, Origin.LOGIN)
+
     @defer.inlineCallbacks
     def _login(self, conn: ClientConnection, packet: Packet) -> Any:
         conn.logging_in = True
-        service, method = self._auth
+        service, method = self._pre_login(self.config.login_route)
         try:
             raw = yield self.directory.call(
                 service,
                 method,
                 raw_body=packet.body or encode_value({}),
                 timeout=self.config.request_timeout,
+                origin=Origin.LOGIN,
+                peer=conn.host,
             )
             reply = decode_value(raw)
             if not isinstance(reply, dict) or reply.get("user_id") in (None, ""):
@@ -302,7 +340,7 @@ class Broker(Service):
             opened = yield self.directory.call(
                 SESSION_SERVICE,
                 "open",
-                {"user_id": user_id, "broker": self.instance_id, "props": {}},
+                {"user_id": user_id, "props": {}},
                 timeout=self.config.request_timeout,
             )
         except (MmoError, WireError) as e:
@@ -318,9 +356,7 @@ class Broker(Service):
         if conn.closed:
             # Gone while logging in: the session is born offline.
             self.directory.send(
-                SESSION_SERVICE,
-                "closed",
-                encode_value({"session_id": opened["session_id"], "broker": self.instance_id}),
+                SESSION_SERVICE, "closed", encode_value({"session_id": opened["session_id"]})
             )
             return
         self._adopt(conn, opened["session_id"], user_id, opened["token"])
@@ -352,7 +388,7 @@ class Broker(Service):
             record = yield self.directory.call(
                 SESSION_SERVICE,
                 "resume",
-                {"session_id": session_id, "token": token, "broker": self.instance_id},
+                {"session_id": session_id, "token": token},
                 timeout=self.config.request_timeout,
             )
         except (MmoError, WireError) as e:
@@ -368,8 +404,9 @@ class Broker(Service):
         conn.set_props(record.get("props") or {})
         conn.bindings.update(record.get("bindings") or {})
         for channel in record.get("channels") or []:
-            conn.channels.add(channel)
-            self.channels[channel].add(conn)
+            if self._may_join(conn, channel):
+                conn.channels.add(channel)
+                self.channels[channel].add(conn)
         self.count("resumes")
         conn.respond_value(
             packet.seq,
@@ -409,38 +446,56 @@ class Broker(Service):
     # -- after login -----------------------------------------------------------
 
     def _route(self, conn: ClientConnection, packet: Packet) -> tuple[str, str, str | None] | None:
-        prefix, dot, method = (packet.route or "").partition(".")
-        if not dot or not prefix or not method:
-            self.count("unknown_route")
-            conn.error(packet.seq, ClientError.UNKNOWN_ROUTE, f"bad route {packet.route!r}")
+        """Where a logged-in player's packet goes: ``(service, method, bound instance)``,
+        or None (refused, as a route that does not exist)."""
+        route = packet.route or ""
+        target = self.routes.target(route)
+        if target is None or not conn.routes.accepts(route):
+            self._refuse_route(conn, packet)
             return None
-        service = self.config.routes.get(prefix, prefix)
-        bound = conn.bindings.get(prefix)
-        if bound is None and service not in self.directory.view.instances:
-            self.count("unknown_route")
-            conn.error(packet.seq, ClientError.UNKNOWN_ROUTE, f"no service serves {packet.route!r}")
-            return None
-        return service, method, bound
+        prefix, service, method = target
+        return service, method, conn.bindings.get(prefix)
 
-    def request(self, conn: ClientConnection, packet: Packet, anonymous: bool = False) -> None:
-        """Forward a REQUEST to its service; answer with its reply or a ClientError."""
-        if packet.route in self._session_routes and not anonymous:
+    def _refuse_route(self, conn: ClientConnection, packet: Packet) -> None:
+        self.count("unknown_route")
+        conn.error(packet.seq, ClientError.UNKNOWN_ROUTE, unknown_route(packet.route))
+
+    def request(self, conn: ClientConnection, packet: Packet) -> None:
+        """Forward a logged-in player's REQUEST to its service; answer with its reply
+        or a ClientError."""
+        if packet.route in self._session_routes:
             self._track(self._session_routes[packet.route](self, conn, packet))
             return
         target = self._route(conn, packet)
         if target is None:
             return
         service, method, bound = target
+        self._forward(conn, packet, service, method, Origin.CLIENT, bound)
+
+    def _forward(
+        self,
+        conn: ClientConnection,
+        packet: Packet,
+        service: str,
+        method: str,
+        origin: int,
+        bound: str | None = None,
+    ) -> None:
+        """Call ``service.method`` with a player's REQUEST (as ``origin``: CLIENT with the
+        session, LOGIN without); answer with the reply or a ClientError."""
+        logged_in = origin == Origin.CLIENT
         self.count("requests")
         self.in_flight += 1
         d = self.directory.call(
             service,
             method,
             raw_body=packet.body or b"",
-            session=None if anonymous else conn.session(),
+            session=conn.session() if logged_in else None,
             instance=bound,
             timeout=self.config.request_timeout,
-            client_seq=None if anonymous else packet.seq,
+            client_seq=packet.seq if logged_in else None,
+            origin=origin,
+            peer=conn.host,
         )
         d.addCallbacks(
             self._answered,
@@ -462,7 +517,7 @@ class Broker(Service):
             # The bound instance is gone: route by load from now on.
             prefix = (packet.route or "").partition(".")[0]
             conn.bindings.pop(prefix, None)
-        code, message = client_error(error)
+        code, message = client_error(error, packet.route)
         self.count(f"errors_{ClientError._VALUES_TO_NAMES.get(code, code)}".lower())
         if not isinstance(error, MmoError):
             self.log.failure("broker: forwarding failed", failure)
@@ -475,16 +530,23 @@ class Broker(Service):
         if target is None:
             return
         service, method, bound = target
-        prefix = (packet.route or "").partition(".")[0]
+        route = packet.route or ""
+        prefix = route.partition(".")[0]
         instance = bound or conn.sticky.get(prefix)
-        sent = self.directory.send(
-            service, method, packet.body or b"", instance=instance, session=conn.session()
-        )
+        body = packet.body or b""
+        # Marked as a player's, with the route: a failure comes back as an ERROR for them.
+        header = {
+            "session": conn.session(),
+            "origin": Origin.CLIENT,
+            "peer": conn.host,
+            "route": route,
+        }
+        sent = self.directory.send(service, method, body, instance=instance, **header)
         if sent is None and instance is not None and bound is None:
             conn.sticky.pop(prefix, None)
-            sent = self.directory.send(service, method, packet.body or b"", session=conn.session())
+            sent = self.directory.send(service, method, body, **header)
         if sent is None:
-            conn.error(None, ClientError.UNAVAILABLE, f"no live instance for {packet.route!r}")
+            conn.error(None, ClientError.UNAVAILABLE, f"{route}: no live instance serves it")
             return
         self.count("notifies")
         if bound is None:
@@ -497,7 +559,7 @@ class Broker(Service):
             yield self.directory.call(
                 SESSION_SERVICE,
                 "logout",
-                {"session_id": sid, "broker": self.instance_id},
+                {"session_id": sid},
                 timeout=self.config.request_timeout,
             )
         except MmoError as e:
@@ -513,7 +575,7 @@ class Broker(Service):
             reply = yield self.directory.call(
                 SESSION_SERVICE,
                 "refresh",
-                {"session_id": conn.session_id, "broker": self.instance_id},
+                {"session_id": conn.session_id},
                 timeout=self.config.request_timeout,
             )
         except MmoError as e:
@@ -524,6 +586,19 @@ class Broker(Service):
         conn.respond_value(packet.seq, reply)
 
     _session_routes = {LOGOUT_ROUTE: _logout, REFRESH_ROUTE: _refresh}
+
+    def _notify_failed(self, header: Header) -> None:
+        """A worker says a player's NOTIFY failed: tell the player (ERROR, no seq)."""
+        error = from_wire(header.error_code, header.error_type, header.error_message)
+        route = header.route or f"{header.service_name}.{header.method}"
+        code, message = client_error(error, route)
+        self.count("notify_errors")
+        if not message.startswith(f"{route}:"):
+            message = f"{route}: {message}"
+        for sid in header.targets or ():
+            conn = self.sessions.get(sid)
+            if conn is not None:
+                conn.error(None, code, message)
 
     # -- from logic (internal endpoint) -------------------------------------------
 
@@ -574,6 +649,22 @@ class Broker(Service):
         if not members:
             return
         frame = packet_bytes(PacketKind.PUSH, None, route=header.route, body=body)
+        now = self.clock.seconds()
+        sender = header.session.id if header.session is not None else None
+        if sender is not None and not self._sender_budget.take(sender, 1, now):
+            self._count_and_log(
+                "broadcasts_over_sender_budget",
+                "broker: broadcasts caused by session {sender} over its budget, dropped",
+                sender=sender,
+            )
+            return
+        if not self._channel_budget.take(channel, len(frame) * len(members), now):
+            self._count_and_log(
+                "broadcasts_over_channel_budget",
+                "broker: broadcasts to {channel!r} over its budget, dropped",
+                channel=channel,
+            )
+            return
         n = 0
         for conn in list(members):
             if conn.logged_in:
@@ -582,14 +673,38 @@ class Broker(Service):
         self.count("broadcasts")
         self.count("pushes", n)
 
+    def _may_join(self, conn: ClientConnection, channel: str) -> bool:
+        """Whether ``conn`` may join ``channel`` (within the channel limits; counted if not)."""
+        if channel in conn.channels:
+            return True
+        if len(channel.encode()) > self.config.max_channel_name:
+            self._count_and_log(
+                "channel_name_too_long",
+                "broker: a channel name of {size} bytes refused (limit {limit})",
+                size=len(channel.encode()),
+                limit=self.config.max_channel_name,
+            )
+            return False
+        if len(conn.channels) >= self.config.max_channels:
+            self._count_and_log(
+                "channels_over_limit",
+                "broker: session {sid} is in {limit} channels; joining {channel!r} refused",
+                sid=conn.session_id,
+                limit=self.config.max_channels,
+                channel=channel,
+            )
+            return False
+        return True
+
     def _do_join(self, header: Header, body: bytes) -> None:
         channel = header.channel or ""
         if not channel or channel == ALL:
             raise ValueError(f"cannot join channel {channel!r}")
         for conn in self._targets(header):
-            conn.channels.add(channel)
-            self.channels[channel].add(conn)
-            self._record(conn, joined=[channel])
+            if self._may_join(conn, channel):
+                conn.channels.add(channel)
+                self.channels[channel].add(conn)
+                self._record(conn, joined=[channel])
 
     def _do_leave(self, header: Header, body: bytes) -> None:
         channel = header.channel or ""
@@ -609,9 +724,7 @@ class Broker(Service):
             sid = conn.session_id
             self._forget(conn)
             self.directory.send(
-                SESSION_SERVICE,
-                "logout",
-                encode_value({"session_id": sid, "broker": self.instance_id, "reason": "kicked"}),
+                SESSION_SERVICE, "logout", encode_value({"session_id": sid, "reason": "kicked"})
             )
             conn.kick(ClientError.KICKED, str(reason or "kicked"))
 
@@ -640,9 +753,7 @@ class Broker(Service):
     def _record(self, conn: ClientConnection, **change: Any) -> None:
         """Tell the session service, so that a resume restores this."""
         self.directory.send(
-            SESSION_SERVICE,
-            "track",
-            encode_value({"session_id": conn.session_id, "broker": self.instance_id, **change}),
+            SESSION_SERVICE, "track", encode_value({"session_id": conn.session_id, **change})
         )
 
     _methods = {

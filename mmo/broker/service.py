@@ -117,7 +117,7 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
     zmq_service = ZmqContextService(reactor)
     zmq_service.setServiceParent(top)
     ctx = zmq_service.context
-    directory = Directory(ctx, config.yellow, caller_id=instance_id)
+    directory = Directory(ctx, config.yellow, caller_id=instance_id, caller_role="broker")
     directory.setServiceParent(top)
 
     meta: dict[str, Any] = {

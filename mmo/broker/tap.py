@@ -9,9 +9,8 @@ from twisted.python import usage
 from typing_extensions import override
 
 from mmo.broker.config import BrokerConfig
-from mmo.config import ConfigError
 from mmo.service import OrderedMultiService
-from mmo.tap import RoleOptions
+from mmo.tap import RoleOptions, build_role
 
 
 class Options(RoleOptions):
@@ -34,6 +33,12 @@ class Options(RoleOptions):
         ["login-timeout", None, None, "Seconds a new connection has to log in."],
         ["rate", None, None, "Packets per second a session may send."],
         ["burst", None, None, "Packets a session may send at once."],
+        ["listen-routes", None, None, "Routes TCP clients may use: patterns, comma-separated."],
+        ["websocket-routes", None, None, "Routes WebSocket clients may use (patterns)."],
+        ["max-channels", None, None, "Channels one session may be in."],
+        ["channel-budget", None, None, "Bytes/s one channel's broadcasts may fan out here."],
+        ["sender-rate", None, None, "Broadcasts/s one sender may cause here."],
+        ["sender-burst", None, None, "Broadcasts one sender may cause at once here."],
     ]
 
     def opt_yellow(self, address: str) -> None:
@@ -62,7 +67,4 @@ def makeService(options: Options) -> OrderedMultiService:
     missing token key, ends the process with its message)."""
     from mmo.broker.service import make_broker_service
 
-    try:
-        return make_broker_service(options.config)
-    except ConfigError as e:
-        raise SystemExit(f"mmo-broker: {e}") from None
+    return build_role("mmo-broker", lambda: make_broker_service(options.config))

@@ -307,7 +307,9 @@ def make_brokerlist_service(config: BrokerlistConfig, *, reactor: Any = None) ->
     zmq_service = ZmqContextService(reactor)
     zmq_service.setServiceParent(top)
     ctx = zmq_service.context
-    directory = Directory(ctx, config.yellow, caller_id=f"brokerlist-{os.getpid()}")
+    directory = Directory(
+        ctx, config.yellow, caller_id=f"brokerlist-{os.getpid()}", caller_role="brokerlist"
+    )
     directory.setName("directory")
     directory.setServiceParent(top)
     brokers = LiveBrokers(directory)

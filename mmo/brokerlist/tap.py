@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from twisted.application.service import MultiService
 
 from mmo.brokerlist.config import BrokerlistConfig
-from mmo.tap import RoleOptions
+from mmo.tap import RoleOptions, build_role
 
 
 class Options(RoleOptions):
@@ -30,4 +30,4 @@ def makeService(options: Options) -> MultiService:
     """Build the brokerlist service tree from parsed options."""
     from mmo.brokerlist.service import make_brokerlist_service
 
-    return make_brokerlist_service(options.config)
+    return build_role("mmo-brokerlist", lambda: make_brokerlist_service(options.config))

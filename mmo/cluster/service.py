@@ -1,21 +1,73 @@
-"""The service tree of ``twistd mmo-cluster``: one supervised child per process."""
+"""The service tree of ``twistd mmo-cluster``: fresh keys, then one supervised child per process."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+from typing_extensions import override
 
 from mmo.cluster.config import ClusterConfig
 from mmo.cluster.supervisor import ChildProcess, twistd_argv
 from mmo.service import OrderedMultiService
+from mmo.zmq.curve import ENV_KEYS, provide_curve_keys
+
+log = Logger()
+
+
+class FreshKeys(Service):
+    """Makes the cluster's CURVE keys when none are given, for the life of the cluster.
+
+    With ``$MMO_CURVE_KEYS`` unset (and insecure links not chosen with
+    ``MMO_INSECURE=1``), it writes a new keys directory (mode 0700, in the system's
+    temporary directory) when started, sets ``$MMO_CURVE_KEYS`` in this process's
+    environment (so the children it spawns, and this process's own links, use it)
+    and removes both when stopped. No key ever ships with mmo.
+
+    Attributes:
+        directory: the keys directory it made, while running (None otherwise).
+    """
+
+    def __init__(self) -> None:
+        self.directory: str | None = None
+
+    @override
+    def startService(self) -> None:
+        """Make the keys, unless some are given or insecure links were chosen."""
+        super().startService()
+        scratch = tempfile.mkdtemp(prefix="mmo-curve-")
+        self.directory = provide_curve_keys(scratch)
+        if self.directory is None:
+            os.rmdir(scratch)
+            return
+        log.info(
+            "cluster: fresh CURVE keys for this run in {directory} (tools that talk to the "
+            "cluster need {env}={directory}); removed when the cluster stops",
+            directory=self.directory,
+            env=ENV_KEYS,
+        )
+
+    @override
+    def stopService(self) -> None:
+        """Remove the keys this service made."""
+        super().stopService()
+        if self.directory is not None:
+            if os.environ.get(ENV_KEYS) == self.directory:
+                del os.environ[ENV_KEYS]
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
 
 
 def make_cluster_service(
     config: ClusterConfig, *, reactor: Any = None, sink: Any = None
 ) -> OrderedMultiService:
     """Build (without starting) one :class:`ChildProcess` per configured process;
-    each ``[[cluster.process]]`` table is a tier, stopped in reverse order.
+    each ``[[cluster.process]]`` table is a tier, stopped in reverse order, after
+    :class:`FreshKeys` (started first, stopped last).
 
     Args:
         config: the processes to run.
@@ -23,9 +75,12 @@ def make_cluster_service(
         sink: called as ``sink(name, line)`` for each line a child prints
             (default: logged with the child's name).
     """
+    top = OrderedMultiService()
+    keys = FreshKeys()
+    keys.setName("keys")
+    keys.setServiceParent(top)
     # Each [[cluster.process]] table is a tier: started in order, stopped in reverse,
     # so that workers drain and deregister while the yellow is still there.
-    top = OrderedMultiService()
     for spec in config.specs():
         tier = MultiService()
         tier.setServiceParent(top)

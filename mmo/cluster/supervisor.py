@@ -96,8 +96,9 @@ class ChildProcess(Service):
         self.restart = restart
         self.stop_timeout = stop_timeout
         self.backoff_max = backoff_max
-        # MMO_NAME: the child's name, which roles use as their default instance id.
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", MMO_NAME=name, **(env or {}))
+        #: Variables the child gets over this process's environment as it is at each
+        #: spawn; MMO_NAME: the child's name, which roles use as their default instance id.
+        self.env = {"PYTHONUNBUFFERED": "1", "MMO_NAME": name, **(env or {})}
         self.sink = sink
         self.transport: Any = None
         self.restarts = 0
@@ -125,7 +126,7 @@ class ChildProcess(Service):
             _ChildProtocol(self),
             self.argv[0],
             self.argv,
-            env=self.env,
+            env={**os.environ, **self.env},
             childFDs={0: "w", 1: "r", 2: "r"},
         )
         log.info("cluster: started {name} (pid {pid})", name=self.name, pid=self.transport.pid)

@@ -9,7 +9,7 @@ from twisted.python import usage
 from typing_extensions import override
 
 from mmo.cluster.config import ClusterConfig
-from mmo.tap import RoleOptions
+from mmo.tap import RoleOptions, build_role
 
 
 class Options(RoleOptions):
@@ -34,4 +34,4 @@ def makeService(options: Options) -> MultiService:
     """Build the cluster service tree from parsed options."""
     from mmo.cluster.service import make_cluster_service
 
-    return make_cluster_service(options.config)
+    return build_role("mmo-cluster", lambda: make_cluster_service(options.config))

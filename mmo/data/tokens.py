@@ -33,7 +33,7 @@ from collections.abc import Mapping
 
 from twisted.logger import Logger
 
-from mmo.config import ConfigError
+from mmo.config import DEMO_ENV, ConfigError, demo_mode
 from mmo.errors import MmoError
 from mmo.wire.gen.mmo.ttypes import ErrorCode
 
@@ -56,8 +56,6 @@ log = Logger()
 KEY_ENV = "MMO_AUTH_KEY"
 #: Environment variable naming a file that holds the signing key.
 KEY_FILE_ENV = "MMO_AUTH_KEY_FILE"
-#: Environment variable that, set to 1, allows the demo key.
-DEMO_ENV = "MMO_DEMO"
 #: The demo key: public, so tokens signed with it prove nothing. Demos and tests only.
 DEMO_KEY = b"mmo-demo-key-not-secret-do-not-use-in-production"
 _MIN_KEY = 16
@@ -154,8 +152,8 @@ def load_key(env: Mapping[str, str] | None = None) -> bytes:
     else the demo key when ``MMO_DEMO=1``.
 
     Raises:
-        ConfigError: no key (and no demo mode), an unreadable key file, or a key
-            shorter than 16 characters.
+        ConfigError: no key (and no demo mode), an unreadable key file, a key
+            shorter than 16 characters, or the public demo key outside demo mode.
     """
     env = os.environ if env is None else env
     raw, source = env.get(KEY_ENV, ""), KEY_ENV
@@ -170,8 +168,14 @@ def load_key(env: Mapping[str, str] | None = None) -> bytes:
     if raw:
         if len(raw) < _MIN_KEY:
             raise ConfigError(source, f"the key must be at least {_MIN_KEY} characters")
+        if raw.encode() == DEMO_KEY and not demo_mode(env):
+            raise ConfigError(
+                source,
+                f"is the public demo key, which anyone can sign with: refused outside "
+                f"{DEMO_ENV}=1; make a key of your own (openssl rand -hex 32)",
+            )
         return raw.encode()
-    if env.get(DEMO_ENV, "") == "1":
+    if demo_mode(env):
         log.warn(
             "{env} is not set: signing tokens with the public demo key ({demo}=1); "
             "never do this in production",

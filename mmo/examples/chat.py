@@ -9,6 +9,11 @@ The rooms live in memory, so one chat instance holds them all (or brokers bind
 a session's ``chat`` prefix to one instance). The service follows the session
 service's events: a session that ends leaves its room, and one resumed on
 another broker is reached there.
+
+Client routes (what players may call): ``chat.join``, ``chat.send``,
+``chat.members`` (a player may list only the room they are in; logic may list
+any), ``chat.leave`` and ``chat.echo``. Each message names its author as the
+broadcast's sender, so brokers hold every player to their broadcast budget.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from mmo.errors import BadRequest
-from mmo.logic import Context, ServiceHandler, idempotent
+from mmo.logic import Context, ServiceHandler, client_method, idempotent
 from mmo.wire.gen.mmo.ttypes import Session
 
 __all__ = ["MAX_CONTENT", "MAX_ROOM", "ChatService"]
@@ -101,6 +106,7 @@ class ChatService(ServiceHandler):
 
     # -- service methods ---------------------------------------------------------
 
+    @client_method
     def on_join(self, ctx: Context, room: str) -> dict[str, Any]:
         """Join ``room`` (leaving the room the session was in); announce ``chat.joined``.
 
@@ -126,6 +132,7 @@ class ChatService(ServiceHandler):
         self.sessions.broadcast(channel_of(room), "chat.joined", {"room": room, "user": user})
         return {"room": room, "members": self._members(room)}
 
+    @client_method
     def on_send(self, ctx: Context, content: str, ts: float | None = None) -> None:
         """Send ``content`` to the session's room (push ``chat.message``); usually a NOTIFY.
 
@@ -155,22 +162,29 @@ class ChatService(ServiceHandler):
                 "content": content,
                 "ts": self.clock.seconds() if ts is None else ts,
             },
+            sender=session,
         )
 
+    @client_method
     def on_members(self, ctx: Context, room: str | None = None) -> list[str]:
         """The user ids in ``room`` (default: the caller's room), sorted.
 
         Raises:
-            BadRequest: no room given and the caller is in none.
+            BadRequest: no room given and the caller is in none, or a player asked
+                about a room they are not in.
         """
+        own = self.where.get(ctx.session.id) if ctx.session is not None else None
         if room is None:
-            room = self.where.get(ctx.session.id) if ctx.session is not None else None
+            room = own
             if room is None:
                 raise BadRequest("chat.members: name a room, or join one")
         if not isinstance(room, str):
             raise BadRequest("chat.members: room is a string")
+        if ctx.from_client and room != own:
+            raise BadRequest("chat.members: a player may list only the room they are in")
         return self._members(room)
 
+    @client_method
     def on_leave(self, ctx: Context) -> dict[str, str | None]:
         """Leave the session's room (announce ``chat.left``).
 
@@ -184,6 +198,7 @@ class ChatService(ServiceHandler):
             self._leave(session.id)
         return {"room": room}
 
+    @client_method
     @idempotent
     def on_echo(self, ctx: Context, **kwargs: Any) -> dict[str, Any]:
         """Return the keyword arguments (a round trip through the broker, for benchmarks)."""

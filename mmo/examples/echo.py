@@ -1,7 +1,13 @@
-"""``EchoService``: the smallest useful service, for demos and tests."""
+"""``EchoService``: the smallest useful service, for demos and tests.
+
+None of its methods is a client route: players cannot call it (``echo.whoami``
+through a broker is refused as a route that does not exist). Test rigs that want
+it behind a broker use :class:`mmo.testing.handlers.ClientEcho`.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from twisted.internet import defer, task
@@ -20,13 +26,16 @@ class EchoService(ServiceHandler):
     call to it is not retried elsewhere), and ``note`` records its arguments and
     publishes them on the topic ``noted`` (a target for pushes and pub-sub; a side
     effect that must happen once per request, even when the client resends it).
+    Only the latest :attr:`max_notes` notes are kept.
     """
 
     default_service = "echo"
+    max_notes = 1000
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        self.notes: list[dict[str, Any]] = []
+        self.notes: deque[dict[str, Any]] = deque(maxlen=self.max_notes)
+        self.noted = 0
 
     @idempotent
     def on_echo(self, ctx: Context, **kwargs: Any) -> dict[str, Any]:
@@ -52,10 +61,11 @@ class EchoService(ServiceHandler):
         return self.on_sleep(ctx, seconds)
 
     def on_note(self, ctx: Context, **kwargs: Any) -> int:
-        """Record ``kwargs``, publish them on ``noted``; return how many notes there are."""
+        """Record ``kwargs``, publish them on ``noted``; return how many notes were taken."""
         self.notes.append(kwargs)
+        self.noted += 1
         self.publish("noted", {"by": self.instance_id, **kwargs})
-        return len(self.notes)
+        return self.noted
 
     def on_slow_note(self, ctx: Context, seconds: float, **kwargs: Any) -> defer.Deferred[int]:
         """``note`` after ``seconds`` (the note is taken when called: the reply is late)."""
@@ -64,8 +74,8 @@ class EchoService(ServiceHandler):
 
     @idempotent
     def on_notes(self, ctx: Context) -> list[dict[str, Any]]:
-        """The notes recorded so far by this instance."""
-        return self.notes
+        """The latest notes recorded by this instance (oldest first)."""
+        return list(self.notes)
 
     def on_stick(self, ctx: Context) -> str:
         """Bind the caller's session's ``echo.*`` routes to this instance (dynamic routing)."""

@@ -12,7 +12,7 @@ players reach it with their ``fight.*`` routes bound to its process:
 4. The last one standing wins: everyone gets ``fight.end`` (``winner``), the
    fight routes are unbound, the result is stored (the data layer's
    ``self.db`` if the worker has one, table ``fight_results``; always also in
-   memory, see ``fight.results``) and the seats are released at the dispatcher.
+   memory, see ``results``) and the seats are released at the dispatcher.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mmo.fight import FightError, FightHandler, require_session
-from mmo.logic import Context, idempotent
+from mmo.logic import Context, client_method, idempotent
 from mmo.logic.handler import Runtime, Session
 from mmo.types import InlineCallbacks
 
@@ -114,6 +114,7 @@ class TurnFight(FightHandler):
 
     # -- players' requests ---------------------------------------------------
 
+    @client_method
     @defer.inlineCallbacks
     def on_join(self, ctx: Context, fight_id: str) -> InlineCallbacks[dict[str, Any]]:
         """The caller's player arrives in ``fight_id``; answers the fight's state."""
@@ -140,6 +141,7 @@ class TurnFight(FightHandler):
                 self.sessions.push(others, "fight.joined", joined)
         return self._state(duel)
 
+    @client_method
     def on_attack(self, ctx: Context, fight_id: str | None = None) -> Any:
         """Hit the next living opponent (on your turn); answers the turn's event."""
         player, duel = self._duel_of(ctx, fight_id)
@@ -168,10 +170,11 @@ class TurnFight(FightHandler):
         self.sessions.push(list(duel.sessions.values()), "fight.turn", event)
         return event
 
+    @client_method
     @idempotent
     def on_state(self, ctx: Context, fight_id: str | None = None) -> dict[str, Any]:
-        """The state of ``fight_id`` (default: the caller's fight)."""
-        if fight_id is not None and ctx.session is None:
+        """The state of ``fight_id`` (default: the caller's fight; a player sees only theirs)."""
+        if fight_id is not None and not ctx.from_client:
             duel = self.fights.get(fight_id)
             if duel is None:
                 raise NotFighting(f"no fight {fight_id!r} here")

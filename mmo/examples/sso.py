@@ -21,6 +21,17 @@ warning).
 
 ``$MMO_SSO_ACCOUNTS`` (``"alice:pw1,bob:pw2"``) seeds accounts at start, for
 demos (in the database: those not there yet).
+
+``login`` and ``register`` are login methods: players reach them only as the
+packets a broker serves before login (``sso.login``, ``sso.register``), never as
+ordinary requests after it. Password guessing and mass registration are
+throttled (:class:`SSOSettings`), by the player's address the broker passes
+(``ctx.peer``) and by account, in the worker's cache (shared by every sso
+instance on Redis): failed logins per account and address (a guesser is
+stopped), per address (one address trying many accounts), per account (many
+addresses trying one; set higher, so that a guesser on one address never locks
+the owner out), and registrations per address. A key at its limit is refused
+(``LoginThrottled`` / ``RegistrationThrottled``) until its window ends.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -39,7 +51,8 @@ from twisted.logger import Logger
 from mmo.config import ConfigError
 from mmo.data import IntegrityError, tokens
 from mmo.errors import MmoError
-from mmo.logic import Context, ServiceHandler
+from mmo.logic import Context, ServiceHandler, login_method
+from mmo.logic.throttle import Throttle
 from mmo.types import InlineCallbacks
 from mmo.wire.gen.mmo.ttypes import ErrorCode
 
@@ -48,8 +61,11 @@ __all__ = [
     "AccountExists",
     "BadCredentials",
     "InvalidAccount",
+    "LoginThrottled",
+    "RegistrationThrottled",
     "SSOError",
     "SSOService",
+    "SSOSettings",
 ]
 
 log = Logger()
@@ -77,6 +93,57 @@ class BadCredentials(SSOError):
 
 class InvalidAccount(SSOError):
     """The user name or password is not acceptable."""
+
+
+class LoginThrottled(SSOError):
+    """Too many failed logins for this account or from this address: wait for the window."""
+
+
+class RegistrationThrottled(SSOError):
+    """Too many registrations from this address: wait for the window."""
+
+
+@dataclass(frozen=True)
+class SSOSettings:
+    """Settings of the sso service (``[worker.settings]`` or ``--set NAME=VALUE``).
+
+    Failed logins are counted in windows of ``login_window`` seconds; a key that
+    reaches its limit is refused until its window ends.
+
+    Attributes:
+        token_ttl: seconds a login's ``auth_token`` stays valid.
+        login_failures_per_pair: failed logins per (account, address) per window: what
+            stops a guesser (5: a player who mistypes five times waits a few minutes).
+        login_failures_per_address: failed logins per address, any account (30: one
+            address trying many accounts; a cafe behind one address has room).
+        login_failures_per_account: failed logins per account, any address (100: many
+            addresses trying one account; high, so that one guessing address, stopped
+            by the pair limit after 5, never locks the owner out).
+        login_window: the window of the login limits, in seconds (300).
+        registrations_per_address: accounts one address may create per window (10).
+        registration_window: the window of the registration limit, in seconds (3600).
+    """
+
+    token_ttl: float = 3600.0
+    login_failures_per_pair: int = 5
+    login_failures_per_address: int = 30
+    login_failures_per_account: int = 100
+    login_window: float = 300.0
+    registrations_per_address: int = 10
+    registration_window: float = 3600.0
+
+    def validate(self) -> None:
+        """Check the values."""
+        limits = (
+            self.login_failures_per_pair,
+            self.login_failures_per_address,
+            self.login_failures_per_account,
+            self.registrations_per_address,
+        )
+        if min(limits) < 1:
+            raise ConfigError("login-failures-per-pair", "every limit must be at least 1")
+        if min(self.token_ttl, self.login_window, self.registration_window) <= 0:
+            raise ConfigError("login-window", "times must be positive")
 
 
 def _check(user: Any, password: Any) -> tuple[str, str]:
@@ -113,20 +180,52 @@ class SSOService(ServiceHandler):
         scrypt_n: scrypt CPU/memory cost (small on purpose; see the module doc).
         scrypt_r: scrypt block size.
         scrypt_p: scrypt parallelism.
-        token_ttl: seconds a login's ``auth_token`` stays valid.
+        settings: an :class:`SSOSettings` (token lifetime, abuse limits).
         accounts: without a database, user name -> (salt, scrypt hash); never a password.
         auth_key: the token signing key (``$MMO_AUTH_KEY``).
+        counters: ``login_failures``, ``logins_throttled``, ``registrations_throttled``.
     """
 
     default_service = "sso"
+    Settings = SSOSettings
+    settings: SSOSettings
     scrypt_n: int = 2**12
     scrypt_r: int = 8
     scrypt_p: int = 1
-    token_ttl: float = 3600.0
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
         self.auth_key = tokens.load_key()
+        limits = self.settings
+        cache, clock = self.cache, self.clock
+        window, registration_window = limits.login_window, limits.registration_window
+        self._failures = {
+            "pair": Throttle(
+                cache, clock, "login-pair", limit=limits.login_failures_per_pair, window=window
+            ),
+            "address": Throttle(
+                cache,
+                clock,
+                "login-address",
+                limit=limits.login_failures_per_address,
+                window=window,
+            ),
+            "account": Throttle(
+                cache,
+                clock,
+                "login-account",
+                limit=limits.login_failures_per_account,
+                window=window,
+            ),
+        }
+        self._registrations = Throttle(
+            cache,
+            clock,
+            "register-address",
+            limit=limits.registrations_per_address,
+            window=registration_window,
+        )
+        self.counters = {"login_failures": 0, "logins_throttled": 0, "registrations_throttled": 0}
         self.accounts: dict[str, tuple[bytes, bytes]] = {}
         # Hashed against when the user is unknown, so that a login takes as long
         # for an unknown user as for a wrong password.
@@ -191,56 +290,100 @@ class SSOService(ServiceHandler):
 
     # -- the service -----------------------------------------------------------------
 
-    def on_register(self, ctx: Context, user: str, password: str) -> Any:
-        """Create an account.
+    @login_method
+    @defer.inlineCallbacks
+    def on_register(self, ctx: Context, user: str, password: str) -> InlineCallbacks[Any]:
+        """Create an account (at most ``registrations_per_address`` per window from one
+        player's address).
 
         Returns:
-            ``{"user_id": user}`` (a Deferred of it with a database).
+            ``{"user_id": user}``.
 
         Raises:
             InvalidAccount: the user name or password is not acceptable.
             AccountExists: the user name is taken.
+            RegistrationThrottled: too many registrations from this address.
             DatabaseUnavailable: the database cannot be reached.
         """
         user, password = _check(user, password)
+        if ctx.peer is not None:
+            wait = yield self._registrations.blocked(ctx.peer)
+            if wait:
+                self._refused("registrations_throttled", "registrations", ctx.peer)
+                raise RegistrationThrottled(
+                    f"too many accounts made from your address; try again in {wait:.0f} s"
+                )
         if self.db is None:
             self._add(user, password)
-            return {"user_id": user}
-        return self._insert(user, password).addCallback(lambda _: {"user_id": user})
+        else:
+            yield self._insert(user, password)
+        if ctx.peer is not None:
+            yield self._registrations.record(ctx.peer)
+        return {"user_id": user}
 
-    def on_login(self, ctx: Context, user: str, password: str) -> Any:
-        """Check a user's password and sign a session token.
+    @login_method
+    @defer.inlineCallbacks
+    def on_login(self, ctx: Context, user: str, password: str) -> InlineCallbacks[Any]:
+        """Check a user's password and sign a session token (within the login limits).
 
         Returns:
-            ``{"user_id", "name", "auth_token", "expires"}`` (a Deferred of it with a
-            database); ``auth_token`` verifies with ``mmo.data.tokens.verify`` until
-            ``expires`` (Unix seconds).
+            ``{"user_id", "name", "auth_token", "expires"}``; ``auth_token`` verifies
+            with ``mmo.data.tokens.verify`` until ``expires`` (Unix seconds).
 
         Raises:
             InvalidAccount: the user name or password is malformed.
+            LoginThrottled: too many failed logins for this account, from this address,
+                or for this account from this address: refused without checking.
             BadCredentials: unknown user or wrong password.
             DatabaseUnavailable: the database cannot be reached.
         """
         user, password = _check(user, password)
+        keys = self._failure_keys(user, ctx.peer)
+        waits = yield defer.gatherResults([self._failures[kind].blocked(key) for kind, key in keys])
+        if max(waits):
+            self._refused("logins_throttled", f"logins of {user!r}", ctx.peer)
+            raise LoginThrottled(f"too many failed logins; try again in {max(waits):.0f} s")
         if self.db is None:
             salt, expected = self.accounts.get(user, self._dummy)
-            if not hmac.compare_digest(self.hash_password(password, salt), expected):
-                raise BadCredentials("wrong user name or password")
-            return self._session(user)
-        d = self.db.run_query("SELECT password_hash FROM accounts WHERE user_id = %s", (user,))
-        return d.addCallback(self._logged_in, user, password)
-
-    def _logged_in(self, rows: list[tuple[Any, ...]], user: str, password: str) -> dict[str, Any]:
-        if not rows:
-            self.hash_password(password, self._dummy[0])  # as slow as a wrong password
-            raise BadCredentials("wrong user name or password")
-        if not self.check_hash(password, str(rows[0][0])):
+            good = hmac.compare_digest(self.hash_password(password, salt), expected)
+        else:
+            rows = yield self.db.run_query(
+                "SELECT password_hash FROM accounts WHERE user_id = %s", (user,)
+            )
+            if rows:
+                good = self.check_hash(password, str(rows[0][0]))
+            else:
+                self.hash_password(password, self._dummy[0])  # as slow as a wrong password
+                good = False
+        if not good:
+            self.counters["login_failures"] += 1
+            yield defer.gatherResults([self._failures[kind].record(key) for kind, key in keys])
             raise BadCredentials("wrong user name or password")
         return self._session(user)
 
+    @staticmethod
+    def _failure_keys(user: str, peer: str | None) -> list[tuple[str, str]]:
+        """The counts a failed login of ``user`` from ``peer`` adds to."""
+        keys = [("account", user)]
+        if peer is not None:
+            keys += [("pair", f"{user}@{peer}"), ("address", peer)]
+        return keys
+
+    def _refused(self, counter: str, what: str, peer: str | None) -> None:
+        """Count a throttled request; log the first and every 100th."""
+        self.counters[counter] += 1
+        n = self.counters[counter]
+        if n == 1 or n % 100 == 0:
+            log.warn(
+                "sso: {what} from {peer} throttled ({n} throttled so far)",
+                what=what,
+                peer=peer or "a cluster member",
+                n=n,
+            )
+
     def _session(self, user: str) -> dict[str, Any]:
         now = time.time()
-        token = tokens.issue(user, self.auth_key, ttl=self.token_ttl, now=now)
+        token = tokens.issue(user, self.auth_key, ttl=self.settings.token_ttl, now=now)
         return {
             "user_id": user,
             "name": user,

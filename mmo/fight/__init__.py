@@ -6,10 +6,10 @@ service ``fight-worker``), handing each new fight to the least-loaded one with
 room under the cap. See docs/fight.md.
 """
 
+from mmo.errors import Forbidden
 from mmo.fight.errors import (
     BadFight,
     FightError,
-    Forbidden,
     NotInFight,
     PoolDraining,
     PoolFull,

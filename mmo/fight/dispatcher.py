@@ -4,7 +4,9 @@ matchmake, status, results; and what it tells players when a fight is lost.
 Logic calls ``get_service("fight").allocate(players=[...])`` and binds the
 players' ``fight.*`` routes to the answer's ``instance``, or lets
 :meth:`FightDispatcher.on_matchmake` do all of it. Fight processes call
-``arrived`` (with the player's session) and ``release``.
+``arrived`` (with the player's session) and ``release``. No method is a client
+route: players reach the dispatcher only through their fight process's
+``fight.matchmake``, which relays it with their session.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mmo.fight.errors import BadFight, Forbidden
+from mmo.fight.errors import BadFight
 from mmo.fight.handler import require_session
 from mmo.fight.pool import Fight, FightPool
 from mmo.logic.handler import Context, Runtime, ServiceHandler, Session, idempotent
@@ -86,12 +88,6 @@ class FightDispatcher(ServiceHandler):
     def pool(self, pool: FightPool) -> None:
         self._pool = pool
 
-    def _internal(self, ctx: Context) -> None:
-        # Brokers always send a session: a call with one that does not come from a
-        # fight process is a player's, and players may not allocate or release.
-        if ctx.session is not None and ctx.caller not in self.pool.processes:
-            raise Forbidden(f"{ctx.method} is for logic and fight processes, not players")
-
     # -- logic's side ----------------------------------------------------------
 
     def on_allocate(
@@ -100,14 +96,12 @@ class FightDispatcher(ServiceHandler):
         """Seats for ``players`` on the least-loaded fight process with room:
         ``{"fight_id", "instance", "players"}``. Waits (within the call's deadline) for
         a new process when all are full; ``RemoteError`` ``PoolFull`` if none came."""
-        self._internal(ctx)
         d = self.pool.allocate(players, fight_id, timeout=wait_budget(ctx))
         return d.addCallback(Fight.to_dict)
 
     def on_release(self, ctx: Context, fight_id: str, result: Any = None) -> bool:
         """Free the seats of an ended fight (``result`` is kept, see ``results``);
         whether it was known."""
-        self._internal(ctx)
         fight = self.pool.release(fight_id)
         if fight is None:
             return False
@@ -144,7 +138,6 @@ class FightDispatcher(ServiceHandler):
     ) -> dict[str, Any]:
         """A player reached their fight (``player`` defaults to the session's user);
         the session, if any, is kept to tell them should the fight be lost."""
-        self._internal(ctx)
         if player is None:
             player = require_session(ctx).user_id
         assert player is not None

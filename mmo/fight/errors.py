@@ -31,7 +31,3 @@ class NotInFight(FightError):
 
 class BadFight(FightError):
     """The request does not describe a fight (players missing, too many, repeated...)."""
-
-
-class Forbidden(FightError):
-    """A client session called a method that only logic may call."""

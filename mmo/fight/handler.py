@@ -16,9 +16,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mmo.errors import Forbidden
 from mmo.fight.config import ENV_CAP, ENV_DISPATCHER_ID, ENV_DISPATCHER_SERVICE
-from mmo.fight.errors import Forbidden
-from mmo.logic.handler import Context, Runtime, ServiceHandler, Session
+from mmo.logic.handler import Context, Runtime, ServiceHandler, Session, callers, client_method
 
 __all__ = ["FightHandler", "require_session"]
 
@@ -43,8 +43,10 @@ class FightHandler(ServiceHandler):
     """Base of the handler a fight process runs (``--handler`` of ``mmo-fight``).
 
     Subclasses add the game's ``on_<name>`` methods (``join``, ``attack``, ...),
-    call :meth:`arrive` when a player joins a fight and :meth:`release_fight`
-    when the fight ends, and may override :meth:`fight_cancelled`.
+    marking those players call with :func:`~mmo.logic.client_method`, call
+    :meth:`arrive` when a player joins a fight and :meth:`release_fight` when the
+    fight ends, and may override :meth:`fight_cancelled`. ``matchmake`` is a client
+    route; ``expired`` is the dispatcher's alone.
 
     Attributes:
         dispatcher_service: the dispatcher's service name (``$MMO_FIGHT_DISPATCHER``).
@@ -102,6 +104,7 @@ class FightHandler(ServiceHandler):
         )
         return d
 
+    @client_method
     def on_matchmake(self, ctx: Context, size: int = 2) -> defer.Deferred[Any]:
         """A player asks for a fight of ``size`` players: relayed to the dispatcher with the
         session (the dispatcher pairs players, binds their ``fight.*`` here or elsewhere,
@@ -111,10 +114,11 @@ class FightHandler(ServiceHandler):
             "matchmake", {"size": size}, session=session, timeout=max(0.1, ctx.remaining())
         )
 
+    @callers("fight")
     def on_expired(self, ctx: Context, fight_id: str) -> None:
         """The dispatcher dropped ``fight_id`` because not every player arrived in time."""
-        if ctx.session is not None or (self.dispatcher_id and ctx.caller != self.dispatcher_id):
-            raise Forbidden("expired is the dispatcher's call")
+        if self.dispatcher_id and ctx.caller != self.dispatcher_id:
+            raise Forbidden("expired is the call of the dispatcher that spawned this process")
         self.fight_cancelled(fight_id, "not every player arrived in time")
 
     def fight_cancelled(self, fight_id: str, reason: str) -> None:

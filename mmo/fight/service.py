@@ -130,7 +130,11 @@ def make_fight_service(
     zmq_service.setServiceParent(top)
     ctx = zmq_service.context
     directory = Directory(
-        ctx, config.yellow, caller_id=instance_id, default_timeout=config.call_timeout
+        ctx,
+        config.yellow,
+        caller_id=instance_id,
+        caller_role="fight",
+        default_timeout=config.call_timeout,
     )
     directory.setServiceParent(top)
 
@@ -145,18 +149,11 @@ def make_fight_service(
     handler.pool = pool
     server = HandlerServer(ctx, handler, bind_host=config.bind_host)
     runtime.server = server
-    methods = FightDispatcher.method_names()
     instance = make_instance(
         config.service,
         instance_id,
         {},
-        {
-            "methods": sorted(methods),
-            "idempotent": sorted(m for m, safe in methods.items() if safe),
-            "handler": f"{FightDispatcher.__module__}:{FightDispatcher.__qualname__}",
-            "fight_handler": config.handler,
-            "pid": os.getpid(),
-        },
+        {**FightDispatcher.registry_meta(), "fight_handler": config.handler, "pid": os.getpid()},
         heartbeat=config.heartbeat,
     )
     registration = Registration(ctx, config.yellow, instance, config.heartbeat)

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from mmo.config import ConfigError
 from mmo.fight.config import FightConfig
-from mmo.tap import RoleOptions
+from mmo.tap import RoleOptions, build_role
 
 
 class Options(RoleOptions):
@@ -74,4 +74,4 @@ def makeService(options: Options) -> MultiService:
     """Build the dispatcher's service tree from parsed options."""
     from mmo.fight.service import make_fight_service
 
-    return make_fight_service(options.config)
+    return build_role("mmo-fight", lambda: make_fight_service(options.config))

@@ -1,6 +1,25 @@
 """The logic layer: service handlers, the worker that serves them, and how to call them."""
 
 from mmo.logic.client import Directory, connect, get_service
-from mmo.logic.handler import Context, ServiceHandler, idempotent
+from mmo.logic.handler import (
+    Context,
+    NoSettings,
+    ServiceHandler,
+    callers,
+    client_method,
+    idempotent,
+    login_method,
+)
 
-__all__ = ["Context", "Directory", "ServiceHandler", "connect", "get_service", "idempotent"]
+__all__ = [
+    "Context",
+    "Directory",
+    "NoSettings",
+    "ServiceHandler",
+    "callers",
+    "client_method",
+    "connect",
+    "get_service",
+    "idempotent",
+    "login_method",
+]

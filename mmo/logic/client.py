@@ -74,6 +74,8 @@ class _Call:
         "deadline",
         "instance",
         "method",
+        "origin",
+        "peer",
         "raw",
         "service",
         "session",
@@ -99,6 +101,8 @@ class _Call:
         self.deadline = deadline
         self.session = session
         self.client_seq: int | None = None
+        self.origin: int | None = None
+        self.peer: str | None = None
         self.attempts = 0
         self.instance: str | None = None
         self.raw = False
@@ -246,7 +250,13 @@ class Directory(MultiService):
         context: the process's ZeroMQ context.
         yellows: addresses of the yellows.
         caller_id: how this process names itself in calls (default: ``pid-N``).
+        caller_role: the role it states in calls (``broker``, ``worker``, ``tool``...;
+            handlers may allow a method to some roles only).
         default_timeout: deadline of a call when none is given, in seconds.
+
+    Attributes:
+        on_one_way_error: called with the header of each ERROR an instance sends back
+            for a failed one-way request made for a player (brokers tell the player).
     """
 
     _current: ClassVar[Directory | None] = None
@@ -258,12 +268,15 @@ class Directory(MultiService):
         yellows: Iterable[str],
         *,
         caller_id: str | None = None,
+        caller_role: str = "tool",
         default_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__()
         self.context = context
         self.clock = context.reactor
         self.caller_id = caller_id or f"pid-{os.getpid()}"
+        self.caller_role = caller_role
+        self.on_one_way_error: Callable[[Header], None] | None = None
         self.default_timeout = default_timeout
         self.view = RegistryView(context, yellows)
         self.view.setServiceParent(self)
@@ -361,6 +374,8 @@ class Directory(MultiService):
         instance: str | None = None,
         raw_body: bytes | None = None,
         client_seq: int | None = None,
+        origin: int | None = None,
+        peer: str | None = None,
     ) -> defer.Deferred[Any]:
         """Call ``service.method(**kwargs)``; fire with the reply or fail with an MmoError.
 
@@ -373,6 +388,9 @@ class Directory(MultiService):
             client_seq: with ``session``, the client packet's seq (brokers set it): a
                 non-idempotent method is then called on the instance the session hashes
                 to, whose reply memo answers a resend of it (:mod:`mmo.logic.memo`).
+            origin: on whose behalf (``Origin.CLIENT``/``LOGIN``: a player's packet,
+                which reaches only methods declared for players; brokers set it).
+            peer: with ``origin``, the player's address.
         """
         timeout = self.default_timeout if timeout is None else timeout
         if raw_body is not None:
@@ -393,6 +411,8 @@ class Directory(MultiService):
         )
         call.instance = instance
         call.client_seq = client_seq
+        call.origin = origin
+        call.peer = peer
         call.raw = raw_body is not None
         call.d = defer.Deferred(lambda _: self._cancelled(call))
         call.timer = self.clock.callLater(timeout, self._expired, call)
@@ -466,8 +486,11 @@ class Directory(MultiService):
             method=call.method,
             timeout_ms=min(max(remaining_ms, 1), _MAX_TIMEOUT_MS),
             caller=self.caller_id,
+            caller_role=self.caller_role,
             session=call.session,
             client_seq=call.client_seq,
+            origin=call.origin,
+            peer=call.peer,
         )
         call.attempts += 1
         call.conn = conn
@@ -483,6 +506,11 @@ class Directory(MultiService):
             header = decode(Header, frames[0])
         except (WireError, IndexError) as e:
             log.warn("call: bad reply from {id}: {e}", id=conn.instance_id, e=e)
+            return
+        if header.one_way:
+            # A one-way request made for a player failed: whoever sent it may tell them.
+            if self.on_one_way_error is not None:
+                self.on_one_way_error(header)
             return
         call = conn.outstanding.pop(header.call_id, None)
         if call is None:
@@ -619,7 +647,9 @@ class Directory(MultiService):
 
         Unlike a push, it travels on the same link as calls, so it keeps its order
         relative to them and can reach one chosen instance. ``header`` sets extra
-        ``Header`` fields (session, targets, channel, route, instance_id).
+        ``Header`` fields (session, targets, channel, route, instance_id, origin, peer).
+        If it was made for a player (``origin``) and fails, the instance answers with
+        an ERROR (see ``on_one_way_error``).
         Returns the instance id it went to, or None (no such live instance).
         """
         conn = self._pool(service).pick((), instance)
@@ -643,6 +673,7 @@ class Directory(MultiService):
             service_name=service,
             method=method,
             caller=self.caller_id,
+            caller_role=self.caller_role,
             one_way=True,
             timeout_ms=int(self.default_timeout * 1000),
             **fields,
@@ -674,7 +705,13 @@ class Directory(MultiService):
             body = encode_value(kwargs or {})
         except WireError as e:
             raise BadRequest(f"{service}.{method}: {e}") from e
-        header = Header(kind=Kind.PUSH, service_name=service, method=method, caller=self.caller_id)
+        header = Header(
+            kind=Kind.PUSH,
+            service_name=service,
+            method=method,
+            caller=self.caller_id,
+            caller_role=self.caller_role,
+        )
         try:
             pool.push.send([encode(header), body])
         except zmq.Again as e:
@@ -793,13 +830,22 @@ def connect(
     *,
     reactor: Any = None,
     caller_id: str | None = None,
+    caller_role: str = "tool",
     default_timeout: float = DEFAULT_TIMEOUT,
 ) -> Directory:
-    """Start a standalone :class:`Directory` (for scripts and tools); stop it when done."""
+    """Start a standalone :class:`Directory` (for scripts and tools); stop it when done.
+
+    Its links use the CURVE keys ``$MMO_CURVE_KEYS`` names, if any (a cluster that runs
+    CURVE, the default, answers nothing else).
+    """
     if isinstance(yellows, str):
         yellows = [y.strip() for y in yellows.split(",") if y.strip()]
     directory = Directory(
-        ZmqContext(reactor), yellows, caller_id=caller_id, default_timeout=default_timeout
+        ZmqContext(reactor),
+        yellows,
+        caller_id=caller_id,
+        caller_role=caller_role,
+        default_timeout=default_timeout,
     )
     directory.owns_context = True
     directory.startService()

@@ -6,25 +6,47 @@ per class from its ``on_*`` attributes; a call to any other name goes to
 :meth:`ServiceHandler.on_unknown`, which by default raises ``UnknownMethod``.
 Handlers depend on a :class:`Runtime` (the process around them), so a test
 builds one with fakes: see :func:`mmo.testing.handler_factory`.
+
+Who may call what (docs/security.md):
+
+* a **player** reaches only the methods a handler declares for players:
+  :func:`client_method` (after login) and :func:`login_method` (as the packet that
+  logs in, or another packet before login, such as a registration). Everything
+  else is, to a player, a method that does not exist (``UnknownMethod``, the
+  same answer as a missing one). The declaration travels in the registry, so
+  brokers refuse the rest before any worker sees it; the worker checks again.
+* a **cluster member** (another worker, a broker, a tool holding the cluster's
+  keys) may call any method, unless :func:`callers` names the roles that may.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from mmo.errors import BadRequest, UnknownMethod
+from mmo.errors import BadRequest, Forbidden, UnknownMethod
 from mmo.types import Clock
-from mmo.wire.gen.mmo.ttypes import Session
+from mmo.wire.gen.mmo.ttypes import Origin, Session
 
 if TYPE_CHECKING:
     from mmo.data import Cache, Database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["Context", "Runtime", "ServiceHandler", "Session", "idempotent"]
+__all__ = [
+    "Context",
+    "NoSettings",
+    "Origin",
+    "Runtime",
+    "ServiceHandler",
+    "Session",
+    "callers",
+    "client_method",
+    "idempotent",
+    "login_method",
+]
 
 
 def idempotent(method: F) -> F:
@@ -35,6 +57,48 @@ def idempotent(method: F) -> F:
     """
     method.mmo_idempotent = True  # type: ignore[attr-defined]
     return method
+
+
+def client_method(method: F) -> F:
+    """Let logged-in players call this ``on_<name>`` method (route ``service.name``).
+
+    Methods are not client-callable unless declared: a player's request to any
+    other method is refused as if the method did not exist. ``ctx.session`` then
+    holds the player's session (set by the broker, never from the body).
+    """
+    method.mmo_client = True  # type: ignore[attr-defined]
+    return method
+
+
+def login_method(method: F) -> F:
+    """Let a player call this method before logging in, and only then: the broker's
+    login route (``sso.login``) and its anonymous routes (``sso.register``) must be
+    login methods; after login they are refused like any undeclared method.
+    ``ctx.peer`` holds the player's address (for per-address limits)."""
+    method.mmo_login = True  # type: ignore[attr-defined]
+    return method
+
+
+def callers(*roles: str) -> Callable[[F], F]:
+    """Only cluster members of these roles may call this method (e.g. ``"broker"``);
+    others get ``Forbidden``, players a method that does not exist.
+
+    The role is the one the calling process states in each call (``ctx.caller_role``):
+    members are authenticated by the cluster's CURVE keys and trusted to state it.
+    """
+    if not roles or not all(isinstance(role, str) and role for role in roles):
+        raise TypeError("callers() takes one or more role names")
+
+    def mark(method: F) -> F:
+        method.mmo_roles = frozenset(roles)  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a handler that declares none."""
 
 
 @dataclass(slots=True)
@@ -48,6 +112,12 @@ class Context:
         session: the client session the call is made for, if any (set by brokers).
         deadline: clock time after which the caller no longer waits.
         clock: the clock ``deadline`` is measured on.
+        caller_role: the calling process's role (``broker``, ``worker``, ``fight``,
+            ``tool``...), as it states it.
+        origin: on whose behalf the call is made: ``Origin.MEMBER`` (the caller's own),
+            ``Origin.CLIENT`` (a logged-in player's packet, forwarded by a broker) or
+            ``Origin.LOGIN`` (a player's packet before login).
+        peer: the player's address (host) when the call carries a player's packet.
     """
 
     service: str
@@ -56,10 +126,18 @@ class Context:
     session: Session | None
     deadline: float
     clock: Clock = field(repr=False)
+    caller_role: str | None = None
+    origin: int = Origin.MEMBER
+    peer: str | None = None
 
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once passed)."""
         return self.deadline - self.clock.seconds()
+
+    @property
+    def from_client(self) -> bool:
+        """Whether the call carries a player's packet (its body is the player's)."""
+        return self.origin != Origin.MEMBER
 
 
 class Runtime(Protocol):
@@ -74,6 +152,8 @@ class Runtime(Protocol):
     clock: Clock
     db: Database | None
     cache: Cache | None
+    #: The handler's settings (an instance of its ``Settings``), or None for the defaults.
+    settings: Any
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
         """A proxy to another service (see :mod:`mmo.logic.client`)."""
@@ -100,9 +180,14 @@ class _Method:
     requires: frozenset[str]
     #: Its own first parameters (self, ctx), which a call may not name.
     taken: frozenset[str]
+    #: Whether players may call it after login / before login.
+    client: bool = False
+    login: bool = False
+    #: The roles that may call it (None: any cluster member).
+    roles: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, function: Callable[..., Any]) -> _Method:
+    def of(cls, function: Callable[..., Any], client: bool, login: bool) -> _Method:
         """Read ``function``'s signature once (inspect is too slow for every call)."""
         params = list(inspect.signature(function).parameters.values())
         taken, rest = params[:2], params[2:]
@@ -114,6 +199,9 @@ class _Method:
             None if open_ended else frozenset(p.name for p in named),
             frozenset(p.name for p in named if p.default is p.empty),
             frozenset(p.name for p in taken),
+            client or bool(getattr(function, "mmo_client", False)),
+            login or bool(getattr(function, "mmo_login", False)),
+            getattr(function, "mmo_roles", None),
         )
 
     def check(self, kwargs: dict[str, Any]) -> str | None:
@@ -137,10 +225,20 @@ class ServiceHandler:
 
     Attributes:
         runtime: the process around the handler (service name, instance id, clock...).
+        settings: the handler's settings, an instance of its ``Settings`` class.
     """
 
     #: The service name when the worker's config gives none.
     default_service: ClassVar[str | None] = None
+    #: The handler's settings: a frozen dataclass whose fields the worker fills from
+    #: its config's ``[worker.settings]`` table and ``--set NAME=VALUE`` options,
+    #: checked before anything starts (an unknown name or a bad value is a usage error).
+    Settings: ClassVar[type] = NoSettings
+    #: More methods players may call, by name (besides those marked :func:`client_method`):
+    #: for opening an inherited method in a subclass.
+    client_methods: ClassVar[Iterable[str]] = ()
+    #: More methods players may call before login (besides :func:`login_method` ones).
+    login_methods: ClassVar[Iterable[str]] = ()
     #: Methods whose body is a Thrift struct rather than a map of keyword arguments:
     #: ``{"move": MoveStruct}`` calls ``on_move(ctx, body=<MoveStruct>)``. A method
     #: may return a Thrift struct; it is sent as is.
@@ -150,9 +248,12 @@ class ServiceHandler:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        settings = getattr(runtime, "settings", None)
+        self.settings: Any = settings if settings is not None else self.Settings()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        client, login = frozenset(cls.client_methods), frozenset(cls.login_methods)
         methods: dict[str, _Method] = {}
         for attr in dir(cls):
             if not attr.startswith("on_") or attr == "on_unknown":
@@ -160,7 +261,18 @@ class ServiceHandler:
             function = getattr(cls, attr)
             if not callable(function):
                 continue
-            methods[attr[3:]] = _Method.of(function)
+            name = attr[3:]
+            method = methods[name] = _Method.of(function, name in client, name in login)
+            if method.roles is not None and (method.client or method.login):
+                raise TypeError(
+                    f"{cls.__qualname__}.{attr}: a method for players cannot also be "
+                    "limited to callers of some roles"
+                )
+        undeclared = (client | login) - methods.keys()
+        if undeclared:
+            raise TypeError(
+                f"{cls.__qualname__} opens methods it does not have: {sorted(undeclared)}"
+            )
         cls._methods = methods
 
     # -- what handlers use ---------------------------------------------------
@@ -241,6 +353,20 @@ class ServiceHandler:
         """Every method this handler serves, mapped to whether it is idempotent."""
         return {name: m.idempotent for name, m in cls._methods.items()}
 
+    @classmethod
+    def registry_meta(cls) -> dict[str, Any]:
+        """What the registry tells callers of this handler's methods: all of them,
+        the idempotent ones, those players may call after login (``client``) and
+        before it (``login``), and the handler class."""
+        methods = cls._methods
+        return {
+            "methods": sorted(methods),
+            "idempotent": sorted(n for n, m in methods.items() if m.idempotent),
+            "client": sorted(n for n, m in methods.items() if m.client),
+            "login": sorted(n for n, m in methods.items() if m.login),
+            "handler": f"{cls.__module__}:{cls.__qualname__}",
+        }
+
     def on_unknown(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
         """Called for a method with no ``on_<name>`` (``ctx.method`` names it) with the
         call's keyword arguments as a dict; raises UnknownMethod by default."""
@@ -250,12 +376,24 @@ class ServiceHandler:
         """Call the method ``ctx.method`` with ``kwargs``; return its result or Deferred.
 
         Raises:
-            UnknownMethod: no such method (and ``on_unknown`` not overridden).
+            UnknownMethod: no such method (and ``on_unknown`` not overridden), or a
+                player called a method not declared for players (the same error).
+            Forbidden: the caller's role is not one the method allows.
             BadRequest: the arguments do not fit the method's signature.
         """
         method = self._methods.get(ctx.method)
-        if method is None:
+        origin = ctx.origin
+        if origin != Origin.MEMBER:
+            # A player: what is not declared for players does not exist.
+            if method is None or not (method.login if origin == Origin.LOGIN else method.client):
+                raise UnknownMethod(f"service {ctx.service!r} has no method {ctx.method!r}")
+        elif method is None:
             return self.on_unknown(ctx, kwargs)
+        elif method.roles is not None and ctx.caller_role not in method.roles:
+            raise Forbidden(
+                f"{ctx.service}.{ctx.method} is for {', '.join(sorted(method.roles))} only, "
+                f"not {ctx.caller_role or 'an unnamed role'} ({ctx.caller})"
+            )
         wrong = method.check(kwargs)
         if wrong is not None:
             raise BadRequest(f"{ctx.service}.{ctx.method}: {wrong}")

@@ -7,6 +7,13 @@ dispatches to a :class:`~mmo.logic.handler.ServiceHandler` and, when stopped,
 drains: it stops taking work, answers what it holds (up to a limit), then closes.
 A client request resent to a non-idempotent method is answered from the
 :class:`~mmo.logic.memo.ReplyMemo` instead of running again.
+
+A player's one-way request (a NOTIFY the broker forwarded) that fails is answered
+all the same, with an ERROR naming the session, so the broker can tell the
+player. A handler's unexpected exception is logged with its traceback once per
+(service, method, error type) per :attr:`ErrorReport.interval`, with a count of
+the repeats, so that no player can flood the log; errors the caller caused
+(``BadRequest``, ``UnknownMethod``, ...) are answered, not logged.
 """
 
 from __future__ import annotations
@@ -17,21 +24,92 @@ from typing import Any
 import zmq
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable
 from mmo.logic.handler import Context, ServiceHandler
 from mmo.logic.memo import Entry, Key, ReplyMemo
+from mmo.types import Clock
 from mmo.wire import WireError, decode, decode_value, encode, encode_value
-from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind
+from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind, Origin
 from mmo.zmq import ZmqContext, ZmqSocket
 
 log = Logger()
 
 _EMPTY = b""
 _REPLY = {"kind": Kind.REPLY}
+
+
+class ErrorReport:
+    """Logs handlers' unexpected exceptions without letting a flood fill the log.
+
+    The first exception of each (service, method, error type) is logged at error
+    level with its traceback; repeats within :attr:`interval` seconds are only
+    counted, and the next one logged after the interval says how many there were.
+
+    Args:
+        clock: the reactor (or a ``task.Clock``).
+        interval: seconds between two tracebacks of the same kind.
+        max_kinds: kinds remembered at most (the oldest are forgotten first).
+    """
+
+    def __init__(self, clock: Clock, interval: float = 60.0, max_kinds: int = 1000) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.max_kinds = max_kinds
+        #: Exceptions logged, and those only counted.
+        self.logged = 0
+        self.suppressed = 0
+        # kind -> [when last logged, repeats since]
+        self._kinds: dict[tuple[str, str, str], list[float]] = {}
+
+    def failed(self, failure: Failure, service: str, method: str | None) -> None:
+        """Report a handler's exception (logged, or counted as a repeat)."""
+        error_type = failure.type.__qualname__ if failure.type is not None else "?"
+        kind = (service, method or "?", error_type)
+        now = self.clock.seconds()
+        seen = self._kinds.get(kind)
+        if seen is not None and now - seen[0] < self.interval:
+            seen[1] += 1
+            self.suppressed += 1
+            return
+        repeats = int(seen[1]) if seen is not None else 0
+        self._kinds.pop(kind, None)
+        if len(self._kinds) >= self.max_kinds:
+            del self._kinds[next(iter(self._kinds))]
+        self._kinds[kind] = [now, 0]
+        self.logged += 1
+        log.failure(
+            "{service}.{method} raised {error_type}"
+            " ({repeats} more since the last one logged; at most one logged per {interval:g}s)",
+            failure,
+            level=LogLevel.error,
+            service=service,
+            method=method,
+            error_type=error_type,
+            repeats=repeats,
+            interval=self.interval,
+        )
+
+
+def error_fields(error: BaseException) -> dict[str, Any]:
+    """The ERROR header fields that describe ``error`` to the caller."""
+    error_type = type(error).__name__
+    if isinstance(error, RemoteError):
+        # A nested call's error passes through with the original type.
+        code, error_type = error.code, error.type
+    elif isinstance(error, MmoError):
+        code = error.code
+    else:
+        code = ErrorCode.REMOTE
+    return {
+        "kind": Kind.ERROR,
+        "error_code": code,
+        "error_type": error_type,
+        "error_message": str(getattr(error, "message", None) or error),
+    }
 
 
 class HandlerServer(Service):
@@ -63,6 +141,7 @@ class HandlerServer(Service):
         self.drain_timeout = drain_timeout
         self.max_message = max_message
         self.memo = memo
+        self.errors = ErrorReport(context.reactor)
         self._idempotent = {name for name, safe in handler.method_names().items() if safe}
         self.endpoints: dict[str, str] = {}
         self.in_flight = 0
@@ -184,20 +263,20 @@ class HandlerServer(Service):
             result = self._call(header, body, clock.seconds() + timeout_ms / 1000.0)
         except Exception:
             if header.one_way:
-                self._push_failed(Failure(), header.method)
+                self._one_way_failed(Failure(), ident, header)
             else:
-                self._error(Failure(), ident, header.call_id, memo)
+                self._failed(Failure(), ident, header, memo)
             self._done(None)
             return
         if isinstance(result, defer.Deferred):
             if header.one_way:
-                result.addErrback(self._push_failed, header.method)
+                result.addErrback(self._one_way_failed, ident, header)
             else:
                 result.addCallbacks(
                     self._reply,
-                    self._error,
+                    self._failed,
                     callbackArgs=(ident, header.call_id, memo),
-                    errbackArgs=(ident, header.call_id, memo),
+                    errbackArgs=(ident, header, memo),
                 )
             result.addBoth(self._done)
             return
@@ -232,7 +311,7 @@ class HandlerServer(Service):
         d = defer.maybeDeferred(
             self._call, header, frames[1], self.context.reactor.seconds() + 3600.0
         )
-        d.addErrback(self._push_failed, header.method)
+        d.addErrback(self._report, header.method)
         d.addBoth(self._done)
 
     def _call(self, header: Header, body: bytes, deadline: float) -> Any:
@@ -256,6 +335,9 @@ class HandlerServer(Service):
             session=header.session,
             deadline=deadline,
             clock=self.context.reactor,
+            caller_role=header.caller_role,
+            origin=header.origin or Origin.MEMBER,
+            peer=header.peer,
         )
         result = self.handler.dispatch(ctx, kwargs)
         if inspect.iscoroutine(result):
@@ -307,9 +389,17 @@ class HandlerServer(Service):
         try:
             body = encode(result) if hasattr(result, "thrift_spec") else encode_value(result)
         except WireError as e:
+            # The handler returned what cannot travel: a bug of the handler's.
+            self.errors.failed(Failure(e), self.handler.service_name, "(reply)")
             self._error(Failure(e), ident, call_id, memo)
             return
         self._answered(_REPLY, body, ident, call_id, memo)
+
+    def _failed(
+        self, failure: Failure, ident: bytes, header: Header, memo: tuple[Key, Entry] | None
+    ) -> None:
+        self._report(failure, header.method)
+        self._error(failure, ident, header.call_id, memo)
 
     def _error(
         self,
@@ -319,22 +409,28 @@ class HandlerServer(Service):
         memo: tuple[Key, Entry] | None = None,
     ) -> None:
         error = failure.value
-        error_type = type(error).__name__
-        if isinstance(error, RemoteError):
-            # A nested call's error passes through with the original type.
-            code, error_type = error.code, error.type
-        elif isinstance(error, MmoError):
-            code = error.code
-        else:
-            code = ErrorCode.REMOTE
-            log.failure("handler raised", failure)
-        fields = {
-            "kind": Kind.ERROR,
-            "error_code": code,
-            "error_type": error_type,
-            "error_message": str(getattr(error, "message", None) or error),
-        }
-        self._answered(fields, _EMPTY, ident, call_id, memo)
+        assert error is not None
+        self._answered(error_fields(error), _EMPTY, ident, call_id, memo)
 
-    def _push_failed(self, failure: Failure, method: str | None) -> None:
-        log.failure("push {method} failed", failure, method=method)
+    def _report(self, failure: Failure, method: str | None) -> None:
+        """Log an unexpected exception (rate-limited); errors the caller caused are not."""
+        if not isinstance(failure.value, MmoError):
+            self.errors.failed(failure, self.handler.service_name, method)
+
+    def _one_way_failed(self, failure: Failure, ident: bytes, header: Header) -> None:
+        """A one-way request failed: report it, and tell the broker of a player's NOTIFY."""
+        self._report(failure, header.method)
+        if header.origin != Origin.CLIENT or header.session is None:
+            return
+        error = failure.value
+        assert error is not None
+        fields = error_fields(error)
+        reply = Header(
+            one_way=True,
+            targets=[header.session.id],
+            route=header.route,
+            service_name=header.service_name,
+            method=header.method,
+            **fields,
+        )
+        self._send([ident, encode(reply), _EMPTY])

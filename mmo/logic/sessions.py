@@ -75,11 +75,21 @@ class Sessions:
             for broker, ids in by_broker.items()
         )
 
-    def broadcast(self, channel: str, route: str, body: Any) -> int:
-        """Push to every member of ``channel``, once per broker; return the brokers reached."""
-        return self.directory.send_all(
-            BROKER_SERVICE, "broadcast", encode_body(body), channel=channel, route=route
-        )
+    def broadcast(
+        self, channel: str, route: str, body: Any, *, sender: Session | None = None
+    ) -> int:
+        """Push to every member of ``channel``, once per broker; return the brokers reached.
+
+        Args:
+            sender: the session whose request caused the broadcast (a chat message's
+                author): brokers hold each sender to a budget of broadcasts per second,
+                so that one player cannot multiply traffic (docs/security.md). Each
+                channel also has a budget of bytes per second at each broker.
+        """
+        header: dict[str, Any] = {"channel": channel, "route": route}
+        if sender is not None:
+            header["session"] = Session(id=sender.id)
+        return self.directory.send_all(BROKER_SERVICE, "broadcast", encode_body(body), **header)
 
     def push_all(self, route: str, body: Any) -> int:
         """Push to every session on every broker."""

@@ -9,7 +9,16 @@ on the service's PUB socket (topics ``enter``, ``offline``, ``online``,
 
 Records live in memory (one instance per cluster, as ``docs/edge.md`` says):
 a record is deleted when its session leaves, so memory is bounded by the live
-sessions plus those within their grace period.
+sessions plus those within their grace period. A record lives only while its
+broker does: when the broker leaves the registry (or was never in it) its
+sessions go offline, and end after their grace.
+
+Only brokers call ``open``, ``resume``, ``refresh``, ``closed``, ``logout`` and
+``track`` (:func:`~mmo.logic.callers`), and the broker a call is about is the
+caller itself, never a value in the body. No method is a client route. A user
+holds at most :attr:`Settings.max_sessions_per_user` sessions: by default a new
+login replaces the old session (its connection is kicked, the record ends with
+reason ``replaced``), as a game with one connection per account wants.
 
 A session's resume token is signed (:mod:`mmo.data.tokens`, purpose ``"resume"``,
 subject the session id) with the key the brokers share, so a broker turns away a
@@ -18,10 +27,9 @@ forged or expired token without asking; it expires after :attr:`SessionService.t
 Without a key (``$MMO_AUTH_KEY`` / ``$MMO_AUTH_KEY_FILE``) the service refuses to start,
 unless ``MMO_DEMO=1``.
 
-A method that names a ``broker`` only acts when that broker still holds the
-session: once a session has moved to another broker (resume), late messages
-from the old one (its ``closed``, ``track`` or ``logout`` of the replaced
-connection) change nothing.
+A broker's call about a session only acts when that broker still holds it: once a
+session has moved to another broker (resume), late messages from the old one (its
+``closed``, ``track`` or ``logout`` of the replaced connection) change nothing.
 """
 
 from __future__ import annotations
@@ -31,33 +39,30 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import task
 from twisted.logger import Logger
 from typing_extensions import override
 
-from mmo.config import seconds_from_env
+from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.errors import BadRequest, MmoError
-from mmo.logic import Context, ServiceHandler, idempotent
+from mmo.logic import Context, ServiceHandler, callers, idempotent
 from mmo.logic.sessions import BROKER_SERVICE
 from mmo.registry import Change, Instance
 from mmo.types import DelayedCall
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
 
 __all__ = [
-    "GRACE_ENV",
     "RESUME_PURPOSE",
-    "TOKEN_TTL_ENV",
     "ResumeFailed",
     "SessionRecord",
     "SessionService",
+    "SessionSettings",
+    "TooManySessions",
 ]
 
 log = Logger()
 
-#: Environment variable that overrides :attr:`SessionService.grace` (seconds).
-GRACE_ENV = "MMO_SESSION_GRACE"
-#: Environment variable that overrides :attr:`SessionService.token_ttl` (seconds).
-TOKEN_TTL_ENV = "MMO_SESSION_TOKEN_TTL"
 #: The purpose resume tokens are signed for (:func:`mmo.data.tokens.verify`).
 RESUME_PURPOSE = "resume"
 
@@ -68,9 +73,47 @@ REASON_CLOSED = "closed"
 REASON_BROKER_LOST = "broker lost"
 REASON_LOGOUT = "logout"
 REASON_EXPIRED = "expired"
+REASON_REPLACED = "replaced"
 
 #: The kick reason a previous connection gets when its session is resumed elsewhere.
 KICK_REPLACED = "REPLACED"
+
+
+class TooManySessions(MmoError):
+    """The user holds as many sessions as allowed and the service refuses more
+    (``when-full = "refuse"``); a ``RemoteError`` of that type to the broker."""
+
+    code = ErrorCode.REMOTE
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Settings of the session service (``[worker.settings]`` or ``--set NAME=VALUE``).
+
+    Attributes:
+        grace: seconds an offline session may be resumed before it ends.
+        token_ttl: seconds a resume token is valid (a client refreshes it before then).
+        max_sessions_per_user: sessions one user holds at once.
+        when_full: at a login past ``max_sessions_per_user``: ``"replace"`` ends the
+            user's oldest session (its connection gets a KICK), ``"refuse"`` fails the login.
+        sweep_interval: seconds between checks that each online session's broker is
+            still in the registry (a session whose broker is gone goes offline).
+    """
+
+    grace: float = 30.0
+    token_ttl: float = 24 * 3600.0
+    max_sessions_per_user: int = 1
+    when_full: str = "replace"
+    sweep_interval: float = 5.0
+
+    def validate(self) -> None:
+        """Check the values."""
+        if self.grace < 0 or self.token_ttl < 0 or self.sweep_interval <= 0:
+            raise ConfigError("grace", "grace and token-ttl >= 0, sweep-interval > 0 seconds")
+        if self.max_sessions_per_user < 1:
+            raise ConfigError("max-sessions-per-user", "must be at least 1")
+        if self.when_full not in ("replace", "refuse"):
+            raise ConfigError("when-full", f"must be replace or refuse, not {self.when_full!r}")
 
 
 class ResumeFailed(MmoError):
@@ -121,6 +164,11 @@ def _text(method: str, name: str, value: Any) -> str:
     return value
 
 
+def _broker(ctx: Context) -> str:
+    # The broker a session is held by is the broker that called: never a body's word.
+    return _text(ctx.method, "caller", ctx.caller)
+
+
 def _user_id(method: str, value: Any) -> str:
     # Auth services may answer a numeric id; sessions carry it as a string.
     if isinstance(value, int) and not isinstance(value, bool):
@@ -148,42 +196,69 @@ class SessionService(ServiceHandler):
     """The ``session`` service: open, resume, close, end and describe client sessions.
 
     Attributes:
-        grace: seconds an offline session may be resumed before it ends; the class
-            default (30 s) may be overridden by a subclass, and ``$MMO_SESSION_GRACE``
-            overrides both (handy for tests and demos).
-        token_ttl: seconds a resume token is valid (default 24 h; a client refreshes
-            it before then); ``$MMO_SESSION_TOKEN_TTL`` overrides it.
+        settings: a :class:`SessionSettings`.
+        grace: seconds an offline session may be resumed before it ends.
+        token_ttl: seconds a resume token is valid.
         key: the key resume tokens are signed with (:func:`mmo.data.tokens.load_key`).
         records: the sessions by id.
+        counters: ``replaced`` (sessions ended by a newer login), ``refused`` (logins
+            refused as one too many), ``orphaned`` (sessions whose broker was gone).
     """
 
     default_service = "session"
-    grace: float = 30.0
-    token_ttl: float = 24 * 3600.0
+    Settings = SessionSettings
+    settings: SessionSettings
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        self.grace = seconds_from_env(GRACE_ENV, type(self).grace)
-        self.token_ttl = seconds_from_env(TOKEN_TTL_ENV, type(self).token_ttl)
+        self.grace = self.settings.grace
+        self.token_ttl = self.settings.token_ttl
         self.key = tokens.load_key()
         self.records: dict[str, SessionRecord] = {}
+        self.counters = {"replaced": 0, "refused": 0, "orphaned": 0}
         # user id -> its session ids (a dict as an insertion-ordered set).
         self._by_user: dict[str, dict[str, None]] = {}
+        self._sweeper: task.LoopingCall | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     @override
     def start(self) -> None:
-        """Watch the registry, so that the sessions of a lost broker go offline."""
+        """Watch the registry, so that the sessions of a lost broker go offline, and
+        sweep for sessions held by a broker the registry does not list."""
         directory = getattr(self.runtime, "directory", None)
-        if directory is not None:
-            directory.view.listen(self.registry_changed)
+        if directory is None:
+            return
+        directory.view.listen(self.registry_changed)
+        self._sweeper = task.LoopingCall(self.sweep, directory.view)
+        self._sweeper.clock = self.clock  # type: ignore[assignment]
+        self._sweeper.start(self.settings.sweep_interval, now=False)
 
     @override
     def stop(self) -> None:
-        """Cancel the grace timers (records live in memory and end with the process)."""
+        """Cancel the timers (records live in memory and end with the process)."""
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
         for record in self.records.values():
             record.cancel_timer()
+
+    def sweep(self, view: Any) -> int:
+        """Set offline every online session whose broker the registry does not list
+        (a broker that died unseen, or never was); return how many. Done only while
+        the registry view is complete (``view.warm``)."""
+        if not view.warm:
+            return 0
+        live = view.instances.get(BROKER_SERVICE, {})
+        orphans = [r for r in self.records.values() if r.online and r.broker not in live]
+        for record in orphans:
+            self._go_offline(record, REASON_BROKER_LOST)
+        if orphans:
+            self.counters["orphaned"] += len(orphans)
+            log.warn(
+                "sessions: {n} sessions held by brokers the registry does not list went offline",
+                n=len(orphans),
+            )
+        return len(orphans)
 
     def registry_changed(self, change: int, instance: Instance, reason: str) -> None:
         """Registry listener: a broker that went DOWN (for any reason) loses its sessions."""
@@ -203,17 +278,26 @@ class SessionService(ServiceHandler):
 
     # -- service methods ---------------------------------------------------------
 
+    @callers(BROKER_SERVICE)
     def on_open(
-        self, ctx: Context, user_id: Any, broker: str, props: dict[str, Any] | None = None
+        self, ctx: Context, user_id: Any, props: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Open a session for ``user_id`` held by ``broker``; publish ``enter``.
+        """Open a session for ``user_id`` held by the calling broker; publish ``enter``.
+
+        A user at :attr:`SessionSettings.max_sessions_per_user` loses their oldest
+        session (``when_full = "replace"``: its connection is kicked, ``leave`` is
+        published with reason ``replaced``) or is refused.
 
         Returns:
             ``{"session_id", "token", "token_ttl"}``; the token resumes the session.
+
+        Raises:
+            TooManySessions: the user is at the limit and ``when_full`` is ``refuse``.
         """
         user = _user_id("open", user_id)
-        broker = _text("open", "broker", broker)
+        broker = _broker(ctx)
         props = dict(_map("open", "props", props))
+        self._make_room(user)
         session_id = secrets.token_urlsafe(12)
         while session_id in self.records:
             session_id = secrets.token_urlsafe(12)
@@ -223,8 +307,9 @@ class SessionService(ServiceHandler):
         self._event("enter", record, REASON_LOGIN)
         return {"session_id": session_id, "token": record.token, "token_ttl": self.token_ttl}
 
-    def on_resume(self, ctx: Context, session_id: str, token: str, broker: str) -> dict[str, Any]:
-        """Resume a session on ``broker`` with its token; publish ``online``.
+    @callers(BROKER_SERVICE)
+    def on_resume(self, ctx: Context, session_id: str, token: str) -> dict[str, Any]:
+        """Resume a session on the calling broker with its token; publish ``online``.
 
         The token is replaced (the old one no longer works). A connection still
         holding the session on another broker is kicked with ``REPLACED``.
@@ -237,7 +322,7 @@ class SessionService(ServiceHandler):
             ResumeFailed: unknown or expired session, a token that is not the
                 session's latest, or one that is forged or expired.
         """
-        broker = _text("resume", "broker", broker)
+        broker = _broker(ctx)
         record = self._checked(session_id, token)
         if record.online and record.broker != broker:
             self.sessions.kick(Session(id=record.session_id, broker=record.broker), KICK_REPLACED)
@@ -256,36 +341,38 @@ class SessionService(ServiceHandler):
             "bindings": dict(record.bindings),
         }
 
-    def on_refresh(self, ctx: Context, session_id: str, broker: str) -> dict[str, Any]:
-        """A new resume token for the session ``broker`` holds online (the old one
-        stops working): a client refreshes before :attr:`token_ttl` runs out.
+    @callers(BROKER_SERVICE)
+    def on_refresh(self, ctx: Context, session_id: str) -> dict[str, Any]:
+        """A new resume token for the session the calling broker holds online (the
+        old one stops working): a client refreshes before :attr:`token_ttl` runs out.
 
         Returns:
             ``{"token", "token_ttl"}``.
 
         Raises:
-            ResumeFailed: no such session online on ``broker``.
+            ResumeFailed: no such session online on this broker.
         """
         record = self._lookup(session_id)
-        if record is None or not record.online or record.broker != broker:
+        if record is None or not record.online or record.broker != ctx.caller:
             raise ResumeFailed("no such session online on this broker")
         record.token = self._token(record.session_id)
         return {"token": record.token, "token_ttl": self.token_ttl}
 
-    def on_closed(self, ctx: Context, session_id: str, broker: str) -> None:
-        """(one-way) ``broker`` lost the session's connection: offline, publish ``offline``.
+    @callers(BROKER_SERVICE)
+    def on_closed(self, ctx: Context, session_id: str) -> None:
+        """(one-way) The calling broker lost the session's connection: offline, publish
+        ``offline``.
 
         The session ends after :attr:`grace` seconds unless resumed. Nothing happens
-        if ``broker`` no longer holds the session or it is already offline.
+        if that broker no longer holds the session or it is already offline.
         """
         record = self._lookup(session_id)
-        if record is not None and record.online and record.broker == broker:
+        if record is not None and record.online and record.broker == ctx.caller:
             self._go_offline(record, REASON_CLOSED)
 
-    def on_logout(
-        self, ctx: Context, session_id: str, broker: str, reason: str = REASON_LOGOUT
-    ) -> bool:
-        """End the session held by ``broker`` at once; publish ``leave``.
+    @callers(BROKER_SERVICE)
+    def on_logout(self, ctx: Context, session_id: str, reason: str = REASON_LOGOUT) -> bool:
+        """End the session the calling broker holds at once; publish ``leave``.
 
         Args:
             reason: the ``leave`` event's reason (a broker ending a session that
@@ -295,16 +382,16 @@ class SessionService(ServiceHandler):
             Whether a session was ended (False: unknown, or held by another broker).
         """
         record = self._lookup(session_id)
-        if record is None or record.broker != broker:
+        if record is None or record.broker != ctx.caller:
             return False
         self._end(record, str(reason) or REASON_LOGOUT)
         return True
 
+    @callers(BROKER_SERVICE)
     def on_track(
         self,
         ctx: Context,
         session_id: str,
-        broker: str,
         joined: list[str] | None = None,
         left: list[str] | None = None,
         props: dict[str, Any] | None = None,
@@ -315,10 +402,10 @@ class SessionService(ServiceHandler):
 
         ``joined`` channels are added, then ``left`` ones removed; ``props`` are
         merged (a ``None`` value deletes the property); ``bound`` prefixes are set,
-        then ``unbound`` ones removed. Ignored unless ``broker`` holds the session.
+        then ``unbound`` ones removed. Ignored unless the calling broker holds it.
         """
         record = self._lookup(session_id)
-        if record is None or record.broker != broker:
+        if record is None or record.broker != ctx.caller:
             return
         record.channels.update(_strings("track", "joined", joined))
         record.channels.difference_update(_strings("track", "left", left))
@@ -363,6 +450,29 @@ class SessionService(ServiceHandler):
         ]
 
     # -- internals -------------------------------------------------------------
+
+    def _make_room(self, user: str) -> None:
+        """Before ``user`` opens one more session: end their oldest or refuse."""
+        held = self._by_user.get(user)
+        extra = len(held) - self.settings.max_sessions_per_user + 1 if held else 0
+        if extra <= 0:
+            return
+        assert held is not None
+        if self.settings.when_full == "refuse":
+            self.counters["refused"] += 1
+            log.info("sessions: {user} holds {n} sessions; login refused", user=user, n=len(held))
+            raise TooManySessions(
+                f"{user!r} already holds {len(held)} session(s), the most allowed"
+            )
+        for session_id in list(held)[:extra]:
+            record = self.records[session_id]
+            if record.online:
+                self.sessions.kick(
+                    Session(id=record.session_id, broker=record.broker),
+                    "logged in elsewhere: this session was replaced by a newer login",
+                )
+            self.counters["replaced"] += 1
+            self._end(record, REASON_REPLACED)
 
     def _lookup(self, session_id: Any) -> SessionRecord | None:
         return self.records.get(session_id) if isinstance(session_id, str) else None

@@ -9,11 +9,12 @@ from typing import Any, TypeVar
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from mmo.config import build
 from mmo.data.base import Cache, Database, Params, Row
 from mmo.data.errors import DataError
 from mmo.data.memory import MemoryCache
 from mmo.data.sqlite import configure, run_statement, run_transaction
-from mmo.logic.handler import Context, ServiceHandler, Session
+from mmo.logic.handler import Context, Origin, ServiceHandler, Session
 from mmo.types import Clock
 
 H = TypeVar("H", bound=ServiceHandler)
@@ -117,6 +118,7 @@ class FakeRuntime:
         published: ``(topic, payload)`` pairs the handler published, in order.
         db: the database handed to the handler (e.g. a :class:`FakeDatabase`), or None.
         cache: the cache handed to the handler (e.g. :func:`fake_cache`), or None.
+        settings: the handler's settings (an instance of its ``Settings``), or None.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class FakeRuntime:
         services: dict[str, Any] | None = None,
         db: Database | None = None,
         cache: Cache | None = None,
+        settings: Any = None,
     ) -> None:
         self.service_name = service_name
         self.instance_id = instance_id
@@ -136,6 +139,7 @@ class FakeRuntime:
         self.sessions = FakeSessions()
         self.db = db
         self.cache = cache
+        self.settings = settings
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
         """The fake registered for ``name`` (KeyError names what is missing)."""
@@ -158,12 +162,15 @@ def handler_factory(
     services: dict[str, Any] | None = None,
     db: Database | None = None,
     cache: Cache | None = None,
+    settings: dict[str, Any] | None = None,
     **attributes: Any,
 ) -> H:
     """Build ``handler_class`` on a :class:`FakeRuntime`; extra keywords become attributes.
 
-    ``db`` and ``cache`` go to the runtime, so the handler sees them from its
-    constructor on (as in a worker).
+    ``db``, ``cache`` and ``settings`` go to the runtime, so the handler sees them from
+    its constructor on (as in a worker); ``settings`` are checked against the handler's
+    ``Settings`` as a worker checks ``[worker.settings]`` (a ``ConfigError`` if they
+    do not fit).
 
     Example::
 
@@ -179,6 +186,7 @@ def handler_factory(
         services,
         db,
         cache,
+        build(handler_class.Settings, settings or {}),
     )
     handler = handler_class(runtime)
     for name, value in attributes.items():
@@ -193,8 +201,13 @@ def fake_context(
     caller: str | None = "test",
     session: Session | None = None,
     timeout: float = 5.0,
+    caller_role: str | None = "worker",
+    origin: int = Origin.MEMBER,
+    peer: str | None = None,
 ) -> Context:
-    """A :class:`Context` for calling ``handler``'s ``method`` directly."""
+    """A :class:`Context` for calling ``handler``'s ``method`` directly: by default a
+    cluster member's call (``caller_role`` ``"worker"``); ``origin=Origin.CLIENT`` with a
+    ``session`` (and a ``peer`` address) is a player's request forwarded by a broker."""
     clock = handler.clock
     return Context(
         service=handler.service_name,
@@ -203,4 +216,7 @@ def fake_context(
         session=session,
         deadline=clock.seconds() + timeout,
         clock=clock,
+        caller_role=caller_role,
+        origin=origin,
+        peer=peer,
     )

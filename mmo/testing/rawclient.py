@@ -29,11 +29,31 @@ class RawClient:
     Args:
         port: the broker's client port on 127.0.0.1.
         timeout: seconds any receive waits.
+        source: the local address to connect from (``"127.0.0.2"``: all of 127/8 reaches
+            the broker on Linux, so each attacker of a test can have its own address).
+        rcvbuf: a receive buffer size to set before connecting (a slow reader's).
     """
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.settimeout(timeout)
+    def __init__(
+        self,
+        port: int,
+        timeout: float = 5.0,
+        *,
+        source: str | None = None,
+        rcvbuf: int | None = None,
+    ) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            sock.bind((source, 0))
+        sock.settimeout(timeout)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
         self.seq = 0
 
     def send_bytes(self, data: bytes) -> None:

@@ -39,6 +39,15 @@ enum ErrorCode {
   BAD_REQUEST = 5,     // the frames could not be decoded
   INSTANCE_LOST = 6,   // the instance died with a non-idempotent call in flight
   UNAVAILABLE = 7,     // the instance is stopping and did not run the call: send it elsewhere
+  FORBIDDEN = 8,       // the method exists but this caller may not call it (its role)
+}
+
+/* On whose behalf a REQUEST is made: what the callee lets it reach. */
+enum Origin {
+  MEMBER = 1,   // a cluster member's own call (the default when unset): any method
+  CLIENT = 2,   // a logged-in player's packet, forwarded by a broker: client methods only
+  LOGIN = 3,    // a player's packet before login (the broker's login and anonymous routes):
+                // login methods only
 }
 
 /* A client session, as it travels with each request (set by brokers). */
@@ -71,6 +80,9 @@ struct Header {
   16: optional string instance_id   // broker bind: the instance a session's prefix is bound to
   17: optional i32 client_seq       // REQUEST from a broker: the client packet's seq; with session,
                                     // a resend of (session, seq) is answered from the worker's memo
+  18: optional string caller_role   // the calling process's role: broker, worker, fight, tool, ...
+  19: optional Origin origin        // REQUEST: on whose behalf (unset: MEMBER)
+  20: optional string peer          // origin CLIENT/LOGIN: the player's address (host), set by brokers
 }
 
 /* ---- registry (yellow) ---- */

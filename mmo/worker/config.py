@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from mmo.config import ConfigError, check_zmq_address
 from mmo.data.urls import parse_cache_url, parse_database_url
@@ -32,6 +33,8 @@ class WorkerConfig:
             that a resend of it (same session and seq) is answered without running
             again (:mod:`mmo.logic.memo`); 0 turns the memo off.
         memo_size: the most outcomes kept (the oldest go first).
+        settings: the handler's settings (TOML table ``[worker.settings]``, or
+            ``--set NAME=VALUE``), checked against its ``Settings`` class before start.
     """
 
     yellow: tuple[str, ...]
@@ -46,6 +49,7 @@ class WorkerConfig:
     cache: str | None = None
     memo_ttl: float = 60.0
     memo_size: int = 100_000
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Check values against each other."""

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mmo.config import ConfigError
+from mmo.config import ConfigError, build
 from mmo.data import Cache, Database, DatabaseUnavailable, make_cache, make_database, migrate
 from mmo.errors import MmoError
 from mmo.logic.client import Directory
@@ -42,6 +42,15 @@ def load_handler(path: str) -> type[ServiceHandler]:
     return cls
 
 
+def handler_settings(handler_class: type[ServiceHandler], values: dict[str, Any]) -> Any:
+    """The handler's ``Settings`` built from ``values`` (``[worker.settings]``, ``--set``).
+
+    Raises:
+        ConfigError: an unknown setting, or a value of the wrong type or out of range.
+    """
+    return build(handler_class.Settings, values, prefix="[worker.settings] ")
+
+
 class WorkerRuntime:
     """What the handler sees of its worker process (implements ``Runtime``)."""
 
@@ -53,6 +62,7 @@ class WorkerRuntime:
         directory: Directory,
         db: Database | None = None,
         cache: Cache | None = None,
+        settings: Any = None,
     ) -> None:
         self.service_name = service_name
         self.instance_id = instance_id
@@ -60,6 +70,7 @@ class WorkerRuntime:
         self.directory = directory
         self.db = db
         self.cache = cache
+        self.settings = settings
         self.server: HandlerServer | None = None
         self.sessions = Sessions(directory, instance_id)
 
@@ -196,7 +207,11 @@ def make_worker_service(
     zmq_service.setServiceParent(top)
     ctx = zmq_service.context
     directory = Directory(
-        ctx, config.yellow, caller_id=instance_id, default_timeout=config.call_timeout
+        ctx,
+        config.yellow,
+        caller_id=instance_id,
+        caller_role="worker",
+        default_timeout=config.call_timeout,
     )
     directory.setServiceParent(top)
 
@@ -209,7 +224,8 @@ def make_worker_service(
             data_service.setName(name)
             data_service.setServiceParent(top)
 
-    runtime = WorkerRuntime(service_name, instance_id, ctx.reactor, directory, db, cache)
+    settings = handler_settings(handler_class, config.settings)
+    runtime = WorkerRuntime(service_name, instance_id, ctx.reactor, directory, db, cache, settings)
     handler = handler_class(runtime)
     memo = (
         ReplyMemo(ctx.reactor, ttl=config.memo_ttl, size=config.memo_size)
@@ -220,17 +236,11 @@ def make_worker_service(
         ctx, handler, bind_host=config.bind_host, drain_timeout=config.drain_timeout, memo=memo
     )
     runtime.server = server
-    methods = handler_class.method_names()
     instance = make_instance(
         service_name,
         instance_id,
         {},
-        {
-            "methods": sorted(methods),
-            "idempotent": sorted(m for m, safe in methods.items() if safe),
-            "handler": f"{handler_class.__module__}:{handler_class.__qualname__}",
-            "pid": os.getpid(),
-        },
+        {**handler_class.registry_meta(), "pid": os.getpid()},
         heartbeat=config.heartbeat,
     )
     registration = Registration(ctx, config.yellow, instance, config.heartbeat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 from twisted.application.service import MultiService
@@ -9,7 +10,7 @@ from twisted.python import usage
 from typing_extensions import override
 
 from mmo.config import ConfigError
-from mmo.tap import RoleOptions
+from mmo.tap import RoleOptions, build_role
 from mmo.worker.config import WorkerConfig
 
 
@@ -18,7 +19,7 @@ class Options(RoleOptions):
 
     section = "worker"
     config_class = WorkerConfig
-    multi = ("yellow",)
+    multi = ("yellow", "set")
     optParameters: ClassVar[list[list[Any]]] = [
         *RoleOptions.optParameters,
         ["service", "s", None, "Service name to register under."],
@@ -37,14 +38,29 @@ class Options(RoleOptions):
         """Yellow address (repeat, or separate with commas, for several)."""
         self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
 
+    def opt_set(self, assignment: str) -> None:
+        """A handler setting, NAME=VALUE (repeat for several; see the handler's Settings)."""
+        name, eq, value = assignment.partition("=")
+        if not eq or not name.strip():
+            raise usage.UsageError(f"--set takes NAME=VALUE, not {assignment!r}")
+        self["set"].append((name.strip(), value.strip()))
+
     @override
     def postOptions(self) -> None:
-        """Build the config and check the handler imports, before anything starts."""
+        """Build the config, check the handler imports and its settings fit, before
+        anything starts."""
+        assignments = dict(self["set"])
+        self["set"] = []
         super().postOptions()
-        from mmo.worker.service import load_handler
+        if assignments:
+            self.config = dataclasses.replace(
+                self.config, settings={**self.config.settings, **assignments}
+            )
+        from mmo.worker.service import handler_settings, load_handler
 
         try:
             self.handler_class = load_handler(self.config.handler)
+            handler_settings(self.handler_class, self.config.settings)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from e
 
@@ -57,7 +73,7 @@ def makeService(options: Options) -> MultiService:
     """
     from mmo.worker.service import make_worker_service
 
-    try:
-        return make_worker_service(options.config, handler_class=options.handler_class)
-    except ConfigError as e:
-        raise SystemExit(f"mmo-worker: {e}") from None
+    return build_role(
+        "mmo-worker",
+        lambda: make_worker_service(options.config, handler_class=options.handler_class),
+    )

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from twisted.application.service import MultiService
 
-from mmo.tap import RoleOptions
+from mmo.tap import RoleOptions, build_role
 from mmo.yellow.config import YellowConfig
 
 
@@ -26,4 +26,4 @@ def makeService(options: Options) -> MultiService:
     """Build the yellow service tree from parsed options."""
     from mmo.yellow.service import make_yellow_service
 
-    return make_yellow_service(options.config)
+    return build_role("mmo-yellow", lambda: make_yellow_service(options.config))

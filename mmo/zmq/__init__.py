@@ -26,11 +26,17 @@ from typing_extensions import override
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from mmo.zmq.curve import CurveKeys, curve_keys_from_environment, start_authenticator
+from mmo.zmq.curve import (
+    CurveKeys,
+    curve_keys_from_environment,
+    role_curve_keys,
+    start_authenticator,
+)
 
 __all__ = [
     "EVENT_CONNECTED",
     "EVENT_DISCONNECTED",
+    "FOR_ROLE",
     "FROM_ENVIRONMENT",
     "CurveKeys",
     "ZmqContext",
@@ -54,10 +60,14 @@ _LAST = int(zmq.NOBLOCK)
 
 class _Default(enum.Enum):
     FROM_ENVIRONMENT = "from the environment"
+    FOR_ROLE = "required for a role"
 
 
 #: ``ZmqContext(curve=...)``'s default: the keys ``$MMO_CURVE_KEYS`` names, if any.
 FROM_ENVIRONMENT = _Default.FROM_ENVIRONMENT
+#: ``ZmqContextService(curve=...)``'s default: the keys ``$MMO_CURVE_KEYS`` names,
+#: required unless insecure links were chosen (:func:`mmo.zmq.curve.role_curve_keys`).
+FOR_ROLE = _Default.FOR_ROLE
 
 
 class ZmqContext:
@@ -80,7 +90,13 @@ class ZmqContext:
 
             reactor = default_reactor
         self.reactor = reactor
-        self.curve = curve_keys_from_environment() if curve is FROM_ENVIRONMENT else curve
+        if curve is FROM_ENVIRONMENT:
+            self.curve = curve_keys_from_environment()
+        elif curve is FOR_ROLE:
+            self.curve = role_curve_keys()
+        else:
+            assert not isinstance(curve, _Default)
+            self.curve = curve
         self._lazy_factory: ZmqFactory | None = None
         self._authenticator: ThreadAuthenticator | None = None
 
@@ -135,16 +151,17 @@ class ZmqContext:
 
 
 class ZmqContextService(Service):
-    """Owns a process's :class:`ZmqContext`: closes it when the service stops.
+    """Owns a role's :class:`ZmqContext`: closes it when the service stops.
 
-    Its construction reads ``$MMO_CURVE_KEYS`` (see :class:`ZmqContext`), so bad
-    keys stop a role while its service tree is built, before anything starts.
-    Put it first in a service tree: children stop in reverse order, so every
-    socket user has stopped before the context is terminated.
+    Its construction reads ``$MMO_CURVE_KEYS``, required by default (``FOR_ROLE``:
+    see :func:`mmo.zmq.curve.role_curve_keys`), so missing or bad keys stop a role
+    while its service tree is built, before anything starts. Put it first in a
+    service tree: children stop in reverse order, so every socket user has stopped
+    before the context is terminated.
     """
 
     def __init__(
-        self, reactor: Any = None, *, curve: CurveKeys | _Default | None = FROM_ENVIRONMENT
+        self, reactor: Any = None, *, curve: CurveKeys | _Default | None = FOR_ROLE
     ) -> None:
         self.context = ZmqContext(reactor, curve=curve)
 

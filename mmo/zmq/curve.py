@@ -1,8 +1,12 @@
 """CURVE security for the internal ZeroMQ links, configured by ``$MMO_CURVE_KEYS``.
 
-With ``MMO_CURVE_KEYS`` unset (or empty) every link uses ZeroMQ's NULL
-mechanism. Set to a directory, it turns on CURVE (encryption and client
-authentication) for every ``tcp://`` socket of the process. The directory
+Set to a directory, ``MMO_CURVE_KEYS`` turns on CURVE (encryption and client
+authentication) for every ``tcp://`` socket of the process. Every role (the
+twistd plugins) requires it (:func:`role_curve_keys`): without keys a role
+refuses to start, unless it is told to run its links in the clear, loudly, by
+``--insecure`` (``$MMO_INSECURE=1``, inherited by its children) or ``MMO_DEMO=1``;
+then every link uses ZeroMQ's NULL mechanism. Tools and scripts
+(:func:`mmo.logic.connect`) use the keys when given and NULL otherwise. The directory
 holds, as ``zmq.auth`` certificate files (see ``mmo keys DIR``)::
 
     cluster.key_secret    the cluster's keypair: the server key of every socket a
@@ -32,7 +36,7 @@ from twisted.logger import Logger
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from mmo.config import ConfigError
+from mmo.config import DEMO_ENV, INSECURE_ENV, ConfigError, insecure_mode
 
 __all__ = [
     "AUTHORIZED_DIR",
@@ -42,6 +46,8 @@ __all__ = [
     "create_keys",
     "curve_keys_from_environment",
     "load_curve_keys",
+    "provide_curve_keys",
+    "role_curve_keys",
     "start_authenticator",
 ]
 
@@ -147,6 +153,34 @@ def curve_keys_from_environment(environ: Mapping[str, str] | None = None) -> Cur
     return load_curve_keys(directory) if directory else None
 
 
+def role_curve_keys(environ: Mapping[str, str] | None = None) -> CurveKeys | None:
+    """The keys a role's links use: those ``$MMO_CURVE_KEYS`` names; ``None`` (NULL,
+    in the clear) only when insecure links were chosen, which is logged as a warning.
+
+    Raises:
+        ConfigError: (key ``MMO_CURVE_KEYS``) no keys and insecure links not chosen,
+            or the keys are missing or bad.
+    """
+    environ = os.environ if environ is None else environ
+    keys = curve_keys_from_environment(environ)
+    if keys is not None:
+        return keys
+    if insecure_mode(environ):
+        log.warn(
+            "INSECURE: {env} is not set, so this process's internal links are NOT encrypted "
+            "or authenticated: anyone who reaches its ports may register, call and read "
+            "({why}). Never run like this on a network you do not own.",
+            env=ENV_KEYS,
+            why=f"{DEMO_ENV}=1" if environ.get(INSECURE_ENV, "") != "1" else "--insecure",
+        )
+        return None
+    raise _problem(
+        "is not set: every role needs the cluster's CURVE keys (make them once with "
+        "`mmo keys DIR`, then set MMO_CURVE_KEYS=DIR for every process; mmo-cluster makes "
+        "fresh ones for its children), or run with --insecure to go without, in the clear"
+    )
+
+
 class _Authorized:
     """pyzmq's credentials provider: accepts the keys of a :class:`CurveKeys`.
 
@@ -220,3 +254,21 @@ def create_keys(directory: str | os.PathLike[str], *, force: bool = False) -> li
         os.replace(new_public, public)
         os.replace(new_secret, secret)
     return [secret, public, authorized]
+
+
+def provide_curve_keys(directory: str | os.PathLike[str]) -> str | None:
+    """Make fresh cluster keys in ``directory`` and name them in this process's
+    ``$MMO_CURVE_KEYS`` (so its own links and the children it starts use them), unless
+    keys are given already or insecure links were chosen (``MMO_INSECURE=1``).
+
+    For what starts a whole cluster on one machine (``mmo-cluster``, the demo,
+    ``mmo bench``): no key ever ships with mmo, and none is needed to try it.
+
+    Returns:
+        the directory, if keys were made there (the caller removes it when done).
+    """
+    if os.environ.get(ENV_KEYS) or os.environ.get(INSECURE_ENV) == "1":
+        return None
+    create_keys(directory, force=True)
+    os.environ[ENV_KEYS] = str(directory)
+    return str(directory)

@@ -91,3 +91,17 @@ def wait_instances(
 ) -> defer.Deferred[None]:
     """Fire once exactly ``ids`` are the live instances of ``service``."""
     return directory.view.wait_for(lambda: instances(directory, service) == ids, timeout)
+
+
+@defer.inlineCallbacks
+def wait_links(directory: Directory, service: str, ids: set[str], timeout: float = 10.0) -> Any:
+    """Wait until ``directory``'s links to each of ``ids`` are connected (a CURVE handshake
+    takes a moment after the registry lists an instance; calls prefer connected links)."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        links = directory.links(service)
+        if all(links.get(i) for i in ids):
+            return
+        if reactor.seconds() > deadline:
+            raise TimeoutError(f"links to {sorted(ids)} not up within {timeout}s: {links}")
+        yield sleep(0.02)

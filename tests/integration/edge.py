@@ -15,15 +15,22 @@ WORKERS = {
     "session": "mmo.sessions:SessionService",
     "sso": "mmo.examples.sso:SSOService",
     "chat": "mmo.examples.chat:ChatService",
-    "echo-1": "mmo.examples.echo:EchoService",
-    "echo-2": "mmo.examples.echo:EchoService",
+    "echo-1": "mmo.testing.handlers:ClientEcho",
+    "echo-2": "mmo.testing.handlers:ClientEcho",
 }
 
 
 class EdgeCluster:
     """Starts the processes of an edge cluster; :meth:`stop` stops them all."""
 
-    def __init__(self, log_dir: Path, brokers: int = 2, broker_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        brokers: int = 2,
+        broker_args: tuple[str, ...] = (),
+        workers: dict[str, str] | None = None,
+        accounts: str = ACCOUNTS,
+    ) -> None:
         self.log_dir = log_dir
         self.yellow = f"tcp://127.0.0.1:{free_port()}"
         self.ports = [free_port() for _ in range(brokers)]
@@ -31,9 +38,9 @@ class EdgeCluster:
         self.http_port = free_port()
         self.broker_args = broker_args
         self.processes: dict[str, TwistdProcess] = {}
-        self.env = {"MMO_SSO_ACCOUNTS": ACCOUNTS, "MMO_SESSION_GRACE": "30", "MMO_DEMO": "1"}
+        self.env = {"MMO_SSO_ACCOUNTS": accounts, "MMO_DEMO": "1"}
         self._start("yellow", "mmo-yellow", ["--listen", self.yellow], self.env)
-        for name, handler in WORKERS.items():
+        for name, handler in (WORKERS if workers is None else workers).items():
             self.start_worker(name, handler)
         for i in range(brokers):
             self.start_broker(i)

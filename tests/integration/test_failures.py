@@ -10,7 +10,7 @@ from twisted.internet import defer
 from mmo.errors import InstanceLost, MmoError
 from mmo.registry import Change
 
-from .conftest import instances, sleep, wait_instances
+from .conftest import instances, sleep, wait_instances, wait_links
 
 
 class Load:
@@ -178,6 +178,7 @@ def test_consumers_fail_over_between_yellows(cluster, directory_factory):
     # A worker that appears after the kill registers only with the live yellow.
     cluster.worker("echo-b")
     yield wait_instances(directory, "echo", {"echo-a", "echo-b"}, timeout=20)
+    yield wait_links(directory, "echo", {"echo-a", "echo-b"})
     yield load.stop()
     assert load.errors == []
     whos = yield defer.gatherResults([directory.get_service("echo").whoami() for _ in range(20)])

@@ -35,29 +35,6 @@ RSS_GROWTH_BOUND = 64 * 1024 * 1024
 pytestmark = pytest.mark.timeout(120)
 
 
-class BoundClient(RawClient):
-    """A :class:`RawClient` connecting from a chosen loopback address.
-
-    Args:
-        port: the broker's client port on 127.0.0.1.
-        source: the local address to connect from (e.g. ``"127.0.0.2"``).
-        timeout: seconds any receive waits.
-        rcvbuf: a receive buffer size to set before connecting (a slow reader's).
-    """
-
-    def __init__(
-        self, port: int, source: str, timeout: float = 5.0, rcvbuf: int | None = None
-    ) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.bind((source, 0))
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-        self.sock = sock
-        self.seq = 0
-
-
 def rss(pid: int) -> int:
     """The resident set size of process ``pid``, in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -77,7 +54,7 @@ class Bystander(threading.Thread):
 
     def __init__(self, port: int, user: str = "bob") -> None:
         super().__init__(daemon=True)
-        self.client = BoundClient(port, "127.0.0.2")
+        self.client = RawClient(port, source="127.0.0.2")
         self.client.login(user, f"pw-{user}")
         self.latencies: list[float] = []
         self.errors: list[str] = []
@@ -135,11 +112,18 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeCluster]:
             str(LOGIN_TIMEOUT),
             "--max-per-address",
             str(MAX_PER_ADDRESS),
-            # The slow-reader test floods a room from one session: let it.
+            # The slow-reader test floods a room from one session: let it (the
+            # broadcast budgets have their own attack test, test_attacks.py).
             "--rate",
             "1000000",
             "--burst",
             "1000000",
+            "--sender-rate",
+            "1000000",
+            "--sender-burst",
+            "1000000",
+            "--channel-budget",
+            str(2**40),
         ),
     )
     try:
@@ -270,7 +254,7 @@ def test_connection_flood_from_one_address_is_capped(edge: EdgeCluster) -> None:
     assert edge.processes["broker-1"].wait_for_log("is at its cap of 32 connections", 5)
     # The cap is per address: once the flood is gone, that address is served again.
     time.sleep(0.3)
-    client = BoundClient(edge.ports[0], "127.0.0.3")
+    client = RawClient(edge.ports[0], source="127.0.0.3")
     try:
         assert client.login("carol", "pw-carol")["user_id"] == "carol"
     finally:
@@ -291,10 +275,10 @@ def read_own_messages(client: RawClient, user: str, count: int) -> None:
 def test_slow_reader_is_disconnected_and_memory_stays_bounded(edge: EdgeCluster) -> None:
     """A member that never reads its pushes is dropped (SLOW_CONSUMER); RSS stays bounded."""
     pid = broker_pid(edge)
-    slow = BoundClient(edge.ports[0], "127.0.0.5", rcvbuf=4096)
+    slow = RawClient(edge.ports[0], source="127.0.0.5", rcvbuf=4096)
     slow.login("dave", "pw-dave")
     assert slow.request("chat.join", {"room": "slow"}).kind == PacketKind.RESPONSE
-    sender = BoundClient(edge.ports[0], "127.0.0.6")
+    sender = RawClient(edge.ports[0], source="127.0.0.6")
     sender.login("erin", "pw-erin")
     assert sender.request("chat.join", {"room": "slow"}).kind == PacketKind.RESPONSE
     before = peak = rss(pid)

@@ -10,7 +10,7 @@ from twisted.internet import defer
 
 from mmo.errors import BadRequest, DeadlineExceeded, NoLiveInstance, RemoteError, UnknownMethod
 
-from .conftest import instances, sleep, wait_instances
+from .conftest import instances, sleep, wait_instances, wait_links
 
 
 @pytest.fixture
@@ -21,6 +21,7 @@ def two_echoes(cluster, directory_factory):
     cluster.worker("echo-b")
     directory = directory_factory(cluster.yellows)
     pytest_twisted.blockon(wait_instances(directory, "echo", {"echo-a", "echo-b"}))
+    pytest_twisted.blockon(wait_links(directory, "echo", {"echo-a", "echo-b"}))
     return directory
 
 

@@ -1,8 +1,9 @@
-"""No default secrets: the roles that sign or check tokens refuse to start without a key.
+"""No default secrets: the roles that sign or check tokens refuse to start without a key,
+or with the public demo key; every role refuses to start without the cluster's CURVE keys.
 
 Real ``twistd`` processes, run with the key variables removed from their environment
 (and without ``MMO_DEMO=1``): each exits at once with an error naming the variable,
-and starts with the key given in a file instead.
+and starts with the key given in a file instead (or, for CURVE, with ``--insecure``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from mmo.data.tokens import DEMO_ENV, KEY_ENV, KEY_FILE_ENV
+from mmo.config import INSECURE_ENV
+from mmo.data.tokens import DEMO_ENV, DEMO_KEY, KEY_ENV, KEY_FILE_ENV
 from mmo.testing import free_port
 from mmo.testing.processes import twistd_command
+from mmo.zmq.curve import ENV_KEYS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,3 +76,41 @@ def test_a_role_starts_with_its_key_in_a_file(role: str, tmp_path: Path) -> None
     env = {**bare_env(), KEY_FILE_ENV: str(key)}
     code, output = run(args, env, tmp_path / "out.log", until="starting up")
     assert code is None and "starting up" in output, output
+
+
+def test_the_public_demo_key_is_refused_outside_demo_mode(tmp_path: Path) -> None:
+    """MMO_AUTH_KEY set to the demo key (anyone can sign with it): refused unless MMO_DEMO=1."""
+    env = {**bare_env(), KEY_ENV: DEMO_KEY.decode()}
+    code, output = run(ROLES["broker"], env, tmp_path / "out.log", until="starting up")
+    assert code not in (None, 0) and "public demo key" in output, output
+
+
+WITHOUT_KEYS = {
+    "yellow": ["mmo-yellow", "--listen", "tcp://127.0.0.1:0"],
+    **ROLES,
+    "brokerlist": ["mmo-brokerlist", "--yellow", YELLOW, "--listen", "tcp:0:interface=127.0.0.1"],
+    "fight": [
+        *("mmo-fight", "--yellow", YELLOW, "--handler", "mmo.examples.fight:TurnFight"),
+        *("--cap", "2", "--min-spare", "0"),
+    ],
+}
+
+
+@pytest.mark.parametrize("role", sorted(WITHOUT_KEYS))
+def test_every_role_refuses_to_start_without_curve_keys(role: str, tmp_path: Path) -> None:
+    """No MMO_CURVE_KEYS (and neither --insecure nor MMO_DEMO=1): each role exits at once,
+    naming the variable and the way out, before it binds or connects anything."""
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_KEYS, INSECURE_ENV, DEMO_ENV)}
+    code, output = run(WITHOUT_KEYS[role], env, tmp_path / "out.log", until="starting up")
+    assert code not in (None, 0), output
+    assert f"{ENV_KEYS}: is not set" in output and "--insecure" in output, output
+    assert "starting up" not in output
+
+
+def test_insecure_runs_in_the_clear_and_says_so(tmp_path: Path) -> None:
+    """--insecure starts a role without keys and logs a warning naming the choice."""
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_KEYS, INSECURE_ENV, DEMO_ENV)}
+    args = ["mmo-yellow", "--insecure", "--listen", f"tcp://127.0.0.1:{free_port()}"]
+    code, output = run(args, env, tmp_path / "out.log", until="listening on")
+    assert code is None and "listening on" in output, output
+    assert "INSECURE" in output and "--insecure" in output, output

@@ -23,11 +23,14 @@ from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import TCPClientProtocol, WebSocketClientProtocol
 from mmo.broker.core import Broker, peer_host
 from mmo.errors import RemoteError
+from mmo.registry import Change, Instance, make_instance
 from mmo.wire import decode, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind
 
 I32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 LIVE_SERVICES = {"sso", "session", "echo"}
+#: What the live services declare for players (the session service: nothing).
+CLIENT_METHODS = {"echo": ["echo"]}
 #: Routes worth trying: the login, resume, a served one, an unknown one, malformed ones.
 ROUTES = ["sso.login", "session.resume", "echo.echo", "nosuch.thing", "noroute", ".", "", "a."]
 CODES = set(ClientError._VALUES_TO_NAMES)
@@ -36,7 +39,8 @@ ENDINGS = (PacketKind.ERROR, PacketKind.KICK)
 
 
 class FakeView:
-    """The registry view: one live instance of each service the fake directory serves.
+    """The registry view: one live instance of each service the fake directory serves,
+    declaring the client routes of :data:`CLIENT_METHODS`.
 
     Attributes:
         instances: service -> {instance id: record}, as ``RegistryView.instances``
@@ -44,11 +48,20 @@ class FakeView:
     """
 
     def __init__(self) -> None:
-        self.instances: dict[str, dict[str, Any]] = {s: {f"{s}-1": None} for s in LIVE_SERVICES}
+        self.instances: dict[str, dict[str, Instance]] = {
+            s: {f"{s}-1": make_instance(s, f"{s}-1", {}, {"client": CLIENT_METHODS.get(s, [])})}
+            for s in LIVE_SERVICES
+        }
 
     def get(self, service: str) -> list[Any]:
         """The live instances of ``service``."""
         return list(self.instances.get(service, {}).values())
+
+    def listen(self, listener: Any) -> None:
+        """Tell ``listener`` of every instance at once, as a first snapshot would."""
+        for by_id in self.instances.values():
+            for instance in by_id.values():
+                listener(Change.UP, instance, "registered")
 
 
 class FakeDirectory:
@@ -57,6 +70,8 @@ class FakeDirectory:
     def __init__(self) -> None:
         self.view = FakeView()
         self.sent: list[tuple[str, str]] = []
+        self.on_one_way_error: Any = None
+        self.opened = 0
 
     def call(
         self,
@@ -71,7 +86,8 @@ class FakeDirectory:
         if (service, method) == ("sso", "login"):
             return defer.succeed(encode_value({"user_id": "u1"}))
         if (service, method) == ("session", "open"):
-            return defer.succeed({"session_id": "s1", "token": "t1"})
+            self.opened += 1
+            return defer.succeed({"session_id": f"s{self.opened}", "token": "t1"})
         if (service, method) == ("session", "resume"):
             return defer.fail(RemoteError("unknown session", "ResumeFailed"))
         if raw_body is not None:

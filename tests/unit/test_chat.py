@@ -15,7 +15,7 @@ from twisted.internet import task
 from mmo.errors import BadRequest
 from mmo.examples.chat import MAX_CONTENT, ChatService
 from mmo.testing import fake_context, handler_factory
-from mmo.wire.gen.mmo.ttypes import Session
+from mmo.wire.gen.mmo.ttypes import Origin, Session
 
 
 @pytest.fixture
@@ -38,8 +38,10 @@ def session(sid: str, user: str | None = None, broker: str = "b1", **props: Any)
 
 
 def call(chat: ChatService, method: str, who: Session | None, **kwargs: Any) -> Any:
-    """Call a chat method for session ``who`` through the dispatch table."""
-    return chat.dispatch(fake_context(chat, method, session=who), kwargs)
+    """Call a chat method through the dispatch table: as player ``who``'s request
+    forwarded by a broker, or (``who`` None) as another cluster member."""
+    origin = Origin.MEMBER if who is None else Origin.CLIENT
+    return chat.dispatch(fake_context(chat, method, session=who, origin=origin), kwargs)
 
 
 def sent(chat: ChatService, method: str) -> list[tuple[Any, ...]]:
@@ -188,6 +190,7 @@ def test_send_broadcasts_to_the_room_with_the_clock_time(
             "room:lobby",
             "chat.message",
             {"room": "lobby", "from": "alice", "content": "hi", "ts": clock.seconds()},
+            ("sender", lean(alice)),
         )
     ]
 
@@ -240,8 +243,25 @@ def test_members_of_the_callers_room_or_a_named_one(chat: ChatService) -> None:
     call(chat, "join", session("s2", "amy"), room="a")
     call(chat, "join", session("s3", "bob"), room="b")
     assert call(chat, "members", session("s1", "zed")) == ["amy", "zed"]
-    assert call(chat, "members", session("s1", "zed"), room="b") == ["bob"]
+    assert call(chat, "members", session("s1", "zed"), room="a") == ["amy", "zed"]
+    assert call(chat, "members", None, room="b") == ["bob"]
     assert call(chat, "members", None, room="nowhere") == []
+
+
+def test_a_player_may_list_only_their_own_room(chat: ChatService) -> None:
+    """A player asking for another room's members (eavesdropping on who is there) is refused;
+    a cluster member may list any room."""
+    call(chat, "join", session("s2", "bob"), room="secret")
+    call(chat, "join", session("s1", "zed"), room="a")
+    for who in (session("s1", "zed"), session("s9", "eve")):
+        with pytest.raises(BadRequest, match="only the room they are in"):
+            call(chat, "members", who, room="secret")
+    assert call(chat, "members", None, room="secret") == ["bob"]
+
+
+def test_the_client_routes_are_declared() -> None:
+    """join, send, members, leave and echo are client routes; nothing else."""
+    assert ChatService.registry_meta()["client"] == ["echo", "join", "leave", "members", "send"]
 
 
 def test_members_lists_a_user_with_two_sessions_once(chat: ChatService) -> None:

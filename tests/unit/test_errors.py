@@ -7,6 +7,7 @@ import pytest
 from mmo.errors import (
     BadRequest,
     DeadlineExceeded,
+    Forbidden,
     InstanceLost,
     MmoError,
     NoLiveInstance,
@@ -24,6 +25,7 @@ TYPED = {
     ErrorCode.BAD_REQUEST: BadRequest,
     ErrorCode.INSTANCE_LOST: InstanceLost,
     ErrorCode.UNAVAILABLE: Unavailable,
+    ErrorCode.FORBIDDEN: Forbidden,
 }
 
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
+from mmo.errors import Forbidden, UnknownMethod
 from mmo.fight.dispatcher import FightDispatcher
-from mmo.fight.errors import BadFight, Forbidden, PoolFull
+from mmo.fight.errors import BadFight, PoolFull
 from mmo.fight.pool import FightPool
-from mmo.logic.handler import Session
+from mmo.logic.handler import Origin, Session
 from mmo.testing import fake_context, handler_factory
 
 from .test_fight_pool import FakeSpawner, ready_all, result
@@ -59,10 +60,13 @@ def call(
     sess: Session | None = None,
     caller: str = "logic",
     timeout: float = 5.0,
+    origin: int = Origin.MEMBER,
     **kwargs: Any,
 ) -> Any:
     """Call ``on_<method>`` as the server would."""
-    ctx = fake_context(dispatcher, method, caller=caller, session=sess, timeout=timeout)
+    ctx = fake_context(
+        dispatcher, method, caller=caller, session=sess, timeout=timeout, origin=origin
+    )
     return dispatcher.dispatch(ctx, kwargs)
 
 
@@ -86,16 +90,29 @@ def test_allocate_waits_within_the_callers_deadline():
         result(d)
 
 
-def test_players_may_not_allocate_or_release():
-    """A call carrying a client session from anyone but a fight process is Forbidden."""
-    dispatcher, _, _, _ = make_dispatcher()
-    with pytest.raises(Forbidden):
-        call(dispatcher, "allocate", sess=session("mallory"), caller="broker-1", players=["m"])
-    fight = result(call(dispatcher, "allocate", players=["a"]))
-    with pytest.raises(Forbidden):
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("allocate", {"players": ["m"]}),
+        ("release", {"fight_id": "f"}),
+        ("arrived", {"fight_id": "f"}),
+        ("matchmake", {}),
+        ("status", {}),
+    ],
+)
+def test_players_reach_no_dispatcher_method(method: str, kwargs: dict[str, Any]):
+    """A player's packet reaching the dispatcher finds no method at all (not even status)."""
+    dispatcher, pool, _, _ = make_dispatcher()
+    with pytest.raises(UnknownMethod):
         call(
-            dispatcher, "release", sess=session("a"), caller="broker-1", fight_id=fight["fight_id"]
+            dispatcher,
+            method,
+            sess=session("mallory"),
+            caller="broker-1",
+            origin=Origin.CLIENT,
+            **kwargs,
         )
+    assert not pool.fights
 
 
 def test_arrived_keeps_the_session_and_release_keeps_the_result():
@@ -194,7 +211,7 @@ def test_matchmake_alone_gives_up_before_the_deadline():
 def test_matchmake_needs_a_session_and_refuses_a_second_queueing():
     """matchmake is a player's request; the same player cannot queue twice."""
     dispatcher, _, _, _ = make_dispatcher()
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden, match="client session"):
         call(dispatcher, "matchmake")
     call(dispatcher, "matchmake", sess=session("a"), caller="fight-1")
     with pytest.raises(BadFight, match="already waiting"):

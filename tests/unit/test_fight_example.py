@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
+from mmo.errors import UnknownMethod
 from mmo.examples.fight import FightNotStarted, NotFighting, NotYourTurn, TurnFight
 from mmo.fight import Forbidden, UnknownFight
-from mmo.logic.handler import Session
+from mmo.logic.handler import Origin, Session
 from mmo.testing import fake_context, handler_factory
 
 from .test_fight_pool import result
@@ -72,8 +73,12 @@ def make_fight(**attributes: Any) -> tuple[TurnFight, FakeDispatcher]:
 
 
 def call(handler: TurnFight, method: str, user: str | None, **kwargs: Any) -> Any:
-    """Call ``on_<method>`` for ``user``'s session (or with none)."""
-    ctx = fake_context(handler, method, session=session(user) if user else None)
+    """Call ``on_<method>`` as ``user``'s request through a broker (or, with no user, as
+    a cluster member's call without a session)."""
+    if user is None:
+        ctx = fake_context(handler, method)
+    else:
+        ctx = fake_context(handler, method, session=session(user), origin=Origin.CLIENT)
     out = handler.dispatch(ctx, kwargs)
     return result(out) if isinstance(out, defer.Deferred) else out
 
@@ -162,12 +167,22 @@ def test_matchmake_is_relayed_to_the_dispatcher_with_the_session():
 
 
 def test_expired_comes_only_from_the_dispatcher_and_drops_the_fight():
-    """expired from a player is Forbidden; from the dispatcher it forgets the fight."""
+    """expired does not exist for a player, is Forbidden to other members and to another
+    dispatcher; from the dispatcher that spawned the process it forgets the fight."""
     fight, _ = make_fight()
     fight.dispatcher_id = "fight-dispatcher"
     call(fight, "join", "alice", fight_id="f1")
-    with pytest.raises(Forbidden):
+    with pytest.raises(UnknownMethod):
         call(fight, "expired", "alice", fight_id="f1")
-    ctx = fake_context(fight, "expired", caller="fight-dispatcher")
+    for caller, role in [("chat-1", "worker"), ("other-dispatcher", "fight")]:
+        with pytest.raises(Forbidden):
+            ctx = fake_context(fight, "expired", caller=caller, caller_role=role)
+            fight.dispatch(ctx, {"fight_id": "f1"})
+    ctx = fake_context(fight, "expired", caller="fight-dispatcher", caller_role="fight")
     fight.dispatch(ctx, {"fight_id": "f1"})
     assert "f1" not in fight.fights and "alice" not in fight.by_player
+
+
+def test_the_client_routes_are_declared():
+    """Players may matchmake, join, attack and see their state; results are not theirs."""
+    assert TurnFight.registry_meta()["client"] == ["attack", "join", "matchmake", "state"]

@@ -15,21 +15,15 @@ from twisted.internet import task
 
 from mmo.config import ConfigError
 from mmo.data.tokens import issue, verify
-from mmo.errors import BadRequest, MmoError
+from mmo.errors import BadRequest, Forbidden, MmoError, UnknownMethod
 from mmo.registry import Change, Instance
 from mmo.sessions import ResumeFailed, SessionService
-from mmo.sessions.service import GRACE_ENV, RESUME_PURPOSE, TOKEN_TTL_ENV
+from mmo.sessions.service import RESUME_PURPOSE, TooManySessions
 from mmo.testing import fake_context, handler_factory
-from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
+from mmo.wire.gen.mmo.ttypes import ErrorCode, Origin, Session
 
 GRACE = 30.0
 URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-@pytest.fixture(autouse=True)
-def _no_grace_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests see the class default grace unless they set the variable themselves."""
-    monkeypatch.delenv(GRACE_ENV, raising=False)
 
 
 @pytest.fixture
@@ -45,8 +39,12 @@ def svc(clock: task.Clock) -> SessionService:
 
 
 def call(svc: SessionService, method: str, **kwargs: Any) -> Any:
-    """Call a method the way the worker does: through the checked dispatch table."""
-    return svc.dispatch(fake_context(svc, method), kwargs)
+    """Call a method the way the worker does: through the checked dispatch table; with
+    ``broker=...``, as that broker (the caller a session is held by)."""
+    broker = kwargs.pop("broker", None)
+    if broker is None:
+        return svc.dispatch(fake_context(svc, method), kwargs)
+    return svc.dispatch(fake_context(svc, method, caller=broker, caller_role="broker"), kwargs)
 
 
 def published(svc: SessionService) -> list[tuple[str, Any]]:
@@ -101,7 +99,7 @@ def test_open_returns_random_urlsafe_id_and_token_and_publishes_enter(svc: Sessi
     assert set(reply) == {"session_id", "token", "token_ttl"}
     assert URLSAFE.fullmatch(reply["session_id"]) and len(reply["session_id"]) == 16
     assert verify(reply["token"], svc.key, purpose=RESUME_PURPOSE) == reply["session_id"]
-    assert reply["token_ttl"] == SessionService.token_ttl
+    assert reply["token_ttl"] == svc.token_ttl
     assert published(svc) == [
         (
             "enter",
@@ -163,8 +161,9 @@ def test_open_refuses_bad_arguments(svc: SessionService, kwargs: dict[str, Any])
     assert svc.records == {}
 
 
-def test_find_lists_a_users_sessions_oldest_first(svc: SessionService) -> None:
+def test_find_lists_a_users_sessions_oldest_first(clock: task.Clock) -> None:
     """find answers each of the user's sessions with broker and online flag, oldest first."""
+    svc = handler_factory(SessionService, clock=clock, settings={"max_sessions_per_user": 2})
     a = open_session(svc, "alice", "b1")["session_id"]
     open_session(svc, "bob", "b1")
     b = open_session(svc, "alice", "b2")["session_id"]
@@ -237,25 +236,9 @@ def test_closed_of_an_unknown_session_is_ignored(svc: SessionService) -> None:
     assert published(svc) == []
 
 
-def test_grace_is_a_class_attribute_a_subclass_may_change(clock: task.Clock) -> None:
-    """A subclass setting grace gets that grace period."""
-
-    class Quick(SessionService):
-        grace = 2.0
-
-    svc = handler_factory(Quick, clock=clock)
-    sid = open_session(svc)["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
-    clock.advance(2.0)
-    assert call(svc, "get", session_id=sid) is None
-
-
-def test_grace_comes_from_the_environment_when_set(
-    monkeypatch: pytest.MonkeyPatch, clock: task.Clock
-) -> None:
-    """$MMO_SESSION_GRACE overrides the class default."""
-    monkeypatch.setenv(GRACE_ENV, "0.5")
-    svc = handler_factory(SessionService, clock=clock)
+def test_grace_is_a_setting(clock: task.Clock) -> None:
+    """The grace setting ([worker.settings] grace, --set grace=...) sets the grace period."""
+    svc = handler_factory(SessionService, clock=clock, settings={"grace": "0.5"})
     assert svc.grace == 0.5
     sid = open_session(svc)["session_id"]
     call(svc, "closed", session_id=sid, broker="b1")
@@ -263,14 +246,23 @@ def test_grace_comes_from_the_environment_when_set(
     assert call(svc, "get", session_id=sid) is None
 
 
-@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
-def test_a_bad_grace_in_the_environment_is_a_config_error(
-    monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
-    """A grace that is not a finite number >= 0 is refused, naming the variable."""
-    monkeypatch.setenv(GRACE_ENV, value)
-    with pytest.raises(ConfigError, match=GRACE_ENV):
-        handler_factory(SessionService)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"grace": "soon"},
+        {"grace": -1},
+        {"grace": "nan"},
+        {"grace": "inf"},
+        {"max_sessions_per_user": 0},
+        {"when_full": "evict"},
+        {"sweep_interval": 0},
+        {"nosuch": 1},
+    ],
+)
+def test_bad_settings_are_a_config_error(settings: dict[str, Any]) -> None:
+    """A setting of the wrong type, out of range or unknown is refused, naming it."""
+    with pytest.raises(ConfigError, match=next(iter(settings)).replace("_", "[-_]")):
+        handler_factory(SessionService, settings=settings)
 
 
 def test_stop_cancels_the_grace_timers(svc: SessionService, clock: task.Clock) -> None:
@@ -298,7 +290,7 @@ def test_resume_restores_the_session_with_a_new_token_and_publishes_online(
         "session_id": sid,
         "user_id": "alice",
         "token": reply["token"],
-        "token_ttl": SessionService.token_ttl,
+        "token_ttl": svc.token_ttl,
         "props": {},
         "channels": [],
         "bindings": {},
@@ -360,8 +352,7 @@ def test_resume_with_a_forged_expired_or_foreign_token_fails(
     for token in forged:
         with pytest.raises(ResumeFailed):
             call(svc, "resume", session_id=sid, token=token, broker="b1")
-    monkeypatch.setenv(TOKEN_TTL_ENV, "0")
-    short = handler_factory(SessionService, clock=task.Clock())
+    short = handler_factory(SessionService, clock=task.Clock(), settings={"token_ttl": 0})
     expired = open_session(short)
     with pytest.raises(ResumeFailed, match="expired"):
         call(short, "resume", session_id=expired["session_id"], token=expired["token"], broker="b1")
@@ -377,7 +368,7 @@ def test_refresh_gives_a_new_token_to_the_session_online_on_that_broker(
     with pytest.raises(ResumeFailed):
         call(svc, "refresh", session_id=sid, broker="b2")
     fresh = call(svc, "refresh", session_id=sid, broker="b1")
-    assert fresh == {"token": fresh["token"], "token_ttl": SessionService.token_ttl}
+    assert fresh == {"token": fresh["token"], "token_ttl": svc.token_ttl}
     with pytest.raises(ResumeFailed):
         call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
     assert call(svc, "resume", session_id=sid, token=fresh["token"], broker="b1")["user_id"]
@@ -629,3 +620,100 @@ def test_memory_is_released_when_sessions_leave(svc: SessionService, clock: task
     assert svc.records == {}
     assert svc._by_user == {}
     assert clock.getDelayedCalls() == []
+
+
+# -- who may call, sessions per user, orphans ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("open", {"user_id": "mallory"}),
+        ("resume", {"session_id": "s", "token": "t"}),
+        ("refresh", {"session_id": "s"}),
+        ("closed", {"session_id": "s"}),
+        ("logout", {"session_id": "s"}),
+        ("track", {"session_id": "s", "joined": ["room:x"]}),
+    ],
+)
+def test_only_brokers_may_change_sessions(
+    svc: SessionService, method: str, kwargs: dict[str, Any]
+) -> None:
+    """The methods that open, resume or change a session are Forbidden to other members
+    and do not exist for players."""
+    for role in ("worker", "tool"):
+        with pytest.raises(Forbidden):
+            svc.dispatch(fake_context(svc, method, caller="chat-1", caller_role=role), kwargs)
+    player = fake_context(
+        svc,
+        method,
+        caller="b1",
+        caller_role="broker",
+        origin=Origin.CLIENT,
+        session=Session(id="x"),
+    )
+    with pytest.raises(UnknownMethod):
+        svc.dispatch(player, kwargs)
+    assert not svc.records
+
+
+def test_the_broker_is_the_caller_never_the_body(svc: SessionService) -> None:
+    """A body naming a broker is refused (unexpected argument): the record's broker is the
+    calling broker's instance id."""
+    with pytest.raises(BadRequest, match="unexpected keyword argument 'broker'"):
+        svc.dispatch(
+            fake_context(svc, "open", caller="b1", caller_role="broker"),
+            {"user_id": "alice", "broker": "elsewhere"},
+        )
+    sid = open_session(svc, "alice", "b7")["session_id"]
+    assert call(svc, "get", session_id=sid)["broker"] == "b7"
+
+
+def test_a_new_login_replaces_the_users_session(svc: SessionService) -> None:
+    """By default a user holds one session: a second login ends the first (kick + leave)."""
+    first = open_session(svc, "alice", "b1")["session_id"]
+    second = open_session(svc, "alice", "b2")["session_id"]
+    assert call(svc, "get", session_id=first) is None
+    assert call(svc, "find", user_id="alice") == [
+        {"session_id": second, "broker": "b2", "online": True}
+    ]
+    ((kicked, reason),) = kicks(svc)
+    assert (kicked.id, kicked.broker) == (first, "b1") and "replaced" in reason
+    assert (
+        "leave",
+        {"session_id": first, "user_id": "alice", "broker": "b1", "reason": "replaced"},
+    ) in published(svc)
+    assert svc.counters["replaced"] == 1
+
+
+def test_when_full_refuse_keeps_the_old_session(clock: task.Clock) -> None:
+    """when_full = refuse: a login past the limit fails with TooManySessions."""
+    svc = handler_factory(SessionService, clock=clock, settings={"when_full": "refuse"})
+    first = open_session(svc, "alice")["session_id"]
+    with pytest.raises(TooManySessions):
+        open_session(svc, "alice", "b2")
+    assert call(svc, "get", session_id=first)["online"] is True
+    assert svc.counters["refused"] == 1
+
+
+class SweptView:
+    """A registry view for the sweep: the brokers it lists and whether it is warm."""
+
+    def __init__(self, *brokers: str, warm: bool = True) -> None:
+        self.instances = {"broker": {b: broker(b) for b in brokers}}
+        self.warm = warm
+
+
+def test_sessions_of_a_broker_the_registry_does_not_list_go_offline_then_end(
+    svc: SessionService, clock: task.Clock
+) -> None:
+    """A record held by an unknown broker goes offline at the sweep and ends after grace;
+    nothing is swept while the view is not warm (a restarted registry)."""
+    kept = open_session(svc, "alice", "b1")["session_id"]
+    orphan = open_session(svc, "bob", "ghost")["session_id"]
+    assert svc.sweep(SweptView("b1", warm=False)) == 0
+    assert svc.sweep(SweptView("b1")) == 1
+    assert call(svc, "get", session_id=orphan)["online"] is False
+    clock.advance(GRACE)
+    assert call(svc, "get", session_id=orphan) is None
+    assert call(svc, "get", session_id=kept)["online"] is True

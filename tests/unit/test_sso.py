@@ -16,10 +16,12 @@ from mmo.examples.sso import (
     AccountExists,
     BadCredentials,
     InvalidAccount,
+    LoginThrottled,
+    RegistrationThrottled,
     SSOService,
 )
-from mmo.testing import fake_context, handler_factory
-from mmo.wire.gen.mmo.ttypes import ErrorCode
+from mmo.testing import fake_context, handler_factory, result_of
+from mmo.wire.gen.mmo.ttypes import ErrorCode, Origin
 
 KEY = "k" * 32
 
@@ -38,9 +40,14 @@ def sso() -> SSOService:
     return handler_factory(SSOService)
 
 
-def call(sso: SSOService, method: str, **kwargs: Any) -> Any:
-    """Call an SSO method through the dispatch table."""
-    return sso.dispatch(fake_context(sso, method), kwargs)
+def call(sso: SSOService, method: str, *, peer: str | None = None, **kwargs: Any) -> Any:
+    """Call an SSO method through the dispatch table (its answer, or its error raised):
+    with ``peer``, as a player's packet before login, from that address."""
+    if peer is None:
+        ctx = fake_context(sso, method)
+    else:
+        ctx = fake_context(sso, method, caller="broker-1", origin=Origin.LOGIN, peer=peer)
+    return result_of(sso.dispatch(ctx, kwargs))
 
 
 def test_register_then_login(sso: SSOService) -> None:
@@ -56,7 +63,7 @@ def test_login_token_expires_after_token_ttl(sso: SSOService) -> None:
     """The token's expiry is token_ttl from now; after it, verify raises TokenExpired."""
     call(sso, "register", user="harry", password="hedwig")
     reply = call(sso, "login", user="harry", password="hedwig")
-    assert abs(reply["expires"] - (time.time() + sso.token_ttl)) < 5
+    assert abs(reply["expires"] - (time.time() + sso.settings.token_ttl)) < 5
     with pytest.raises(tokens.TokenExpired):
         tokens.verify(reply["auth_token"], KEY.encode(), now=reply["expires"] + 1)
     with pytest.raises(tokens.InvalidToken):
@@ -184,3 +191,66 @@ def test_sso_serves_register_and_login_only() -> None:
     """The service's method table is register and login, neither retried elsewhere."""
     assert SSOService.method_names() == {"register": False, "login": False}
     assert SSOService.default_service == "sso"
+
+
+# -- abuse limits ---------------------------------------------------------------------
+
+
+def test_login_and_register_are_login_methods_only() -> None:
+    """Players reach login and register before login only; after it they do not exist."""
+    meta = SSOService.registry_meta()
+    assert (meta["login"], meta["client"]) == (["login", "register"], [])
+
+
+def test_guessing_one_account_from_one_address_is_throttled_not_the_owner(
+    sso: SSOService,
+) -> None:
+    """After login_failures_per_pair wrong passwords from one address, that address is refused
+    for that account (even with the right password) until the window ends; the owner from
+    another address logs in meanwhile."""
+    call(sso, "register", user="harry", password="hedwig")
+    for _ in range(5):
+        with pytest.raises(BadCredentials):
+            call(sso, "login", user="harry", password="guess", peer="10.6.6.6")
+    with pytest.raises(LoginThrottled, match="try again in"):
+        call(sso, "login", user="harry", password="hedwig", peer="10.6.6.6")
+    assert call(sso, "login", user="harry", password="hedwig", peer="10.1.1.1")["user_id"]
+    assert sso.counters["logins_throttled"] == 1
+    sso.clock.advance(sso.settings.login_window)
+    assert call(sso, "login", user="harry", password="hedwig", peer="10.6.6.6")["user_id"]
+
+
+def test_one_address_trying_many_accounts_is_throttled(sso: SSOService) -> None:
+    """Failures from one address across accounts stop at login_failures_per_address."""
+    for n in range(30):
+        with pytest.raises(BadCredentials):
+            call(sso, "login", user=f"user{n}", password="guess", peer="10.6.6.6")
+    with pytest.raises(LoginThrottled):
+        call(sso, "login", user="someone", password="guess", peer="10.6.6.6")
+    with pytest.raises(BadCredentials):
+        call(sso, "login", user="someone", password="guess", peer="10.2.2.2")
+
+
+def test_many_addresses_guessing_one_account_lock_it_for_the_window() -> None:
+    """Past login_failures_per_account (from any addresses) the account waits for its window."""
+    sso = handler_factory(SSOService, settings={"login_failures_per_account": 6})
+    call(sso, "register", user="harry", password="hedwig")
+    for n in range(6):
+        with pytest.raises(BadCredentials):
+            call(sso, "login", user="harry", password="guess", peer=f"10.9.0.{n}")
+    with pytest.raises(LoginThrottled):
+        call(sso, "login", user="harry", password="hedwig", peer="10.1.1.1")
+    sso.clock.advance(sso.settings.login_window)
+    assert call(sso, "login", user="harry", password="hedwig", peer="10.1.1.1")["user_id"]
+
+
+def test_registrations_per_address_are_limited() -> None:
+    """registrations_per_address accounts per window from one address; others are served."""
+    sso = handler_factory(SSOService, settings={"registrations_per_address": 3})
+    for n in range(3):
+        call(sso, "register", user=f"bot{n}", password="pw", peer="10.6.6.6")
+    with pytest.raises(RegistrationThrottled):
+        call(sso, "register", user="bot3", password="pw", peer="10.6.6.6")
+    assert "bot3" not in sso.accounts
+    call(sso, "register", user="human", password="pw", peer="10.1.1.1")
+    assert sso.counters["registrations_throttled"] == 1

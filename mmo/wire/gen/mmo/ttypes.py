@@ -48,6 +48,7 @@ class ErrorCode(object):
     BAD_REQUEST = 5
     INSTANCE_LOST = 6
     UNAVAILABLE = 7
+    FORBIDDEN = 8
 
     _VALUES_TO_NAMES = {
         1: "REMOTE",
@@ -57,6 +58,7 @@ class ErrorCode(object):
         5: "BAD_REQUEST",
         6: "INSTANCE_LOST",
         7: "UNAVAILABLE",
+        8: "FORBIDDEN",
     }
 
     _NAMES_TO_VALUES = {
@@ -67,6 +69,25 @@ class ErrorCode(object):
         "BAD_REQUEST": 5,
         "INSTANCE_LOST": 6,
         "UNAVAILABLE": 7,
+        "FORBIDDEN": 8,
+    }
+
+
+class Origin(object):
+    MEMBER = 1
+    CLIENT = 2
+    LOGIN = 3
+
+    _VALUES_TO_NAMES = {
+        1: "MEMBER",
+        2: "CLIENT",
+        3: "LOGIN",
+    }
+
+    _NAMES_TO_VALUES = {
+        "MEMBER": 1,
+        "CLIENT": 2,
+        "LOGIN": 3,
     }
 
 
@@ -517,6 +538,9 @@ class Header(object):
      - route
      - instance_id
      - client_seq
+     - caller_role
+     - origin
+     - peer
 
     """
 
@@ -538,10 +562,13 @@ class Header(object):
         'route',
         'instance_id',
         'client_seq',
+        'caller_role',
+        'origin',
+        'peer',
     )
 
 
-    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None, client_seq=None,):
+    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None, client_seq=None, caller_role=None, origin=None, peer=None,):
         self.kind = kind
         self.call_id = call_id
         self.service_name = service_name
@@ -559,6 +586,9 @@ class Header(object):
         self.route = route
         self.instance_id = instance_id
         self.client_seq = client_seq
+        self.caller_role = caller_role
+        self.origin = origin
+        self.peer = peer
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -660,6 +690,21 @@ class Header(object):
                     self.client_seq = iprot.readI32()
                 else:
                     iprot.skip(ftype)
+            elif fid == 18:
+                if ftype == TType.STRING:
+                    self.caller_role = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 19:
+                if ftype == TType.I32:
+                    self.origin = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 20:
+                if ftype == TType.STRING:
+                    self.peer = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -740,6 +785,18 @@ class Header(object):
         if self.client_seq is not None:
             oprot.writeFieldBegin('client_seq', TType.I32, 17)
             oprot.writeI32(self.client_seq)
+            oprot.writeFieldEnd()
+        if self.caller_role is not None:
+            oprot.writeFieldBegin('caller_role', TType.STRING, 18)
+            oprot.writeString(self.caller_role.encode('utf-8') if sys.version_info[0] == 2 else self.caller_role)
+            oprot.writeFieldEnd()
+        if self.origin is not None:
+            oprot.writeFieldBegin('origin', TType.I32, 19)
+            oprot.writeI32(self.origin)
+            oprot.writeFieldEnd()
+        if self.peer is not None:
+            oprot.writeFieldBegin('peer', TType.STRING, 20)
+            oprot.writeString(self.peer.encode('utf-8') if sys.version_info[0] == 2 else self.peer)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1277,6 +1334,9 @@ Header.thrift_spec = (
     (15, TType.STRING, 'route', 'UTF8', None, ),  # 15
     (16, TType.STRING, 'instance_id', 'UTF8', None, ),  # 16
     (17, TType.I32, 'client_seq', None, None, ),  # 17
+    (18, TType.STRING, 'caller_role', 'UTF8', None, ),  # 18
+    (19, TType.I32, 'origin', None, None, ),  # 19
+    (20, TType.STRING, 'peer', 'UTF8', None, ),  # 20
 )
 all_structs.append(Instance)
 Instance.thrift_spec = (

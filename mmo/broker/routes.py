@@ -1,0 +1,104 @@
+"""What players may call at a broker: the client routes handlers declare, narrowed by config.
+
+Each worker registers the methods its handler declares for logged-in players
+(registry metadata ``client``, see :func:`mmo.logic.client_method`). A
+:class:`RouteTable` follows the registry and answers, for a route
+``prefix.method``, whether a logged-in player may call it: the prefix
+names a service (``[broker] routes`` maps prefixes to other names), the service
+must have a live instance declaring the method, and the listener the player came
+in on must accept the route (:class:`RoutePatterns`). Anything else is refused
+exactly as a route that does not exist. (Before login a broker serves only the
+routes its config names, which the worker takes only if they are login methods.)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+
+from mmo.registry import Change, Instance
+from mmo.wire import from_value
+
+__all__ = ["RoutePatterns", "RouteTable", "declared"]
+
+_NONE: frozenset[str] = frozenset()
+
+
+def declared(instance: Instance, key: str) -> frozenset[str]:
+    """The method names an instance's registry metadata lists under ``key``."""
+    value = (instance.meta or {}).get(key)
+    names = from_value(value) if value is not None else None
+    if not isinstance(names, list):
+        return _NONE
+    return frozenset(n for n in names if isinstance(n, str))
+
+
+class RouteTable:
+    """The routes players may call, kept current from the registry.
+
+    Args:
+        routes: route prefix -> service name, where they differ (``[broker] routes``).
+
+    Attributes:
+        client: service -> methods a logged-in player may call (the union over its
+            live instances: the worker checks again, so a rolling upgrade is safe).
+    """
+
+    def __init__(self, routes: Mapping[str, str] | None = None) -> None:
+        self.routes = dict(routes or {})
+        self.client: dict[str, frozenset[str]] = {}
+        self._instances: dict[str, dict[str, Instance]] = {}
+
+    def service_of(self, prefix: str) -> str:
+        """The service a route prefix names."""
+        return self.routes.get(prefix, prefix)
+
+    def target(self, route: str) -> tuple[str, str, str] | None:
+        """``(prefix, service, method)`` of a route a logged-in player may call, or None."""
+        prefix, dot, method = route.partition(".")
+        if not dot or not prefix or not method:
+            return None
+        service = self.routes.get(prefix, prefix)
+        if method not in self.client.get(service, _NONE):
+            return None
+        return prefix, service, method
+
+    def changed(self, change: int, instance: Instance, reason: str = "") -> None:
+        """Registry listener: an instance came up, changed or went down."""
+        service = instance.service_name
+        instances = self._instances.setdefault(service, {})
+        if change == Change.UP:
+            instances[instance.instance_id] = instance
+        else:
+            instances.pop(instance.instance_id, None)
+        client = frozenset().union(*(declared(i, "client") for i in instances.values()))
+        if client:
+            self.client[service] = client
+        else:
+            self.client.pop(service, None)
+        if not instances:
+            del self._instances[service]
+
+
+class RoutePatterns:
+    """The routes one listener accepts: shell-style patterns (``chat.*``, ``sso.login``);
+    ``*`` alone accepts every route the handlers declare.
+
+    Args:
+        patterns: the listener's patterns (``[broker] listen-routes`` or ``websocket-routes``).
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(patterns)
+        self.everything = "*" in self.patterns
+        # Only declared routes are ever asked about, so this stays small.
+        self._known: dict[str, bool] = {}
+
+    def accepts(self, route: str) -> bool:
+        """Whether the listener accepts ``route``."""
+        if self.everything:
+            return True
+        known = self._known.get(route)
+        if known is None:
+            known = self._known[route] = any(fnmatch.fnmatchcase(route, p) for p in self.patterns)
+        return known
