@@ -472,6 +472,15 @@ class SessionService(ServiceHandler):
                     "logged in elsewhere: this session was replaced by a newer login",
                 )
             self.counters["replaced"] += 1
+            if self.counters["replaced"] % 100 == 1:
+                log.info(
+                    "sessions: {user} logged in again: session {sid} on {broker} replaced"
+                    " ({n} replaced so far)",
+                    user=user,
+                    sid=session_id,
+                    broker=record.broker,
+                    n=self.counters["replaced"],
+                )
             self._end(record, REASON_REPLACED)
 
     def _lookup(self, session_id: Any) -> SessionRecord | None:
