@@ -8,7 +8,8 @@ brokerlist) as supervised child processes on 127.0.0.1 (on free ports), then:
   kind of error, push and pub-sub, a worker killed with ``kill -9`` under load;
 * part 2, the edge: chat bots log in through the brokerlist, join a room, talk,
   see each other's messages; a broker is killed and its bots resume their
-  sessions on the other broker, still in the room.
+  sessions on the other broker, still in the room; a new player registers an
+  account (``sso.register``, stored in the sso worker's SQLite) and logs in.
 
 It prints what happens, stops everything it started, and exits 0 when every
 step went as expected.
@@ -332,6 +333,31 @@ class Demo:
         self.check("alice saw dave leave", any("dave left" in x for x in heard["alice"]))
         yield self.fight(bots["alice"], bots["bob"])
         for client in bots.values():
+            yield client.close()
+        yield self.register(url)
+
+    @defer.inlineCallbacks
+    def register(self, url: str) -> InlineCallbacks[None]:
+        """A new player makes an account through a broker (``sso.register``), then logs in."""
+        from mmo.client import Client
+        from mmo.client.errors import ClientException
+
+        self.say("\n13. erin, a new player, registers an account through a broker (sso.register,")
+        self.say("    kept in the sso worker's database) and logs in with it:")
+        client = Client(self.reactor, brokerlist=url)
+        try:
+            yield client.connect()
+            reply = yield client.register(user="erin", password="pw-erin")
+            self.check("erin registered", reply == {"user_id": "erin"}, repr(reply))
+            reply = yield client.login(user="erin", password="pw-erin")
+            self.check(
+                f"erin logged in on {client.broker_address}",
+                client.user_id == "erin",
+                f"session {reply['session_id']}",
+            )
+        except ClientException as e:
+            self.check("erin registered and logged in", False, f"{type(e).__name__}: {e}")
+        finally:
             yield client.close()
 
     @defer.inlineCallbacks

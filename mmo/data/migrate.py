@@ -11,7 +11,8 @@ idempotent and safe when several processes start at once (PostgreSQL: an
 advisory lock; SQLite: ``BEGIN IMMEDIATE``). It refuses, with
 :class:`~mmo.data.errors.SchemaTooNew`, a database whose schema is newer than
 the code, and with :class:`~mmo.data.errors.MigrationError` one where a file
-applied earlier has changed since.
+applied earlier has changed since, or a migrations package that holds no file at
+all (an install without its data files must not look like an empty schema).
 """
 
 from __future__ import annotations
@@ -75,10 +76,16 @@ def load_migrations(package: str = "mmo.data.migrations") -> list[Migration]:
     """The migrations of ``package``, by version: 1, 2, ... with no gap.
 
     Raises:
-        MigrationError: a ``.sql`` file is misnamed, a version is missing or repeated.
+        MigrationError: the package cannot be imported or holds no ``.sql`` file (an
+            install that left the data files out), a ``.sql`` file is misnamed, or a
+            version is missing or repeated.
     """
+    try:
+        entries = list(resources.files(package).iterdir())
+    except ModuleNotFoundError as e:
+        raise MigrationError(f"{package}: no such migrations package ({e})") from e
     found: dict[int, Migration] = {}
-    for entry in resources.files(package).iterdir():
+    for entry in entries:
         if not entry.name.endswith(".sql"):
             continue
         match = _NAME.fullmatch(entry.name)
@@ -90,6 +97,13 @@ def load_migrations(package: str = "mmo.data.migrations") -> list[Migration]:
                 f"{package}: {entry.name} and {found[version].name} have the same version"
             )
         found[version] = Migration(version, entry.name, entry.read_text(encoding="utf-8"))
+    if not found:
+        # An empty schema would "apply" nothing and let the code fail later on a missing
+        # table; this is what a wheel built without its package data looks like.
+        raise MigrationError(
+            f"{package}: no migration files (NNNN_name.sql) found; "
+            "is the package installed without its data files?"
+        )
     versions = sorted(found)
     if versions != list(range(1, len(versions) + 1)):
         raise MigrationError(f"{package}: versions must be 1, 2, 3... with no gap: {versions}")

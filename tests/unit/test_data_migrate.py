@@ -120,6 +120,23 @@ def test_bad_migration_files_are_refused(package: Any, files: dict[str, str], ma
     assert db.statements == []
 
 
+def test_a_package_without_migration_files_is_refused(package: Any) -> None:
+    """A migrations package with no .sql file (a wheel without its data) is refused, by name."""
+    empty = package("no_sql_here", {"README.txt": "the .sql files were left out"})
+    with pytest.raises(MigrationError, match=r"no_sql_here: no migration files"):
+        load_migrations(empty)
+    db = FakeDatabase()
+    with pytest.raises(MigrationError, match="no_sql_here"):
+        value(migrate(db, empty, "empty"))
+    assert db.statements == []
+
+
+def test_a_missing_migrations_package_is_refused() -> None:
+    """A migrations package that cannot be imported is a MigrationError naming it."""
+    with pytest.raises(MigrationError, match=r"no_such_migrations: no such migrations package"):
+        load_migrations("no_such_migrations")
+
+
 def test_a_failing_migration_leaves_nothing_behind(package: Any) -> None:
     """A statement that fails rolls the whole run back: no table, no record."""
     db = FakeDatabase()
