@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmo.config import ConfigError, check_zmq_address
+from mmo.net import WILDCARDS, advertised_host
 
 
 @dataclass(frozen=True)
@@ -13,9 +14,20 @@ class BrokerConfig:
 
     Attributes:
         yellow: addresses of the yellows.
-        listen: Twisted endpoint for TCP clients (4-byte length + Thrift packet).
+        listen: Twisted endpoint for TCP clients (4-byte length + Thrift packet): any
+            server endpoint description (``tcp:6100:interface=...``, ``ssl:...``,
+            ``tcp6:...``); port 0 picks a free one (the registry gets the real one).
         websocket: Twisted endpoint for WebSocket clients (one packet per binary message).
-        advertise_host: the host clients are told to connect to (brokerlist).
+        bind_host: the interface the internal ZeroMQ endpoint binds (logic's pushes come
+            in there): default the advertised host if it is an IP or interface, else
+            127.0.0.1; ``0.0.0.0`` for every interface.
+        advertise_host: the host (or interface name) the registry lists for the internal
+            endpoint, which other machines' workers connect to (default: ``bind_host``).
+        public_host: the host clients are told to connect to (brokerlist): default the
+            interface a listener listens on, or ``advertise_host`` if that is every one.
+        tls_cert: a PEM certificate (chain) file; with ``tls_key``, both client listeners
+            speak TLS (TCP + TLS, and WSS), and the brokerlist says so.
+        tls_key: the PEM private key file of ``tls_cert``.
         instance_id: the broker's id in the registry.
         login_route: the route of the login request (service.method).
         anonymous_routes: routes served before login, without a session.
@@ -50,7 +62,11 @@ class BrokerConfig:
     yellow: tuple[str, ...]
     listen: str = "tcp:6100:interface=127.0.0.1"
     websocket: str | None = None
-    advertise_host: str = "127.0.0.1"
+    bind_host: str | None = None
+    advertise_host: str | None = None
+    public_host: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     instance_id: str | None = None
     login_route: str = "sso.login"
     anonymous_routes: tuple[str, ...] = ("sso.register",)
@@ -101,6 +117,11 @@ class BrokerConfig:
             patterns = getattr(self, key)
             if not patterns or not all(patterns):
                 raise ConfigError(key.replace("_", "-"), "give one or more patterns (* for all)")
+        advertised_host(self.bind_host, self.advertise_host)
+        if self.public_host in WILDCARDS:
+            raise ConfigError("public-host", "must be an address clients can reach")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls-cert", "give both tls-cert and tls-key, or neither")
         if self.max_channels < 1 or self.max_channel_name < 1:
             raise ConfigError("max-channels", "max-channels and max-channel-name must be >= 1")
         if self.channel_budget < 1 or self.sender_rate <= 0 or self.sender_burst < 1:

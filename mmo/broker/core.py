@@ -39,6 +39,7 @@ from mmo.errors import (
 )
 from mmo.logic.client import Directory
 from mmo.logic.sessions import ALL
+from mmo.net import advertised_host, bind_address, with_host
 from mmo.registry import Registration
 from mmo.sessions.service import RESUME_PURPOSE
 from mmo.wire import WireError, decode, decode_value, encode_value
@@ -138,7 +139,13 @@ class Broker(Service):
             self._socket = self.context.socket(
                 zmq.ROUTER, self._internal, options={zmq.MAXMSGSIZE: 16 * 1024 * 1024}
             )
-            self.endpoint = self._socket.bind(f"tcp://{self.config.advertise_host}:*")
+            config = self.config
+            bound = self._socket.bind(
+                f"tcp://{bind_address(config.bind_host, config.advertise_host)}:*"
+            )
+            self.endpoint = with_host(
+                bound, advertised_host(config.bind_host, config.advertise_host)
+            )
         return self.endpoint
 
     @override

@@ -42,6 +42,10 @@ class RouteTable:
     Attributes:
         client: service -> methods a logged-in player may call (the union over its
             live instances: the worker checks again, so a rolling upgrade is safe).
+            When the last instance of a service leaves, its methods stay: a player's
+            request then fails as ``UNAVAILABLE`` (the service is down), not as a route
+            that does not exist. What a player can learn that way is only what handlers
+            declared for players.
     """
 
     def __init__(self, routes: Mapping[str, str] | None = None) -> None:
@@ -71,13 +75,15 @@ class RouteTable:
             instances[instance.instance_id] = instance
         else:
             instances.pop(instance.instance_id, None)
+        if not instances:
+            # Down, not gone: keep what it declared (bounded by the services ever seen).
+            del self._instances[service]
+            return
         client = frozenset().union(*(declared(i, "client") for i in instances.values()))
         if client:
             self.client[service] = client
         else:
             self.client.pop(service, None)
-        if not instances:
-            del self._instances[service]
 
 
 class RoutePatterns:

@@ -63,6 +63,7 @@ class BrokerState:
         listed: whether ``GET /`` lists it (it has an address and a live link).
         age: seconds since this process first saw the instance (inf if unknown).
         meta: its registry metadata, decoded.
+        tls: those of its addresses that speak TLS (meta ``tls``).
     """
 
     instance_id: str
@@ -73,6 +74,7 @@ class BrokerState:
     listed: bool
     age: float
     meta: dict[str, Any] = field(default_factory=dict)
+    tls: frozenset[str] = frozenset()
 
 
 class BrokerSource(Protocol):
@@ -195,6 +197,7 @@ class LiveBrokers(Service):
                     listed=address is not None and (up or young),
                     age=age,
                     meta=meta,
+                    tls=frozenset(a for a in meta.get("tls") or () if isinstance(a, str)),
                 )
             )
         return states
@@ -225,8 +228,9 @@ class BrokerlistResource(Resource):
     """Answers ``GET /`` (the broker list) and ``GET /status`` (every broker's record).
 
     ``GET /`` is ``{"version": ..., "brokerList": {"host:port": load, ...},
-    "websocketList": {"host:port": load, ...}}``, least loaded first: the same
-    brokers' TCP and WebSocket client addresses. Other paths are 404, other methods
+    "websocketList": {"host:port": load, ...}, "tls": ["host:port", ...]}``, least
+    loaded first: the same brokers' TCP and WebSocket client addresses, and those of
+    them that speak TLS (connect with TLS, or ``wss://``). Other paths are 404, other methods
     405 (``HEAD`` is allowed), and before the registry has been read both paths are
     503 with ``Retry-After: 1``. Every answer, errors too, is ``application/json``.
 
@@ -268,6 +272,7 @@ class BrokerlistResource(Resource):
             "brokerList": {b.address: b.load for b in listed if b.address is not None},
             # Browser clients cannot use the TCP address: the same brokers' WebSocket ones.
             "websocketList": {b.websocket: b.load for b in listed if b.websocket is not None},
+            "tls": sorted({a for b in listed for a in b.tls}),
         }
 
     def status(self, brokers: list[BrokerState]) -> dict[str, Any]:

@@ -41,7 +41,26 @@ def add_parser(sub: Any) -> None:
         default=os.environ.get("MMO_BROKERLIST"),
         help="brokerlist URL (default $MMO_BROKERLIST)",
     )
-    chat.add_argument("--broker", default=None, help="connect to this broker first (host:port)")
+    chat.add_argument(
+        "--broker",
+        default=None,
+        help="connect to this broker first: host:port, or tls://, ws://, wss://HOST:PORT",
+    )
+    chat.add_argument(
+        "--websocket", action="store_true", help="connect over WebSocket (the websocketList)"
+    )
+    chat.add_argument(
+        "--tls",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="TLS to the brokers: as the brokerlist says (auto), always, or never",
+    )
+    chat.add_argument(
+        "--ca-file",
+        default=os.environ.get("MMO_CA_FILE"),
+        help="PEM file of the CA certificates to check brokers against "
+        "(default $MMO_CA_FILE, else the system's)",
+    )
     chat.add_argument("--user", required=True, help="account name")
     chat.add_argument("--password", required=True, help="account password")
     chat.add_argument("--room", required=True, help="room to join")
@@ -219,7 +238,14 @@ def cmd_chat(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     if not args.brokerlist and not args.broker:
         raise CommandError("give --brokerlist URL (or $MMO_BROKERLIST) or --broker HOST:PORT")
     try:
-        client = Client(reactor, brokerlist=args.brokerlist or None, broker=args.broker)
+        client = Client(
+            reactor,
+            brokerlist=args.brokerlist or None,
+            broker=args.broker,
+            transport="websocket" if args.websocket else "tcp",
+            tls={"auto": None, "on": True, "off": False}[args.tls],
+            ca_file=args.ca_file or None,
+        )
     except ValueError as e:
         raise CommandError(str(e)) from e
     yield run_chat(

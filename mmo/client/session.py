@@ -15,6 +15,14 @@ Usage, inside ``inlineCallbacks``::
     ...
     yield client.logout()
 
+A broker is reached over TCP or WebSocket (``transport``), inside TLS when the
+brokerlist says the broker's address speaks it (its ``tls`` list), or always
+(``tls=True``); TLS checks the broker's certificate against ``ca_file`` or the system's
+trust store (:mod:`mmo.client.transports`). After a lost connection, each attempt to
+reconnect waits a random time: the first up to ``backoff_initial`` ("full jitter": the
+players of a broker that died come back spread out rather than all in the same instant),
+the later ones between half and all of a bound that doubles up to ``backoff_max``.
+
 Connecting and fetching the brokerlist are injectable (``connector``, ``fetcher``), so
 the reconnect logic is testable with ``task.Clock`` and ``StringTransport``.
 """
@@ -31,6 +39,7 @@ from typing import Any, cast
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from mmo.client import transports
 from mmo.client.errors import (
     ClientConnectError,
     ClientDisconnected,
@@ -46,13 +55,15 @@ from mmo.client.protocol import (
     Listeners,
     PushCallback,
 )
+from mmo.client.transports import split_url
 from mmo.types import Clock, DelayedCall, InlineCallbacks
 from mmo.wire.gen.mmo.ttypes import ClientError
 
 log = Logger()
 
-#: ``connector(address, protocol)``: connect ``protocol`` to ``"host:port"``; fires with
-#: the protocol once its connection is made.
+#: ``connector(url, protocol)``: connect ``protocol`` to the broker at ``url``
+#: (``tcp://host:port``, ``tls://...``, ``ws://host:port/``, ``wss://...``: see
+#: :mod:`mmo.client.transports`); fires with the protocol once its connection is made.
 Connector = Callable[[str, ClientProtocol], defer.Deferred[ClientProtocol]]
 #: ``fetcher(url)``: the body of an HTTP ``GET`` of ``url``.
 Fetcher = Callable[[str], defer.Deferred[bytes]]
@@ -82,11 +93,44 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def parse_brokerlist(data: bytes | str) -> dict[str, float]:
-    """The brokers of a brokerlist answer: ``{"host:port": load}``.
+@dataclass(frozen=True)
+class BrokerList:
+    """What the brokerlist says.
 
-    Args:
-        data: the JSON document ``{"version": "...", "brokerList": {"host:port": load}}``.
+    Attributes:
+        brokers: TCP client addresses ``"host:port"`` -> load.
+        websockets: WebSocket client addresses -> load.
+        tls: the addresses (of either list) that speak TLS.
+    """
+
+    brokers: dict[str, float]
+    websockets: dict[str, float]
+    tls: frozenset[str]
+
+    def for_transport(self, transport: str) -> dict[str, float]:
+        """The addresses of ``transport`` (``"tcp"`` or ``"websocket"``) -> load."""
+        return self.websockets if transport == "websocket" else self.brokers
+
+
+def _addresses(document: dict[str, Any], key: str) -> dict[str, float]:
+    table = document.get(key, {})
+    if not isinstance(table, dict):
+        raise ClientConnectError(f"brokerlist: {key!r} is not an object")
+    brokers: dict[str, float] = {}
+    for address, load in table.items():
+        if isinstance(load, bool) or not isinstance(load, int | float) or not math.isfinite(load):
+            raise ClientConnectError(f"brokerlist: load of {address!r} is not a number: {load!r}")
+        try:
+            split_address(address)
+        except ValueError as e:
+            raise ClientConnectError(f"brokerlist: {e}") from e
+        brokers[address] = float(load)
+    return brokers
+
+
+def read_brokerlist(data: bytes | str) -> BrokerList:
+    """A brokerlist answer: ``{"version", "brokerList": {"host:port": load},
+    "websocketList": {...}, "tls": ["host:port", ...]}`` (the last two optional).
 
     Raises:
         ClientConnectError: the document is not of that shape.
@@ -97,16 +141,21 @@ def parse_brokerlist(data: bytes | str) -> dict[str, float]:
         raise ClientConnectError(f"brokerlist: not JSON: {e}") from e
     if not isinstance(document, dict) or not isinstance(document.get("brokerList"), dict):
         raise ClientConnectError('brokerlist: expected an object with a "brokerList" object')
-    brokers: dict[str, float] = {}
-    for address, load in document["brokerList"].items():
-        if isinstance(load, bool) or not isinstance(load, int | float) or not math.isfinite(load):
-            raise ClientConnectError(f"brokerlist: load of {address!r} is not a number: {load!r}")
-        try:
-            split_address(address)
-        except ValueError as e:
-            raise ClientConnectError(f"brokerlist: {e}") from e
-        brokers[address] = float(load)
-    return brokers
+    tls = document.get("tls", [])
+    if not isinstance(tls, list) or not all(isinstance(a, str) for a in tls):
+        raise ClientConnectError('brokerlist: "tls" is not a list of addresses')
+    return BrokerList(
+        _addresses(document, "brokerList"), _addresses(document, "websocketList"), frozenset(tls)
+    )
+
+
+def parse_brokerlist(data: bytes | str) -> dict[str, float]:
+    """The TCP brokers of a brokerlist answer: ``{"host:port": load}``.
+
+    Raises:
+        ClientConnectError: the document is not a brokerlist.
+    """
+    return read_brokerlist(data).brokers
 
 
 def pick_broker(
@@ -131,28 +180,6 @@ def pick_broker(
     least = min(candidates.values())
     best = sorted(a for a, load in candidates.items() if load == least)
     return rng.choice(best) if rng is not None else best[0]
-
-
-def tcp_connector(reactor: Any, timeout: float = 5.0) -> Connector:
-    """A :data:`Connector` over TCP (``TCP4ClientEndpoint``, ``timeout`` s to connect)."""
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
-    def connect(address: str, protocol: ClientProtocol) -> defer.Deferred[ClientProtocol]:
-        try:
-            host, port = split_address(address)
-        except ValueError as e:
-            return defer.fail(ClientConnectError(str(e)))
-        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-        d = connectProtocol(endpoint, protocol)
-
-        def failed(failure: Any) -> Any:
-            if failure.check(defer.CancelledError):
-                return failure
-            raise ClientConnectError(f"cannot connect to {address}: {failure.getErrorMessage()}")
-
-        return d.addErrback(failed)
-
-    return connect
 
 
 def http_fetcher(reactor: Any, timeout: float = 5.0) -> Fetcher:
@@ -202,8 +229,11 @@ class Client:
     Attributes:
         resume_window: seconds to keep trying to reconnect and resume after a drop.
         request_timeout: default deadline of :meth:`request` (seconds).
-        backoff_initial: first pause between reconnect attempts (seconds, doubling).
-        backoff_max: longest pause between reconnect attempts (seconds).
+        backoff_initial: the bound of the random pause before the first reconnect
+            attempt (seconds, from 0); it doubles with each attempt (from half of it).
+        backoff_max: the largest bound of the random pause between attempts (seconds).
+        transport: ``"tcp"`` or ``"websocket"``.
+        tls: True: always TLS; False: never; None: as the brokerlist says.
         login_reply: the last login (or resume) reply.
     """
 
@@ -225,8 +255,11 @@ class Client:
         resume_window: float = 30.0,
         request_timeout: float = 5.0,
         connect_timeout: float = 5.0,
-        backoff_initial: float = 0.2,
-        backoff_max: float = 5.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
+        transport: str = "tcp",
+        tls: bool | None = None,
+        ca_file: str | None = None,
         connector: Connector | None = None,
         fetcher: Fetcher | None = None,
         rng: random.Random | None = None,
@@ -237,26 +270,38 @@ class Client:
             reactor: provides time and, unless ``connector``/``fetcher`` are given, TCP;
                 the global reactor if None (a ``task.Clock`` will do with both injected).
             brokerlist: URL of the brokerlist; reconnects always consult it.
-            broker: ``"host:port"`` of a broker: the first connection goes there (without
-                a brokerlist, every connection does).
+            broker: ``"host:port"`` of a broker (reached by ``transport``, in TLS only
+                with ``tls=True``), or its URL (``tls://host:port``, ``wss://host:port/``,
+                ...): the first connection goes there, without asking the brokerlist
+                (without a brokerlist, every connection does).
             login_route: the broker's login route.
             resume_window: see the attribute.
             request_timeout: see the attribute.
             connect_timeout: seconds allowed for TCP connect and for the brokerlist GET.
             backoff_initial: see the attribute.
             backoff_max: see the attribute.
-            connector: how to connect a protocol (default: :func:`tcp_connector`).
+            transport: ``"tcp"`` or ``"websocket"``: which of the brokerlist's lists to
+                use, and how to connect.
+            tls: see the attribute.
+            ca_file: a PEM file of the CA certificates TLS trusts (default: the system's).
+            connector: how to connect a protocol (default: :func:`mmo.client.transports.
+                connector`, every scheme).
             fetcher: how to GET the brokerlist (default: :func:`http_fetcher`).
-            rng: breaks ties between equally loaded brokers.
+            rng: breaks ties between equally loaded brokers, and draws the reconnect pauses.
 
         Raises:
-            ValueError: neither ``brokerlist`` nor ``broker`` is given, or ``broker``
-                is not ``host:port``.
+            ValueError: neither ``brokerlist`` nor ``broker`` is given, ``broker`` is not
+                ``host:port`` or a broker URL, or ``transport`` is unknown.
         """
         if brokerlist is None and broker is None:
             raise ValueError("give a brokerlist URL or a broker address")
+        if transport not in ("tcp", "websocket"):
+            raise ValueError(f"transport is tcp or websocket, not {transport!r}")
+        # A broker given as a URL is reached as it says; "host:port" as the others.
+        self._broker_url: str | None = broker if broker is not None and "://" in broker else None
         if broker is not None:
-            split_address(broker)
+            _, host, port = split_url(broker)
+            broker = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -270,8 +315,11 @@ class Client:
         self.request_timeout = request_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.transport = transport
+        self.tls = tls
         self.login_reply: dict[str, Any] | None = None
-        self._connector = connector or tcp_connector(reactor, connect_timeout)
+        self._connector = connector or transports.connector(reactor, connect_timeout, ca_file)
+        self._tls_addresses: frozenset[str] | None = None
         self._fetcher = fetcher or http_fetcher(reactor, connect_timeout)
         self._rng = rng if rng is not None else random.Random()
         self._listeners = Listeners()
@@ -534,13 +582,22 @@ class Client:
     def _choose(self, avoid: str | None) -> InlineCallbacks[str]:
         if self.brokerlist is None:
             return cast(str, self.broker)
-        data = yield self._fetcher(self.brokerlist)
-        brokers = parse_brokerlist(data)
+        listing = read_brokerlist((yield self._fetcher(self.brokerlist)))
+        self._tls_addresses = listing.tls
+        brokers = listing.for_transport(self.transport)
         return pick_broker(brokers, avoid=(avoid,) if avoid else (), rng=self._rng)
 
+    def _url(self, address: str) -> str:
+        """How to reach broker ``address``: as given, or as transport and TLS say."""
+        if self._broker_url is not None and address == self.broker:
+            return self._broker_url
+        tls = self.tls if self.tls is not None else address in (self._tls_addresses or ())
+        return transports.broker_url(address, self.transport, tls)
+
     def _open(self, address: str) -> defer.Deferred[ClientProtocol]:
-        log.debug("connecting to {address}", address=address)
-        return self._connector(address, self._build_protocol())
+        url = self._url(address)
+        log.debug("connecting to {url}", url=url)
+        return self._connector(url, self._build_protocol())
 
     def _adopt(self, protocol: ClientProtocol, address: str) -> None:
         self._protocol = protocol
@@ -635,10 +692,22 @@ class Client:
     def _reconnect(self) -> InlineCallbacks[None]:
         """Reconnect and resume, with backoff, until it works or the window closes."""
         deadline = self.clock.seconds() + self.resume_window
-        delay = self.backoff_initial
         lost_address = self._address
         last: Exception | None = None
+        attempt = 0
         while not self._closing:
+            # The first attempt after a random pause of up to backoff_initial ("full
+            # jitter"): every player of a dead broker loses it in the same instant, and
+            # they come back spread out. Later ones wait at least half their doubling
+            # bound, so that failing attempts always back off.
+            bound = min(self.backoff_max, self.backoff_initial * 2**attempt)
+            low = 0.0 if attempt == 0 else bound / 2
+            attempt += 1
+            pause = min(self._rng.uniform(low, bound), max(0.0, deadline - self.clock.seconds()))
+            # Always through the reactor, even for no pause: never a loop in one turn.
+            yield task.deferLater(cast(Any, self.clock), pause)
+            if self._closing:
+                return
             protocol: ClientProtocol | None = None
             try:
                 address = yield self._choose(lost_address)
@@ -678,11 +747,8 @@ class Client:
             if self._closing:
                 return
             log.info("resume failed: {e}", e=last)
-            remaining = deadline - self.clock.seconds()
-            if remaining <= 0:
+            if deadline - self.clock.seconds() <= 0:
                 break
-            yield task.deferLater(cast(Any, self.clock), min(delay, remaining))
-            delay = min(delay * 2, self.backoff_max)
         if not self._closing:
             self._reconnecting = None
             self._end(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mmo.config import ConfigError, check_zmq_address
+from mmo.net import advertised_host
 
 #: Environment variables a fight process finds its dispatcher by (set when spawned).
 ENV_DISPATCHER_SERVICE = "MMO_FIGHT_DISPATCHER"
@@ -35,7 +36,9 @@ class FightConfig:
         stop_timeout: seconds a stopped fight process has between SIGTERM and SIGKILL.
         drain_timeout: seconds a graceful stop lets running fights go on.
         worker_args: extra arguments for each fight process's ``twistd mmo-worker``.
-        bind_host: interface the dispatcher's sockets bind.
+        bind_host: interface the dispatcher's and its fight processes' sockets bind.
+        advertise_host: the host (or interface) the registry lists for them (default:
+            ``bind_host``).
         heartbeat: seconds between registry heartbeats.
         call_timeout: default deadline of calls the dispatcher makes, in seconds.
     """
@@ -55,7 +58,8 @@ class FightConfig:
     stop_timeout: float = 10.0
     drain_timeout: float = 60.0
     worker_args: tuple[str, ...] = ()
-    bind_host: str = "127.0.0.1"
+    bind_host: str | None = None
+    advertise_host: str | None = None
     heartbeat: float = 1.0
     call_timeout: float = 5.0
 
@@ -69,6 +73,7 @@ class FightConfig:
             raise ConfigError("handler", f"expected module:Class, got {self.handler!r}")
         if self.cap < 1:
             raise ConfigError("cap", "must be at least 1")
+        advertised_host(self.bind_host, self.advertise_host)
         if self.max_processes < 1:
             raise ConfigError("max-processes", "must be at least 1")
         if not 0 <= self.min_spare <= self.max_processes:

@@ -82,8 +82,8 @@ class ProcessSpawner:
             config.worker_service,
             "--instance-id",
             instance_id,
-            "--bind-host",
-            config.bind_host,
+            *(["--bind-host", config.bind_host] if config.bind_host else []),
+            *(["--advertise-host", config.advertise_host] if config.advertise_host else []),
             *config.worker_args,
         ]
         return twistd_argv("mmo-worker", args)

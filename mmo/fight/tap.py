@@ -35,7 +35,8 @@ class Options(RoleOptions):
         ["worker-service", None, None, "Service name of the fight processes (fight-worker)."],
         ["process-prefix", None, None, "Fight processes are named PREFIX-1, PREFIX-2, ..."],
         ["instance-id", None, None, "Instance id (default: $MMO_NAME or service-host-pid)."],
-        ["bind-host", None, None, "Interface the sockets bind."],
+        ["bind-host", None, None, "Interface the sockets bind (0.0.0.0: all)."],
+        ["advertise-host", None, None, "Host (or interface) the registry lists (default: bind)."],
         ["heartbeat", None, None, "Seconds between registry heartbeats."],
     ]
 

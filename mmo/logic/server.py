@@ -31,6 +31,7 @@ from typing_extensions import override
 from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable
 from mmo.logic.handler import Context, ServiceHandler
 from mmo.logic.memo import Entry, Key, ReplyMemo
+from mmo.net import with_host
 from mmo.types import Clock
 from mmo.wire import WireError, decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind, Origin
@@ -118,7 +119,9 @@ class HandlerServer(Service):
     Args:
         context: the process's ZeroMQ context.
         handler: the handler instance to dispatch to.
-        bind_host: interface to bind (ports are picked by the system).
+        bind_host: interface to bind (ports are picked by the system; ``0.0.0.0``: all).
+        advertise_host: the host the registered endpoints name (default: ``bind_host``;
+            see :mod:`mmo.net`).
         drain_timeout: seconds :meth:`stopService` waits for calls in flight.
         max_message: largest message accepted, in bytes (ZeroMQ drops a bigger sender).
         memo: where outcomes of non-idempotent client requests are kept for resends
@@ -131,6 +134,7 @@ class HandlerServer(Service):
         handler: ServiceHandler,
         *,
         bind_host: str = "127.0.0.1",
+        advertise_host: str | None = None,
         drain_timeout: float = 10.0,
         max_message: int = 16 * 1024 * 1024,
         memo: ReplyMemo | None = None,
@@ -138,6 +142,7 @@ class HandlerServer(Service):
         self.context = context
         self.handler = handler
         self.bind_host = bind_host
+        self.advertise_host = advertise_host or bind_host
         self.drain_timeout = drain_timeout
         self.max_message = max_message
         self.memo = memo
@@ -163,11 +168,13 @@ class HandlerServer(Service):
             )
             self._pull = self.context.socket(zmq.PULL, self._push, options=limits)
             self._pub = self.context.socket(zmq.PUB)
-            self.endpoints = {
+            bound = {
                 "rep": self._rep.bind(any_port),
                 "pull": self._pull.bind(any_port),
                 "pub": self._pub.bind(any_port),
             }
+            # What others connect to: the port each got, under the advertised host.
+            self.endpoints = {k: with_host(v, self.advertise_host) for k, v in bound.items()}
         return self.endpoints
 
     @override

@@ -7,6 +7,7 @@ from typing import Any
 
 from mmo.config import ConfigError, check_zmq_address
 from mmo.data.urls import parse_cache_url, parse_database_url
+from mmo.net import advertised_host
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,11 @@ class WorkerConfig:
         service: the service name (default: the handler's ``service_name``).
         instance_id: this instance's id in the registry (default: ``$MMO_NAME``, which
             ``mmo-cluster`` sets to the child's name, else ``service-host-pid``).
-        bind_host: interface the worker's sockets bind (ports are picked by the system).
+        bind_host: interface the worker's sockets bind (ports are picked by the system;
+            ``0.0.0.0`` for every interface, then ``advertise_host`` is needed); by
+            default the advertised host if it is an IP or interface, else ``127.0.0.1``.
+        advertise_host: the host (IP, host name, or interface name such as ``eth0``) the
+            registry lists for the worker's sockets (default: ``bind_host``).
         heartbeat: seconds between registry heartbeats (gone after 3 missed).
         drain_timeout: seconds a graceful stop waits for calls in flight.
         call_timeout: default deadline of calls this worker makes, in seconds.
@@ -41,7 +46,8 @@ class WorkerConfig:
     handler: str
     service: str | None = None
     instance_id: str | None = None
-    bind_host: str = "127.0.0.1"
+    bind_host: str | None = None
+    advertise_host: str | None = None
     heartbeat: float = 1.0
     drain_timeout: float = 10.0
     call_timeout: float = 5.0
@@ -65,6 +71,7 @@ class WorkerConfig:
             raise ConfigError("call-timeout", "timeouts must be positive")
         if self.memo_ttl < 0 or self.memo_size < 1:
             raise ConfigError("memo-ttl", "memo-ttl must be >= 0 (0: off), memo-size >= 1")
+        advertised_host(self.bind_host, self.advertise_host)
         if self.database is not None:
             parse_database_url(self.database, "database")
         if self.cache is not None:

@@ -20,6 +20,7 @@ from mmo.logic.handler import ServiceHandler
 from mmo.logic.memo import ReplyMemo
 from mmo.logic.server import HandlerServer
 from mmo.logic.sessions import Sessions
+from mmo.net import advertised_host, bind_address
 from mmo.registry import Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
 from mmo.types import Clock
@@ -233,7 +234,12 @@ def make_worker_service(
         else None
     )
     server = HandlerServer(
-        ctx, handler, bind_host=config.bind_host, drain_timeout=config.drain_timeout, memo=memo
+        ctx,
+        handler,
+        bind_host=bind_address(config.bind_host, config.advertise_host),
+        advertise_host=advertised_host(config.bind_host, config.advertise_host),
+        drain_timeout=config.drain_timeout,
+        memo=memo,
     )
     runtime.server = server
     instance = make_instance(

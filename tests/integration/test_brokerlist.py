@@ -181,7 +181,12 @@ def test_brokers_come_and_go_within_two_seconds(mmo_processes, fake_brokers, zmq
     yield service.wait_ready()
     code, ctype, body = yield service.get()
     assert (code, ctype) == (200, "application/json")
-    assert body == {"version": mmo.__version__, "brokerList": {}, "websocketList": {}}
+    assert body == {
+        "version": mmo.__version__,
+        "brokerList": {},
+        "websocketList": {},
+        "tls": [],
+    }
 
     a = fake_brokers(service.yellow, "broker-a", 7001, load=0.25)
     registered = a.start()

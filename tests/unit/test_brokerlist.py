@@ -170,6 +170,7 @@ def test_lists_live_brokers_with_version(directory, resource):
         "version": mmo.__version__,
         "brokerList": {"127.0.0.1:7002": 0.125, "127.0.0.1:7001": 0.25},
         "websocketList": {},
+        "tls": [],
     }
     # Least loaded first, for clients that take the first key.
     assert list(response.json()["brokerList"]) == ["127.0.0.1:7002", "127.0.0.1:7001"]
@@ -182,6 +183,7 @@ def test_no_brokers_is_an_empty_list(directory, resource):
         "version": mmo.__version__,
         "brokerList": {},
         "websocketList": {},
+        "tls": [],
     }
 
 
@@ -195,6 +197,20 @@ def test_websocket_addresses_of_the_same_brokers(directory, resource):
     body = http(resource).json()
     assert body["brokerList"] == {"127.0.0.1:7002": 0.25, "127.0.0.1:7001": 0.5}
     assert body["websocketList"] == {"127.0.0.1:7101": 0.5}
+
+
+def test_tls_lists_the_addresses_that_speak_tls(directory, resource):
+    """tls names the listed addresses (TCP or WebSocket) whose broker serves them over TLS;
+    a broker that is not listed adds nothing."""
+    directory.register(
+        "broker-a",
+        **broker_meta(7001, websocket="127.0.0.1:7101", tls=["127.0.0.1:7001", "127.0.0.1:7101"]),
+    )
+    directory.register("broker-b", **broker_meta(7002))
+    dead = directory.register("broker-c", **broker_meta(7003, tls=["127.0.0.1:7003"]))
+    directory.clock.advance(YOUNG)
+    dead.up = False
+    assert http(resource).json()["tls"] == ["127.0.0.1:7001", "127.0.0.1:7101"]
 
 
 def test_broker_whose_link_dropped_is_not_listed(directory, resource):

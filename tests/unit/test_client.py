@@ -609,10 +609,14 @@ class FakeNetwork:
         self.listed: dict[str, float] = {}
         self.attempts: list[tuple[float, str]] = []
         self.fetches = 0
+        self.urls: list[str] = []
+        self.tls: list[str] = []
         self.connections: list[tuple[str, ClientProtocol, StringTransportWithDisconnection]] = []
 
-    def connect(self, address: str, protocol: ClientProtocol) -> defer.Deferred[ClientProtocol]:
-        """The Client's connector."""
+    def connect(self, url: str, protocol: ClientProtocol) -> defer.Deferred[ClientProtocol]:
+        """The Client's connector (``urls`` records the URLs it was given)."""
+        self.urls.append(url)
+        address = url.partition("://")[2] or url
         self.attempts.append((self.clock.seconds(), address))
         if address not in self.up:
             return defer.fail(ClientConnectError(f"cannot connect to {address}: refused"))
@@ -625,7 +629,7 @@ class FakeNetwork:
     def fetch(self, url: str) -> defer.Deferred[bytes]:
         """The Client's brokerlist fetcher."""
         self.fetches += 1
-        doc = {"version": "test", "brokerList": self.listed}
+        doc = {"version": "test", "brokerList": self.listed, "tls": self.tls}
         return defer.succeed(json.dumps(doc).encode())
 
     @property
@@ -642,20 +646,40 @@ class FakeNetwork:
             if where == address and transport.connected:
                 transport.connected = False
                 protocol.connectionLost(Failure(ConnectionLost("broker died")))
+        self.clock.advance(0)  # the client's first reconnect attempt (no pause drawn)
 
 
 LOGIN_REPLY = {"session_id": "s1", "user_id": "u1", "token": "t1", "heartbeat": 4}
 
 
+class Lowest(random.Random):
+    """Draws the lowest value: no pause before a reconnect attempt, the first of a tie."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+    def choice(self, seq: Any) -> Any:
+        return seq[0]
+
+
+class Highest(random.Random):
+    """Draws the highest value: reconnect pauses at their bound."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
 def make_client(
     brokers: dict[str, float] | None = None, **kwargs: Any
 ) -> tuple[Client, FakeNetwork, task.Clock]:
-    """A Client on a fake network whose brokers are all up and listed."""
+    """A Client on a fake network whose brokers are all up and listed (reconnect pauses
+    drawn by :class:`Lowest` unless an ``rng`` is given)."""
     clock = task.Clock()
     net = FakeNetwork(clock)
     net.listed = dict(brokers if brokers is not None else {"b1:1": 0.1, "b2:2": 0.5})
     net.up = set(net.listed)
     kwargs.setdefault("brokerlist", "http://list/")
+    kwargs.setdefault("rng", Lowest())
     client = Client(clock, connector=net.connect, fetcher=net.fetch, **kwargs)
     return client, net, clock
 
@@ -818,17 +842,19 @@ def test_drop_reconnects_to_another_broker_and_resumes() -> None:
 
 def test_reconnect_prefers_another_broker_than_the_lost_one() -> None:
     """A broker still listed after its connection dropped is passed over if others exist."""
-    _, net, _ = logged_in(brokers={"b1:1": 0.0, "b2:2": 0.9})
+    _, net, clock = logged_in(brokers={"b1:1": 0.0, "b2:2": 0.9})
     _, transport = net.last
     transport.loseConnection()
+    clock.advance(0)
     assert net.connections[-1][0] == "b2:2"
 
 
 def test_without_brokerlist_reconnect_goes_to_the_same_broker() -> None:
     """With only broker=, reconnecting retries that broker."""
-    client, net, _ = logged_in(brokers={"b1:1": 0.0}, brokerlist=None, broker="b1:1")
+    client, net, clock = logged_in(brokers={"b1:1": 0.0}, brokerlist=None, broker="b1:1")
     _, transport = net.last
     transport.loseConnection()
+    clock.advance(0)
     assert [a for _, a in net.attempts] == ["b1:1", "b1:1"]
     assert client.state == "reconnecting"
 
@@ -843,7 +869,7 @@ def test_requests_made_while_reconnecting_wait_for_the_resume() -> None:
     assert not d.called
     net.up.add("b2:2")
     net.listed["b2:2"] = 0.5
-    clock.advance(0.2)
+    clock.advance(0.5)  # the second attempt: 0.5 to 1 s after the first
     protocol, transport = net.last
     assert [p.route for p in sent(transport)] == ["session.resume"]
     protocol.dataReceived(response(1, {"session_id": "s1", "token": "t2", "resumed": True}))
@@ -897,7 +923,9 @@ def test_a_waiting_request_times_out_within_its_own_deadline() -> None:
 
 
 def test_reconnect_backs_off_and_gives_up_after_the_resume_window() -> None:
-    """Attempts pause 0.2 s doubling to 5 s; after resume_window the client is closed."""
+    """The first attempt after a pause of at most backoff_initial (0.5 s; here 0), the next
+    ones after at least half a bound doubling to 8 s; after resume_window the client is
+    closed."""
     client, net, clock = logged_in(brokers={"b1:1": 0.1}, brokerlist=None, broker="b1:1")
     closed: list[Any] = []
     client.on_closed(closed.append)
@@ -909,8 +937,8 @@ def test_reconnect_backs_off_and_gives_up_after_the_resume_window() -> None:
     times = [round(t - start, 1) for t, _ in net.attempts[1:]]
     pauses = [round(b - a, 1) for a, b in itertools.pairwise(times)]
     assert times[0] == 0.0
-    assert pauses[:6] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]
-    assert max(pauses) == 5.0
+    assert pauses[:6] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert max(pauses) == 4.0
     assert times[-1] <= 30.0
     assert client.state == "closed"
     assert client.session_id is None
@@ -935,6 +963,26 @@ def test_resume_failed_ends_the_session_at_once() -> None:
     assert len(net.attempts) == 2
 
 
+def test_reconnect_pauses_are_drawn_at_random_within_their_bounds() -> None:
+    """With a real random source, the first pause is within [0, 0.5] s and each later one
+    within [half, all] of its doubling bound: 100 clients losing one broker spread out."""
+    firsts = []
+    for seed in range(100):
+        _, net, clock = logged_in(
+            brokers={"b1:1": 0.1}, brokerlist=None, broker="b1:1", rng=random.Random(seed)
+        )
+        start = clock.seconds()
+        net.kill("b1:1")
+        while len(net.attempts) < 4:
+            clock.advance(min(c.getTime() for c in clock.getDelayedCalls()) - clock.seconds())
+        times = [t - start for t, _ in net.attempts[1:]]
+        firsts.append(times[0])
+        assert 0 <= times[0] <= 0.5
+        assert 0.5 <= times[1] - times[0] <= 1.0 and 1.0 <= times[2] - times[1] <= 2.0
+    assert max(firsts) - min(firsts) > 0.4
+    assert len({round(t, 3) for t in firsts}) > 90
+
+
 def test_other_resume_errors_are_retried() -> None:
     """An UNAVAILABLE answer to session.resume is retried after the backoff."""
     client, net, clock = logged_in()
@@ -942,7 +990,7 @@ def test_other_resume_errors_are_retried() -> None:
     protocol, _ = net.last
     protocol.dataReceived(error(1, ClientError.UNAVAILABLE, "session service down"))
     assert client.state == "reconnecting"
-    clock.advance(0.2)
+    clock.advance(0.5)
     protocol, _ = net.last
     assert len(net.connections) == 3
     protocol.dataReceived(response(1, {"session_id": "s1", "token": "t3"}))
@@ -955,7 +1003,7 @@ def test_a_resume_without_answer_is_retried() -> None:
     net.kill("b1:1")
     clock.advance(2.0)
     assert client.state == "reconnecting"
-    clock.advance(0.2)
+    clock.advance(0.5)
     assert len(net.connections) == 3
 
 
@@ -976,10 +1024,11 @@ def test_final_kicks_end_the_session_without_reconnecting(code: int) -> None:
 @pytest.mark.parametrize("code", [ClientError.SHUTDOWN, ClientError.IDLE])
 def test_other_kicks_reconnect_and_resume(code: int) -> None:
     """A broker shutting down (or an idle kick) is a drop to recover from."""
-    client, net, _ = logged_in()
+    client, net, clock = logged_in()
     protocol, _ = net.last
     protocol.dataReceived(kick(code))
     assert client.state == "reconnecting"
+    clock.advance(0)
     assert net.last[0] is not protocol
 
 

@@ -379,15 +379,20 @@ def test_every_surface_binds_to_loopback_unless_told_otherwise() -> None:
     from mmo.broker.config import BrokerConfig
     from mmo.brokerlist.config import BrokerlistConfig
     from mmo.fight.config import FightConfig
+    from mmo.net import advertised_host, bind_address
     from mmo.worker.config import WorkerConfig
     from mmo.yellow.config import YellowConfig
 
     yellow = ("tcp://127.0.0.1:5555",)
     assert YellowConfig().listen.startswith("tcp://127.0.0.1:")
-    assert WorkerConfig(yellow=yellow, handler="m:C").bind_host == "127.0.0.1"
-    assert FightConfig(yellow=yellow, handler="m:C", cap=2).bind_host == "127.0.0.1"
+    for config in (
+        WorkerConfig(yellow=yellow, handler="m:C"),
+        FightConfig(yellow=yellow, handler="m:C", cap=2),
+        BrokerConfig(yellow=yellow),
+    ):
+        assert bind_address(config.bind_host, config.advertise_host) == "127.0.0.1"
+        assert advertised_host(config.bind_host, config.advertise_host) == "127.0.0.1"
     broker = BrokerConfig(yellow=yellow)
-    assert broker.advertise_host == "127.0.0.1"
     assert broker.listen.endswith(":interface=127.0.0.1")
     assert broker.websocket is None
     assert BrokerlistConfig(yellow=yellow).listen.endswith(":interface=127.0.0.1")

@@ -193,13 +193,17 @@ def test_route_table_follows_the_registry() -> None:
     assert table.target("fight.attack") == ("fight", "fight-worker", "attack")
     for route in ("chat.members", "session.open", "nosuch.x", "chat", ".join", "chat.", ""):
         assert table.target(route) is None, route
+    # Its last instance gone, a service's routes stay: a request is then UNAVAILABLE.
     table.changed(Change.DOWN, instance("chat", "chat-1", []))
-    assert table.target("chat.join") is None
+    assert table.target("chat.join") == ("chat", "chat", "join")
+    table.changed(Change.UP, instance("chat", "chat-2", ["join"]))
+    assert table.target("chat.send") is None
 
 
 def test_route_table_takes_the_union_of_instances() -> None:
     """During a rolling upgrade a method one instance declares is a route (the worker
-    that does not declare it refuses it itself); it goes with the last instance declaring it."""
+    that does not declare it refuses it itself); it goes with the last live instance
+    declaring it."""
     table = RouteTable()
     table.changed(Change.UP, instance("chat", "old", ["join"]))
     table.changed(Change.UP, instance("chat", "new", ["join", "react"]))
