@@ -1,43 +1,66 @@
-"""What every role's ``tap.Options`` shares: ``--config FILE``, ``--insecure``, overrides.
+"""What every role's ``tap.Options`` shares: ``--config FILE``, ``--insecure``, overrides,
+and building the role's service tree while the options are checked.
 
-A role's options class names its TOML section and config class and lists its
-own ``optParameters`` with ``None`` defaults: a value given on the command
-line replaces the file's, the rest comes from the file or the class defaults.
+A role's options class names its TOML section and config class, lists its own
+``optParameters`` with ``None`` defaults (a value given on the command line replaces
+the file's, the rest comes from the file or the class defaults) and builds its service
+tree in :meth:`RoleOptions.build`. Everything that can be wrong before the process
+starts (a value, a handler path, a missing key in the environment) is found while
+the options are parsed, and twistd shows it as a usage error naming the option.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+import sys
+from typing import Any, ClassVar
 
+from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 from typing_extensions import override
 
 from mmo.config import INSECURE_ENV, ConfigError, build, load_toml, section
+from mmo.service import PreparedService
 
-T = TypeVar("T")
+__all__ = ["MemberOptions", "RoleOptions", "exit_if_start_fails", "usage_error"]
+
+log = Logger()
 
 
-def build_role(role: str, make: Callable[[], T]) -> T:
-    """Build a role's service tree with ``make()``; a ConfigError raised while doing it
-    (no CURVE keys, no token key, a handler refusing its settings) ends the process with
-    its message instead of a traceback."""
-    try:
-        return make()
-    except ConfigError as e:
-        raise SystemExit(f"{role}: {e}") from None
+def usage_error(error: ConfigError, options: usage.Options) -> usage.UsageError:
+    """``error`` as twistd shows it: naming the option (``--handler: ...``) or the
+    environment variable (``$MMO_AUTH_KEY: ...``) it is about."""
+    key = error.key
+    if key in {name.rstrip("=") for name in options.longOpt}:
+        return usage.UsageError(f"--{key}: {error.reason}")
+    if key.isupper() and key.startswith("MMO_"):
+        return usage.UsageError(f"${key}: {error.reason}")
+    return usage.UsageError(str(error))
 
 
 class RoleOptions(usage.Options):
-    """Options of a role: ``--config FILE`` plus the role's own overrides."""
+    """Options of a role: ``--config FILE`` plus the role's own overrides.
+
+    Args:
+        build: build the service tree as the last step of parsing (the default);
+            ``mmo-cluster`` passes False to check a child's arguments before it starts
+            anything (the child checks its environment itself).
+
+    Attributes:
+        config: the role's settings, once parsed.
+        service: the role's service tree, once built (what ``makeService`` returns).
+    """
 
     #: TOML table holding this role's settings, e.g. ``"yellow"``.
     section: ClassVar[str]
     #: Frozen dataclass the settings are built into.
     config_class: ClassVar[type]
-    #: Options that may be given more than once, collected into a list.
+    #: Options that may be given more than once, collected into a list by ``opt_<name>``.
     multi: ClassVar[tuple[str, ...]] = ()
+    #: Repeatable ``NAME=VALUE`` options (``opt_<name>`` calls :meth:`add_pair`) and the
+    #: table of the config their pairs join, over the file's: ``{"set": "settings"}``.
+    pairs: ClassVar[dict[str, str]] = {}
 
     optParameters: ClassVar[list[list[Any]]] = [
         ["config", "c", None, "TOML configuration file (see etc/)."],
@@ -52,35 +75,95 @@ class RoleOptions(usage.Options):
     ]
 
     config: Any
+    service: IService
 
-    def __init__(self) -> None:
+    def __init__(self, build: bool = True) -> None:
         super().__init__()
-        for name in self.multi:
+        self._build = build
+        for name in (*self.multi, *self.pairs):
             self[name] = []
 
-    def __getattr__(self, name: str) -> Any:
-        # usage.Options looks up opt_<name> methods: collect repeatable options.
-        if name.startswith("opt_") and name[4:].replace("_", "-") in self.multi:
-            key = name[4:].replace("_", "-")
-            return lambda value: self[key].append(value)
-        raise AttributeError(name)
+    def add_pair(self, option: str, text: str) -> None:
+        """Collect ``NAME=VALUE`` given to ``--option``."""
+        name, eq, value = text.partition("=")
+        if not eq or not name.strip():
+            raise usage.UsageError(f"--{option} takes NAME=VALUE, not {text!r}")
+        self[option].append((name.strip(), value.strip()))
+
+    def build(self) -> IService:
+        """The role's service tree, from ``self.config`` (not started)."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Checks of the arguments beyond the config's own (a handler path, its settings).
+
+        Raises:
+            ConfigError: an argument is wrong.
+        """
+
+    def merge(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The file's settings (``values``) with the command line's over them."""
+        for name, *_ in self.optParameters:
+            if name != "config" and self[name] is not None:
+                values[name] = self[name]
+        for name in self.multi:
+            if self[name]:
+                values[name] = list(self[name])
+        for option, table in self.pairs.items():
+            if self[option]:
+                values[table] = {**section(values, table), **dict(self[option])}
+        return values
 
     @override
     def postOptions(self) -> None:
-        """Merge file and command line into ``self.config``; bad values are a UsageError."""
-        if self["insecure"]:
+        """Merge file and command line into ``self.config``, check, build ``self.service``;
+        anything wrong is a UsageError naming the option."""
+        if self["insecure"] and self._build:
             # In the environment, so that the role's children (fight processes,
             # mmo-cluster's processes) make the same choice.
             os.environ[INSECURE_ENV] = "1"
         try:
             data = load_toml(self["config"]) if self["config"] else {}
-            values = section(data, self.section)
-            for name, *_ in self.optParameters:
-                if name != "config" and self[name] is not None:
-                    values[name] = self[name]
-            for name in self.multi:
-                if self[name]:
-                    values[name] = list(self[name])
+            values = self.merge(section(data, self.section))
             self.config = build(self.config_class, values, prefix=f"[{self.section}] ")
+            self.check()
+            if self._build:
+                self.service = self.build()
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from e
+            raise usage_error(e, self) from e
+
+
+class MemberOptions(RoleOptions):
+    """Options of a role that finds the others through yellow: ``--yellow ADDRESS``."""
+
+    multi: ClassVar[tuple[str, ...]] = ("yellow",)
+
+    def opt_yellow(self, address: str) -> None:
+        """Yellow address (repeat, or separate with commas, for several)."""
+        self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
+
+
+def exit_if_start_fails(service: PreparedService, reactor: Any = None) -> None:
+    """The policy of a role's process for ``service`` (its worker): if it cannot start,
+    the process stops its tree and exits with status 1, so that what runs it (systemd's
+    ``Restart=on-failure``, ``mmo-cluster``) sees the failure and starts it again.
+
+    twistd has no way to end with a status other than 0 once the reactor runs: the
+    process ends itself, after the tree has stopped and the log has been written (a
+    stale pidfile, if any, is removed by the next twistd).
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+
+    def failed(_: Any) -> None:
+        log.error("the process cannot serve: stopping it (exit status 1)")
+        reactor.addSystemEventTrigger("after", "shutdown", _exit, 1)
+        reactor.stop()
+
+    service.when_started().addErrback(failed)
+
+
+def _exit(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)

@@ -38,15 +38,13 @@ from mmo.errors import (
     from_wire,
 )
 from mmo.logic.client import Directory
-from mmo.logic.sessions import ALL
+from mmo.logic.sessions import ALL, RESUME_PURPOSE, SESSION_SERVICE
 from mmo.net import advertised_host, bind_address, with_host
 from mmo.registry import Registration
-from mmo.sessions.service import RESUME_PURPOSE
 from mmo.wire import WireError, decode, decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Header, Kind, Origin, Packet, PacketKind
 from mmo.zmq import ZmqContext, ZmqSocket
 
-SESSION_SERVICE = "session"
 RESUME_ROUTE = "session.resume"
 LOGOUT_ROUTE = "session.logout"
 REFRESH_ROUTE = "session.refresh"

@@ -164,8 +164,15 @@ class ClientListener(Service):
         return f"{shown}:{bound.port}"
 
 
-class BrokerService(Service):
-    """Starts the core, listens, registers; stops listening first, then drains."""
+class BrokerService(OrderedMultiService):
+    """The broker's part of its process tree, as named children: ``core`` (the internal
+    endpoint, sessions and routing), a listener per client port (``address``,
+    ``websocket``), then ``registration``, which lists the ports the listeners got (so
+    the registry never holds a port name or 0).
+
+    Stops in reverse: deregister, close the client ports, then the core kicks its
+    clients (they resume elsewhere) and drains.
+    """
 
     def __init__(
         self,
@@ -175,20 +182,26 @@ class BrokerService(Service):
         public_host: str | None,
         advertise_host: str,
     ) -> None:
+        super().__init__()
         self.broker = broker
         self.registration = registration
         self.listeners = listeners
         self.public_host = public_host
         self.advertise_host = advertise_host
+        for name, child in [("core", broker), *listeners.items(), ("registration", registration)]:
+            child.setName(name)
+            child.setServiceParent(self)
 
     @override
     def startService(self) -> None:
-        """Bind the internal endpoint, open the client ports, then register both, with the
-        ports the listeners got (so the registry never holds a port name or 0)."""
-        super().startService()
-        self.broker.startService()
-        for listener in self.listeners.values():
-            listener.startService()
+        """Start the children in order; the registration once it can list the ports."""
+        Service.startService(self)
+        for child in self:
+            if child is self.registration:
+                self._advertise()
+            child.startService()
+
+    def _advertise(self) -> None:
         meta: dict[str, Any] = {"tls": []}
         for name, listener in self.listeners.items():
             address = listener.address(self.public_host, self.advertise_host)
@@ -197,24 +210,12 @@ class BrokerService(Service):
                 meta["tls"].append(address)
         self.registration.instance.endpoints = {"rep": self.broker.bind()}
         self.registration.update_meta(now=False, **meta, **self.broker.load_meta())
-        self.registration.startService()
         self.broker.log.info(
             "broker {id} serving clients on {addresses} (TLS: {tls})",
             id=self.broker.instance_id,
             addresses=", ".join(f"{n} {meta[n]}" for n in self.listeners),
             tls=", ".join(meta["tls"]) or "none",
         )
-
-    @override
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
-        """Close the client ports, deregister, kick clients (they resume elsewhere), drain."""
-        super().stopService()
-        for listener in self.listeners.values():
-            if listener.running:
-                yield listener.stopService()
-        yield self.registration.stopService()
-        yield self.broker.stopService()
 
 
 def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> OrderedMultiService:

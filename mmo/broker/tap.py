@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
-from twisted.python import usage
+from twisted.application.service import IService
 from typing_extensions import override
 
 from mmo.broker.config import BrokerConfig
-from mmo.service import OrderedMultiService
-from mmo.tap import RoleOptions, build_role
+from mmo.tap import MemberOptions
 
 
-class Options(RoleOptions):
+class Options(MemberOptions):
     """Options of ``twistd mmo-broker``."""
 
     section = "broker"
     config_class = BrokerConfig
-    multi = ("yellow", "route")
+    pairs = {"route": "routes"}
     optParameters: ClassVar[list[list[Any]]] = [
-        *RoleOptions.optParameters,
+        *MemberOptions.optParameters,
         ["listen", "l", None, "Endpoint for TCP clients, e.g. tcp:6100:interface=127.0.0.1."],
         ["websocket", "w", None, "Endpoint for WebSocket clients."],
         ["instance-id", None, None, "Instance id (default: $MMO_NAME or broker-host-pid)."],
@@ -45,30 +43,18 @@ class Options(RoleOptions):
         ["sender-burst", None, None, "Broadcasts one sender may cause at once here."],
     ]
 
-    def opt_yellow(self, address: str) -> None:
-        """Yellow address (repeat, or separate with commas, for several)."""
-        self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
-
     def opt_route(self, mapping: str) -> None:
         """Route prefix to service, PREFIX=SERVICE (repeat for several)."""
-        prefix, eq, service = mapping.partition("=")
-        if not eq or not prefix.strip() or not service.strip():
-            raise usage.UsageError(f"--route takes PREFIX=SERVICE, not {mapping!r}")
-        self["route"].append((prefix.strip(), service.strip()))
+        self.add_pair("route", mapping)
 
     @override
-    def postOptions(self) -> None:
-        """Routes from the command line join those of the file."""
-        routes = dict(self["route"])
-        self["route"] = []
-        super().postOptions()
-        if routes:
-            self.config = dataclasses.replace(self.config, routes={**self.config.routes, **routes})
+    def build(self) -> IService:
+        """The broker's service tree (a missing token key is a usage error)."""
+        from mmo.broker.service import make_broker_service
+
+        return make_broker_service(self.config)
 
 
-def makeService(options: Options) -> OrderedMultiService:
-    """Build the broker service tree from parsed options (a ConfigError, such as a
-    missing token key, ends the process with its message)."""
-    from mmo.broker.service import make_broker_service
-
-    return build_role("mmo-broker", lambda: make_broker_service(options.config))
+def makeService(options: Options) -> IService:
+    """The service tree built while the options were checked."""
+    return options.service

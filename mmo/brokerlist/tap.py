@@ -4,30 +4,31 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService
+from typing_extensions import override
 
 from mmo.brokerlist.config import BrokerlistConfig
-from mmo.tap import RoleOptions, build_role
+from mmo.tap import MemberOptions
 
 
-class Options(RoleOptions):
+class Options(MemberOptions):
     """Options of ``twistd mmo-brokerlist``."""
 
     section = "brokerlist"
     config_class = BrokerlistConfig
-    multi = ("yellow",)
     optParameters: ClassVar[list[list[Any]]] = [
-        *RoleOptions.optParameters,
+        *MemberOptions.optParameters,
         ["listen", "l", None, "HTTP port, a strports description: tcp:6000:interface=127.0.0.1."],
     ]
 
-    def opt_yellow(self, address: str) -> None:
-        """Yellow address (repeat, or separate with commas, for several)."""
-        self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
+    @override
+    def build(self) -> IService:
+        """The brokerlist's service tree."""
+        from mmo.brokerlist.service import make_brokerlist_service
+
+        return make_brokerlist_service(self.config)
 
 
-def makeService(options: Options) -> MultiService:
-    """Build the brokerlist service tree from parsed options."""
-    from mmo.brokerlist.service import make_brokerlist_service
-
-    return build_role("mmo-brokerlist", lambda: make_brokerlist_service(options.config))
+def makeService(options: Options) -> IService:
+    """The service tree built while the options were checked."""
+    return options.service

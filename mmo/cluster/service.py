@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from mmo.cluster.config import ClusterConfig
-from mmo.cluster.supervisor import ChildProcess, twistd_argv
+from mmo.process import ChildProcess, twistd_argv
 from mmo.service import OrderedMultiService
 from mmo.zmq.curve import ENV_KEYS, provide_curve_keys
 

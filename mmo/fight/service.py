@@ -24,12 +24,12 @@ from mmo.fight.dispatcher import FightDispatcher
 from mmo.fight.pool import FightPool, Spawner
 from mmo.fight.spawner import ProcessSpawner
 from mmo.logic.client import Directory
+from mmo.logic.runtime import WorkerRuntime, WorkerService
 from mmo.logic.server import HandlerServer
 from mmo.net import advertised_host, bind_address
 from mmo.registry import Change, Instance, Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
 from mmo.wire import from_value
-from mmo.worker.service import WorkerRuntime, WorkerService
 from mmo.zmq import ZmqContextService
 
 __all__ = ["PoolService", "make_fight_service"]

@@ -1,5 +1,5 @@
 """Fight processes as real children: ``twistd -n mmo-worker`` through Twisted's
-``spawnProcess`` (no shell), by way of :mod:`mmo.cluster.launch` so that none
+``spawnProcess`` (no shell), by way of :mod:`mmo.process.launch` so that none
 outlives a killed dispatcher."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mmo.cluster.supervisor import ChildProcess, twistd_argv
 from mmo.fight.config import ENV_CAP, ENV_DISPATCHER_ID, ENV_DISPATCHER_SERVICE, FightConfig
 from mmo.fight.pool import ExitCallback
+from mmo.process import ChildProcess, twistd_argv
 
 
 def describe_exit(reason: Failure) -> str:

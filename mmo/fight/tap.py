@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
-from twisted.application.service import MultiService
-from twisted.python import usage
+from twisted.application.service import IService
 from typing_extensions import override
 
 from mmo.config import ConfigError
 from mmo.fight.config import FightConfig
-from mmo.tap import RoleOptions, build_role
+from mmo.tap import MemberOptions, exit_if_start_fails
 
 
-class Options(RoleOptions):
+class Options(MemberOptions):
     """Options of ``twistd mmo-fight``."""
 
     section = "fight"
     config_class = FightConfig
-    multi = ("yellow",)
+    multi = ("yellow", "worker-arg")
     optParameters: ClassVar[list[list[Any]]] = [
-        *RoleOptions.optParameters,
+        *MemberOptions.optParameters,
         ["handler", None, None, "Fight processes' handler class, module:Class (a FightHandler)."],
         ["cap", None, None, "Players one fight process holds at most."],
         ["min-spare", None, None, "Ready fight processes with room kept (default 1)."],
@@ -40,39 +38,41 @@ class Options(RoleOptions):
         ["heartbeat", None, None, "Seconds between registry heartbeats."],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["worker-arg"] = []
-
-    def opt_yellow(self, address: str) -> None:
-        """Yellow address (repeat, or separate with commas, for several)."""
-        self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
-
     def opt_worker_arg(self, arg: str) -> None:
         """An extra argument for each fight process's mmo-worker (repeat for several)."""
         self["worker-arg"].append(arg)
 
     @override
-    def postOptions(self) -> None:
-        """Build the config and check the fight handler imports, before anything starts."""
-        super().postOptions()
-        if self["worker-arg"]:
-            self.config = dataclasses.replace(self.config, worker_args=tuple(self["worker-arg"]))
+    def merge(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``--worker-arg`` replaces the file's ``worker-args``."""
+        values = super().merge(values)
+        worker_args = values.pop("worker-arg", None)
+        if worker_args:
+            values.pop("worker_args", None)
+            values["worker-args"] = worker_args
+        return values
+
+    @override
+    def check(self) -> None:
+        """The fight handler imports and is a FightHandler."""
         from mmo.fight.handler import FightHandler
-        from mmo.worker.service import load_handler
+        from mmo.logic.runtime import load_handler
 
-        try:
-            handler = load_handler(self.config.handler)
-            if not issubclass(handler, FightHandler):
-                raise ConfigError(
-                    "handler", f"{self.config.handler!r} is not a mmo.fight.FightHandler subclass"
-                )
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from e
+        if not issubclass(load_handler(self.config.handler), FightHandler):
+            raise ConfigError(
+                "handler", f"{self.config.handler!r} is not a mmo.fight.FightHandler subclass"
+            )
+
+    @override
+    def build(self) -> IService:
+        """The dispatcher's service tree; the process exits (status 1) if it cannot start."""
+        from mmo.fight.service import make_fight_service
+
+        tree = make_fight_service(self.config)
+        exit_if_start_fails(tree.getServiceNamed("worker"))
+        return tree
 
 
-def makeService(options: Options) -> MultiService:
-    """Build the dispatcher's service tree from parsed options."""
-    from mmo.fight.service import make_fight_service
-
-    return build_role("mmo-fight", lambda: make_fight_service(options.config))
+def makeService(options: Options) -> IService:
+    """The service tree built while the options were checked."""
+    return options.service

@@ -22,12 +22,25 @@ from mmo.wire.gen.mmo.ttypes import Session
 if TYPE_CHECKING:
     from mmo.logic.client import Directory
 
-__all__ = ["ALL", "BROKER_SERVICE", "Session", "Sessions", "encode_body"]
+__all__ = [
+    "ALL",
+    "BROKER_SERVICE",
+    "RESUME_PURPOSE",
+    "SESSION_SERVICE",
+    "Session",
+    "Sessions",
+    "encode_body",
+]
 
 log = Logger()
 
 #: The service brokers register under.
 BROKER_SERVICE = "broker"
+#: The service that keeps the session records brokers resume from (:mod:`mmo.sessions`).
+SESSION_SERVICE = "session"
+#: The purpose resume tokens are signed for (:func:`mmo.data.tokens.verify`): the session
+#: service signs them, brokers check them.
+RESUME_PURPOSE = "resume"
 #: The channel every session is in.
 ALL = "*"
 

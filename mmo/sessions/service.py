@@ -47,7 +47,7 @@ from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.errors import BadRequest, MmoError
 from mmo.logic import Context, ServiceHandler, callers, idempotent
-from mmo.logic.sessions import BROKER_SERVICE
+from mmo.logic.sessions import BROKER_SERVICE, RESUME_PURPOSE
 from mmo.registry import Change, Instance
 from mmo.types import DelayedCall
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
@@ -63,8 +63,6 @@ __all__ = [
 
 log = Logger()
 
-#: The purpose resume tokens are signed for (:func:`mmo.data.tokens.verify`).
-RESUME_PURPOSE = "resume"
 
 #: Event reasons (the ``reason`` of an event's payload).
 REASON_LOGIN = "login"

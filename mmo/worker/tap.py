@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
-from twisted.application.service import MultiService
-from twisted.python import usage
+from twisted.application.service import IService
 from typing_extensions import override
 
-from mmo.config import ConfigError
-from mmo.tap import RoleOptions, build_role
+from mmo.tap import MemberOptions, exit_if_start_fails
 from mmo.worker.config import WorkerConfig
 
 
-class Options(RoleOptions):
+class Options(MemberOptions):
     """Options of ``twistd mmo-worker``."""
 
     section = "worker"
     config_class = WorkerConfig
-    multi = ("yellow", "set")
+    pairs = {"set": "settings"}
     optParameters: ClassVar[list[list[Any]]] = [
-        *RoleOptions.optParameters,
+        *MemberOptions.optParameters,
         ["service", "s", None, "Service name to register under."],
         ["handler", None, None, "Handler class, module:Class."],
         ["instance-id", None, None, "Instance id (default: service-host-pid)."],
@@ -35,46 +32,29 @@ class Options(RoleOptions):
         ["memo-size", None, None, "Most replies kept for resent client requests."],
     ]
 
-    def opt_yellow(self, address: str) -> None:
-        """Yellow address (repeat, or separate with commas, for several)."""
-        self["yellow"].extend(a.strip() for a in address.split(",") if a.strip())
-
     def opt_set(self, assignment: str) -> None:
         """A handler setting, NAME=VALUE (repeat for several; see the handler's Settings)."""
-        name, eq, value = assignment.partition("=")
-        if not eq or not name.strip():
-            raise usage.UsageError(f"--set takes NAME=VALUE, not {assignment!r}")
-        self["set"].append((name.strip(), value.strip()))
+        self.add_pair("set", assignment)
 
     @override
-    def postOptions(self) -> None:
-        """Build the config, check the handler imports and its settings fit, before
-        anything starts."""
-        assignments = dict(self["set"])
-        self["set"] = []
-        super().postOptions()
-        if assignments:
-            self.config = dataclasses.replace(
-                self.config, settings={**self.config.settings, **assignments}
-            )
-        from mmo.worker.service import handler_settings, load_handler
+    def check(self) -> None:
+        """The handler imports and takes its settings."""
+        from mmo.logic.runtime import handler_settings, load_handler
 
-        try:
-            self.handler_class = load_handler(self.config.handler)
-            handler_settings(self.handler_class, self.config.settings)
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from e
+        self.handler_class = load_handler(self.config.handler)
+        handler_settings(self.handler_class, self.config.settings)
+
+    @override
+    def build(self) -> IService:
+        """The worker's service tree; the process exits (status 1) if the worker cannot
+        start (its database never answers, its handler fails to start)."""
+        from mmo.worker.service import make_worker_service
+
+        tree = make_worker_service(self.config, handler_class=self.handler_class)
+        exit_if_start_fails(tree.getServiceNamed("worker"))
+        return tree
 
 
-def makeService(options: Options) -> MultiService:
-    """Build the worker service tree from parsed options.
-
-    A ConfigError raised while building it (a handler refusing its environment,
-    e.g. sso without ``$MMO_AUTH_KEY``) ends the process with that message, not a traceback.
-    """
-    from mmo.worker.service import make_worker_service
-
-    return build_role(
-        "mmo-worker",
-        lambda: make_worker_service(options.config, handler_class=options.handler_class),
-    )
+def makeService(options: Options) -> IService:
+    """The service tree built while the options were checked."""
+    return options.service

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService
+from typing_extensions import override
 
-from mmo.tap import RoleOptions, build_role
+from mmo.tap import RoleOptions
 from mmo.yellow.config import YellowConfig
 
 
@@ -21,9 +22,14 @@ class Options(RoleOptions):
         ["expire-interval", None, None, "Seconds between sweeps for expired instances."],
     ]
 
+    @override
+    def build(self) -> IService:
+        """The yellow's service tree."""
+        from mmo.yellow.service import make_yellow_service
 
-def makeService(options: Options) -> MultiService:
-    """Build the yellow service tree from parsed options."""
-    from mmo.yellow.service import make_yellow_service
+        return make_yellow_service(self.config)
 
-    return build_role("mmo-yellow", lambda: make_yellow_service(options.config))
+
+def makeService(options: Options) -> IService:
+    """The service tree built while the options were checked."""
+    return options.service

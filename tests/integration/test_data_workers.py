@@ -175,7 +175,8 @@ def test_players_move_between_map_processes_without_loss_or_duplicates(
 
 @pytest_twisted.inlineCallbacks
 def test_a_worker_refuses_a_database_newer_than_its_code(backend, cluster, mmo_processes):
-    """A schema version the code lacks: the worker logs SchemaTooNew and exits, never serving."""
+    """A schema version the code lacks: the worker logs SchemaTooNew and exits with status 1,
+    never serving."""
     db = make_database(backend.database)
     db.startService()
     try:
@@ -192,6 +193,7 @@ def test_a_worker_refuses_a_database_newer_than_its_code(backend, cluster, mmo_p
     while worker.alive() and time.monotonic() < deadline:
         yield sleep(0.1)
     assert not worker.alive()
+    assert worker.wait(0) == 1, "exit status 1: systemd and mmo-cluster see the failure"
     log = worker.log_tail(200)
     assert "SchemaTooNew" in log and "version 99" in log
     assert "serving player" not in log

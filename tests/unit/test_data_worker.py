@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import task
+from twisted.python import usage
 
 from mmo.data import MemoryCache, SQLiteDatabase
 from mmo.examples.echo import EchoService
 from mmo.logic import ServiceHandler
+from mmo.logic.runtime import WorkerService
 from mmo.testing import handler_factory
 from mmo.worker.config import WorkerConfig
-from mmo.worker.service import WorkerService, make_worker_service
-from mmo.worker.tap import Options, makeService
+from mmo.worker.service import make_worker_service
+from mmo.worker.tap import Options
 
 YELLOW = ("tcp://127.0.0.1:5555",)
 
@@ -57,15 +59,14 @@ def test_handlers_may_replace_their_db_and_cache() -> None:
     assert handler.cache is None and handler.runtime.cache is cache
 
 
-def test_a_handler_refusing_its_environment_ends_the_worker_cleanly(
+def test_a_handler_refusing_its_environment_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """sso without $MMO_AUTH_KEY (and no demo mode): makeService exits with the message."""
+    """sso without $MMO_AUTH_KEY (and no demo mode): twistd shows a usage error naming
+    the variable, before anything starts."""
     monkeypatch.delenv("MMO_AUTH_KEY", raising=False)
     monkeypatch.delenv("MMO_DEMO", raising=False)
-    options = Options()
-    options.parseOptions(
-        ["--yellow", YELLOW[0], "--handler", "mmo.examples.sso:SSOService", "--service", "sso"]
-    )
-    with pytest.raises(SystemExit, match="mmo-worker: MMO_AUTH_KEY: is not set"):
-        makeService(options)
+    with pytest.raises(usage.UsageError, match=r"^\$MMO_AUTH_KEY: is not set"):
+        Options().parseOptions(
+            ["--yellow", YELLOW[0], "--handler", "mmo.examples.sso:SSOService", "--service", "sso"]
+        )

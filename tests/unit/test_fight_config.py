@@ -62,10 +62,10 @@ def test_the_handler_must_be_a_fight_handler():
 
 
 def test_fight_processes_run_mmo_worker_through_the_launcher_without_a_shell():
-    """Each fight process is `twistd -n mmo-worker` with its instance id, via mmo.cluster.launch."""
+    """Each fight process is `twistd -n mmo-worker` with its instance id, via mmo.process.launch."""
     config = FightConfig(yellow=(YELLOW,), handler=HANDLER, cap=3, worker_args=("--x", "y"))
     argv = ProcessSpawner(config, "fight-dispatcher").argv("fight-7")
-    assert argv[1:3] == ["-m", "mmo.cluster.launch"]
+    assert argv[1:3] == ["-m", "mmo.process.launch"]
     tail = argv[argv.index("mmo-worker") :]
     assert tail[tail.index("--instance-id") + 1] == "fight-7"
     assert tail[tail.index("--service") + 1] == "fight-worker"

@@ -1,4 +1,5 @@
-"""Supervised child processes, spawned with Twisted's process support (no shell)."""
+"""Supervised child processes, spawned with Twisted's process support (no shell): what
+mmo-cluster runs its children with and the fight dispatcher its fight processes."""
 
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ")
 
 def twistd_argv(role: str, args: Sequence[str]) -> list[str]:
     """The argv running ``twistd -n <role> args`` with this interpreter, through
-    :mod:`mmo.cluster.launch` (own session, stopped if the supervisor dies)."""
+    :mod:`mmo.process.launch` (own session, stopped if the supervisor dies)."""
     script = Path(sys.executable).with_name("twistd")
     head = (
         [str(script)]
         if script.exists()
         else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     )
-    launch = [sys.executable, "-m", "mmo.cluster.launch"]
+    launch = [sys.executable, "-m", "mmo.process.launch"]
     return [*launch, *head, "-n", "--pidfile=", role, *args]
 
 

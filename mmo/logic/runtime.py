@@ -1,0 +1,215 @@
+"""What a logic service runs in: the runtime a handler sees, and the service that
+prepares, serves and registers it.
+
+A worker process (``twistd mmo-worker``) and the fight dispatcher are built from these:
+:class:`WorkerRuntime` is the ``Runtime`` its handler uses, :class:`WorkerService` the
+part of its service tree that migrates the database, starts the handler, then serves
+(:class:`~mmo.logic.server.HandlerServer`) and registers; :func:`load_handler` and
+:func:`handler_settings` read a handler class and its settings from a config.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from mmo.config import ConfigError, build
+from mmo.data import Cache, Database, DatabaseUnavailable, migrate
+from mmo.errors import MmoError
+from mmo.logic.client import Directory
+from mmo.logic.handler import ServiceHandler
+from mmo.logic.server import HandlerServer
+from mmo.logic.sessions import Sessions
+from mmo.registry import Registration
+from mmo.service import PreparedService
+from mmo.types import Clock
+
+__all__ = [
+    "CACHE_WAIT",
+    "DATABASE_WAIT",
+    "WorkerRuntime",
+    "WorkerService",
+    "handler_settings",
+    "load_handler",
+    "prepare_data",
+]
+
+log = Logger()
+
+
+def load_handler(path: str) -> type[ServiceHandler]:
+    """Import ``module:Class`` and check it is a ServiceHandler subclass."""
+    module_name, _, class_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError("handler", f"cannot import {module_name!r}: {e}") from e
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ServiceHandler)):
+        raise ConfigError("handler", f"{path!r} is not a ServiceHandler subclass")
+    return cls
+
+
+def handler_settings(handler_class: type[ServiceHandler], values: dict[str, Any]) -> Any:
+    """The handler's ``Settings`` built from ``values`` (``[worker.settings]``, ``--set``).
+
+    Raises:
+        ConfigError: an unknown setting, or a value of the wrong type or out of range.
+    """
+    return build(handler_class.Settings, values, prefix="[worker.settings] ")
+
+
+class WorkerRuntime:
+    """What the handler sees of its worker process (implements ``Runtime``)."""
+
+    def __init__(
+        self,
+        service_name: str,
+        instance_id: str,
+        clock: Clock,
+        directory: Directory,
+        db: Database | None = None,
+        cache: Cache | None = None,
+        settings: Any = None,
+    ) -> None:
+        self.service_name = service_name
+        self.instance_id = instance_id
+        self.clock = clock
+        self.directory = directory
+        self.db = db
+        self.cache = cache
+        self.settings = settings
+        self.server: HandlerServer | None = None
+        self.sessions = Sessions(directory, instance_id)
+
+    def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
+        """A proxy to another service."""
+        return self.directory.get_service(name, pattern, timeout)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        """Publish an event to this service's subscribers."""
+        assert self.server is not None
+        self.server.publish(topic, payload)
+
+
+#: How long a starting worker waits for its database to answer (to apply migrations).
+DATABASE_WAIT = 30.0
+#: How long a starting worker waits for its cache to connect before starting anyway.
+CACHE_WAIT = 5.0
+
+
+@defer.inlineCallbacks
+def prepare_data(
+    db: Database | None, cache: Cache | None, clock: Clock, wait: float = DATABASE_WAIT
+) -> Any:
+    """Apply the migrations (retrying while the database is unreachable) and let the cache
+    connect: what a worker does before its handler starts.
+
+    Raises (through the Deferred):
+        SchemaTooNew, MigrationError: the database cannot be used by this code.
+        DatabaseUnavailable: the database did not answer within ``wait`` seconds.
+    """
+    if db is not None:
+        deadline = clock.seconds() + wait
+        delay = 0.2
+        while True:
+            try:
+                applied = yield migrate(db)
+                break
+            except DatabaseUnavailable as e:
+                if clock.seconds() + delay > deadline:
+                    raise
+                log.warn("worker: database not ready ({e}); retrying", e=e)
+                yield task.deferLater(clock, delay, lambda: None)  # type: ignore[arg-type]
+                delay = min(delay * 2, 2.0)
+        log.info("worker: database {db} ready; migrations applied: {n}", db=db, n=applied or "none")
+    wait_connected = getattr(cache, "wait_connected", None)
+    if wait_connected is not None and not (yield wait_connected(CACHE_WAIT)):
+        log.warn("worker: cache {cache} not connected yet; starting anyway", cache=cache)
+
+
+class WorkerService(PreparedService):
+    """Prepares the data services and starts the handler, then serves and registers
+    (its children, in that order); stops in the reverse order.
+
+    Before the handler starts, the database's migrations are applied and the cache is
+    given a moment to connect. Stopping deregisters first (callers stop sending within
+    a second), then drains the calls in flight, then calls the handler's ``stop`` (the
+    database and cache services, above it in the role's tree, stop after it). A failed
+    start is logged and stops this service's children; what the process does then is
+    its own choice (``twistd mmo-worker`` exits: :func:`mmo.tap.exit_if_start_fails`).
+
+    Args:
+        handler: the handler.
+        server: its sockets (the child ``server``).
+        registration: its registry entry (the child ``registration``).
+        db: the database to migrate first, if any.
+        cache: the cache to wait for first, if any.
+    """
+
+    def __init__(
+        self,
+        handler: ServiceHandler,
+        server: HandlerServer,
+        registration: Registration,
+        db: Database | None = None,
+        cache: Cache | None = None,
+    ) -> None:
+        super().__init__()
+        self.handler = handler
+        self.server = server
+        self.registration = registration
+        self.db = db
+        self.cache = cache
+        server.setName("server")
+        server.setServiceParent(self)
+        registration.setName("registration")
+        registration.setServiceParent(self)
+
+    @override
+    def prepare(self) -> defer.Deferred[Any]:
+        """Migrate, let the cache connect, start the handler, bind: then register."""
+        d = prepare_data(self.db, self.cache, self.server.context.reactor)
+        d.addCallback(lambda _: self.handler.start())
+        d.addCallback(lambda _: self._bind())
+        return d
+
+    def _bind(self) -> None:
+        # Bound before the registration starts, so that it holds the endpoints.
+        self.registration.instance.endpoints = dict(self.server.bind())
+
+    @override
+    def ready(self) -> None:
+        """Serving and registered: say so."""
+        log.info(
+            "worker {id} serving {service} on {endpoints}",
+            id=self.handler.instance_id,
+            service=self.handler.service_name,
+            endpoints=self.server.endpoints,
+        )
+
+    @override
+    def failed(self, failure: Failure) -> None:
+        """Log why the worker could not start (a clear error needs no traceback)."""
+        if failure.check(MmoError, ConfigError):
+            log.error(
+                "worker failed to start: {type}: {error}",
+                type=type(failure.value).__name__,
+                error=failure.value,
+            )
+        else:
+            log.failure("handler failed to start", failure)
+
+    @override
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Deregister, drain (the children, last first), then stop the handler."""
+        was_running = self.running
+        yield super().stopService()
+        if was_running:
+            yield defer.maybeDeferred(self.handler.stop)
