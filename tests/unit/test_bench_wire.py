@@ -6,9 +6,9 @@ from argparse import Namespace
 
 import pytest
 
-from mmo.bench.cli import plan
 from mmo.bench.stats import percentile
 from mmo.bench.wire import encode_fast, frame_packet, parse_packet, value_ts
+from mmo.cli.bench import plan
 from mmo.wire import encode, encode_value
 from mmo.wire.gen.mmo.ttypes import Packet, PacketKind
 

@@ -14,7 +14,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.python.failure import Failure
 
-from mmo.cli import CommandError
+from mmo.cli.chat import LINGER, ChatConsole, format_members, format_push, run_chat
+from mmo.cli.common import CommandError
 from mmo.client import (
     Client,
     ClientConnectError,
@@ -25,7 +26,6 @@ from mmo.client import (
     parse_brokerlist,
     pick_broker,
 )
-from mmo.client.chat import LINGER, ChatConsole, format_members, format_push, run_chat
 from mmo.client.errors import error_name
 from mmo.client.protocol import MAX_SEQ, decode_body, encode_body
 from mmo.client.session import split_address

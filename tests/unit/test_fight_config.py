@@ -7,7 +7,7 @@ import pytest
 from twisted.python import usage
 
 from mmo.cli import build_parser
-from mmo.fight.cli import render
+from mmo.cli.fights import render
 from mmo.fight.config import FightConfig
 from mmo.fight.spawner import ProcessSpawner, describe_exit
 from mmo.fight.tap import Options

@@ -25,6 +25,7 @@ from typing import Any
 from twisted.internet import defer
 
 from mmo.bench.calls import run_calls, sleep
+from mmo.cli.common import CommandError
 from mmo.types import InlineCallbacks
 
 ECHO = "mmo.examples.echo:EchoService"
@@ -131,7 +132,6 @@ def plan(args: argparse.Namespace) -> list[str]:
 def settings_of(args: argparse.Namespace, workloads: list[str]) -> Any:
     """The :class:`~mmo.bench.workloads.Settings` the options ask for."""
     from mmo.bench.workloads import Settings
-    from mmo.cli import CommandError
 
     for name in ("clients", "rooms", "members", "conns", "in_flight"):
         if getattr(args, name) < 1:
@@ -174,8 +174,6 @@ def raise_file_limit(needed: int) -> int:
     Raises:
         CommandError: the hard limit is lower than ``needed``.
     """
-    from mmo.cli import CommandError
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise CommandError(
@@ -193,7 +191,6 @@ def raise_file_limit(needed: int) -> int:
 def parse_against(args: argparse.Namespace) -> Any:
     """The :class:`~mmo.bench.servers.Target` of ``--against`` and ``--server-pids``."""
     from mmo.bench.servers import Target
-    from mmo.cli import CommandError
 
     host, sep, port = str(args.against).rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -215,7 +212,6 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
     """Run each planned workload on fresh servers (or ``--against``), print its figures."""
     from mmo.bench.servers import BenchError, ServerSet, Target, wait_ready
     from mmo.bench.workloads import run_echo, run_idle, run_rooms
-    from mmo.cli import CommandError
 
     workloads = plan(args)
     settings = settings_of(args, workloads)

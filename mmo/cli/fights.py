@@ -9,11 +9,11 @@ its state, load against the cap, fights, peak load and how long it has been idle
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from twisted.internet import defer
 
+from mmo.cli.common import add_yellow, call_once, to_json
 from mmo.types import InlineCallbacks
 
 __all__ = ["add_parser", "cmd_fights", "render"]
@@ -49,28 +49,14 @@ def render(status: dict[str, Any]) -> str:
 @defer.inlineCallbacks
 def cmd_fights(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     """Print the fight pool's status."""
-    from mmo.cli import CommandError, to_json, yellows
-    from mmo.errors import MmoError
-    from mmo.logic import connect
-
-    directory = connect(yellows(args.yellow), reactor=reactor, caller_id=f"mmo-cli-{os.getpid()}")
-    try:
-        status = yield directory.call(args.service, "status", {}, timeout=args.timeout)
-    except MmoError as e:
-        raise CommandError(f"{type(e).__name__}: {e}") from e
-    finally:
-        yield directory.stopService()
+    status = yield call_once(reactor, args.yellow, args.service, "status", {}, args.timeout)
     print(to_json(status) if args.json else render(status))
 
 
 def add_parser(sub: Any) -> None:
     """Add ``fights`` to the ``mmo`` tool's subcommands."""
-    from mmo.cli import DEFAULT_YELLOW
-
     fights = sub.add_parser("fights", help="show the fight dispatcher's pool of processes")
-    fights.add_argument(
-        "--yellow", default=os.environ.get("MMO_YELLOW", DEFAULT_YELLOW), help="yellow address(es)"
-    )
+    add_yellow(fights)
     fights.add_argument("--service", default="fight", help="the dispatcher's service name")
     fights.add_argument("--json", action="store_true", help="print JSON")
     fights.add_argument("--timeout", type=float, default=3.0, help="deadline in seconds")

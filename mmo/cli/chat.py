@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from mmo.cli import CommandError, to_json
+from mmo.cli.common import CommandError, to_json
 from mmo.client.errors import ClientDisconnected, ClientException, ClientRequestError
 from mmo.client.session import Client
 from mmo.types import InlineCallbacks
