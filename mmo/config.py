@@ -143,24 +143,6 @@ def check_zmq_address(key: str, address: str) -> None:
         raise ConfigError(key, f"not a ZeroMQ address: {address!r} (tcp://127.0.0.1:PORT)")
 
 
-def seconds_from_env(name: str, default: float) -> float:
-    """``$name`` as a number of seconds if set (and not blank), else ``default``.
-
-    Raises:
-        ConfigError: the variable is set but is not a finite number >= 0.
-    """
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"not a number of seconds: {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(name, f"must be a number of seconds >= 0, not {raw!r}")
-    return value
-
-
 #: Environment variable that, set to 1, makes a process the one-machine demo: the
 #: public demo token key is accepted and internal links may go without CURVE keys.
 DEMO_ENV = "MMO_DEMO"

@@ -54,9 +54,14 @@ def cluster_config(yellow: str, brokers: list[int], http: int, data: Path) -> Cl
         process=(
             {"name": "yellow", "role": "mmo-yellow", "args": ["--listen", yellow]},
             worker("session", "mmo.sessions:SessionService"),
-            # The embedded defaults: accounts in SQLite, an in-process cache.
+            # The embedded defaults: accounts in SQLite, an in-process cache; the bots'
+            # accounts made at start.
             worker(
-                "sso", "mmo.examples.sso:SSOService", 1, "--database", f"sqlite:///{data}/mmo.db"
+                "sso",
+                "mmo.examples.sso:SSOService",
+                1,
+                *("--database", f"sqlite:///{data}/mmo.db"),
+                *("--set", "accounts=" + ",".join(f"{b}:pw-{b}" for b in BOTS)),
             ),
             worker("chat", "mmo.examples.chat:ChatService"),
             worker("echo", ECHO, count=2),
@@ -440,8 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the cluster running at the end")
     args = parser.parse_args(argv)
     log_path = Path(tempfile.gettempdir()) / f"mmo-demo-{os.getpid()}.log"
-    # The children inherit these: demo accounts for the bots, the demo auth key.
-    os.environ.setdefault("MMO_SSO_ACCOUNTS", ",".join(f"{b}:pw-{b}" for b in BOTS))
+    # The children inherit it: the demo auth key.
     os.environ.setdefault("MMO_DEMO", "1")
 
     def run(reactor: Any) -> defer.Deferred[None]:

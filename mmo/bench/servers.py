@@ -8,6 +8,7 @@ running and measures only the processes it is told of (``--server-pids``).
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import sys
@@ -129,7 +130,8 @@ class ServerSet:
         """Start yellow, session, sso, chat and one broker; return where to connect.
 
         Args:
-            accounts: ``user:password,...`` seeded into sso (``$MMO_SSO_ACCOUNTS``).
+            accounts: ``user:password,...`` seeded into sso (its setting ``accounts``,
+                in a config file: thousands of them make a long argument).
             rate: the broker's per-session packet rate.
             burst: the broker's per-session burst.
             capacity: sessions the broker takes.
@@ -138,7 +140,9 @@ class ServerSet:
         port = free_port()
         # A fresh token signing key per run, shared by sso and the broker; fresh CURVE
         # keys too unless the caller gives some (the links are measured as deployed).
-        env = {"MMO_SSO_ACCOUNTS": accounts, "MMO_AUTH_KEY": secrets.token_urlsafe(24)}
+        env = {"MMO_AUTH_KEY": secrets.token_urlsafe(24)}
+        sso_config = self.log_dir / "sso.toml"
+        sso_config.write_text(f"[worker.settings]\naccounts = {json.dumps(accounts)}\n")
         provide_curve_keys(self.log_dir / "curve")
         pids: dict[str, int] = {}
         p = self._start(
@@ -151,6 +155,8 @@ class ServerSet:
                 # More clients than accounts share them, one session each (a game's
                 # default, one session per user, would have them replace each other).
                 args += ["--set", "max_sessions_per_user=1000000"]
+            if name == "sso":
+                args += ["--config", str(sso_config)]
             p = self._start(TwistdProcess("mmo-worker", args, self.log_dir, name, env))
             pids[name] = p.pid
         args = [

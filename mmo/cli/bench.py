@@ -30,8 +30,8 @@ from mmo.types import InlineCallbacks
 
 ECHO = "mmo.examples.echo:EchoService"
 WORKLOADS = ("w1", "w2", "w3", "floor", "all", "calls")
-#: Most accounts seeded through $MMO_SSO_ACCOUNTS (one environment string is
-#: limited to 128 KiB); more clients than this share accounts (one session each).
+#: Most accounts seeded into sso (its setting ``accounts``); more clients than this
+#: share accounts (one session each).
 MAX_ACCOUNTS = 4000
 #: Times a workload's servers are started before giving up (a port was taken).
 START_ATTEMPTS = 3

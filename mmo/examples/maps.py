@@ -1,6 +1,6 @@
 """``MapService`` (service ``map``): players on maps, handed between processes through the cache.
 
-Several ``map`` workers each serve some maps; ``$MMO_MAPS`` gives the whole
+Several ``map`` workers each serve some maps; the setting ``maps`` gives the whole
 table, the same for every instance: ``"forest=map-a,cave=map-a,desert=map-b"``
 (map id = the instance id serving it). A player is on one instance at a time.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -35,12 +35,17 @@ from mmo.logic import Context, ServiceHandler, idempotent
 from mmo.types import InlineCallbacks
 from mmo.wire.gen.mmo.ttypes import ErrorCode
 
-__all__ = ["MAPS_ENV", "HandoffMissing", "MapError", "MapService", "NotHere", "WrongMap"]
+__all__ = [
+    "HandoffMissing",
+    "MapError",
+    "MapService",
+    "MapSettings",
+    "NotHere",
+    "WrongMap",
+    "parse_maps",
+]
 
 log = Logger()
-
-#: Environment variable with the map table: ``"map=instance,map=instance"``.
-MAPS_ENV = "MMO_MAPS"
 
 
 class MapError(MmoError):
@@ -62,16 +67,32 @@ class HandoffMissing(MapError):
 
 
 def parse_maps(spec: str) -> dict[str, str]:
-    """``"map=instance,..."`` as a dict; ConfigError naming the variable if malformed."""
+    """``"map=instance,..."`` as a dict; ConfigError naming the setting if malformed."""
     table: dict[str, str] = {}
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         map_id, sep, instance = (part.strip() for part in entry.partition("="))
         if not sep or not map_id or not instance:
-            raise ConfigError(MAPS_ENV, f"expected map=instance, got {entry!r}")
+            raise ConfigError("maps", f"expected map=instance, got {entry!r}")
         if map_id in table:
-            raise ConfigError(MAPS_ENV, f"map {map_id!r} is listed twice")
+            raise ConfigError("maps", f"map {map_id!r} is listed twice")
         table[map_id] = instance
     return table
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """Settings of the map service (``[worker.settings]`` or ``--set maps=...``).
+
+    Attributes:
+        maps: which instance serves which map, ``"forest=map-1,cave=map-2"``: the same
+            table for every instance (each serves the maps naming it).
+    """
+
+    maps: str = ""
+
+    def validate(self) -> None:
+        """Check that the table parses."""
+        parse_maps(self.maps)
 
 
 def _fresh(player_id: str) -> dict[str, Any]:
@@ -82,19 +103,21 @@ class MapService(ServiceHandler):
     """The ``map`` service: ``enter``, ``move``, ``transfer``, ``arrive``, ``leave``, ``where``.
 
     Attributes:
-        maps: map id -> the instance serving it (from ``$MMO_MAPS``).
+        maps: map id -> the instance serving it (the setting ``maps``).
         players: the players on this instance's maps, by id.
         handoff_ttl: seconds a hand-off waits in the cache for its destination.
     """
 
     default_service = "map"
+    Settings = MapSettings
+    settings: MapSettings
     handoff_ttl: float = 60.0
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        self.maps = parse_maps(os.environ.get(MAPS_ENV, ""))
+        self.maps = parse_maps(self.settings.maps)
         if self.instance_id not in self.maps.values():
-            raise ConfigError(MAPS_ENV, f"no map is served by instance {self.instance_id!r}")
+            raise ConfigError("maps", f"no map is served by instance {self.instance_id!r}")
         self.players: dict[str, dict[str, Any]] = {}
         self._moving: set[str] = set()
 

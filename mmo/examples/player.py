@@ -2,7 +2,7 @@
 
 ``save`` is acknowledged as soon as the new state is in this process's memory;
 it reaches the database (table ``players``, migration ``0002_players.sql``)
-within ``flush_interval`` seconds (1 s; ``$MMO_PLAYER_FLUSH_INTERVAL``), when
+within ``flush_interval`` seconds (1 s; the setting ``flush-interval``), when
 the player ``leave``s, and when the worker stops gracefully: nothing
 acknowledged is lost on a normal stop. A flush that fails (the database is
 down) is retried at the next interval; the state stays in memory meanwhile.
@@ -25,19 +25,16 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mmo.config import ConfigError, seconds_from_env
+from mmo.config import ConfigError
 from mmo.data import Cursor, Database, DataError
 from mmo.errors import BadRequest, MmoError
 from mmo.logic import Context, ServiceHandler, idempotent
 from mmo.types import InlineCallbacks
 from mmo.wire.gen.mmo.ttypes import ErrorCode
 
-__all__ = ["FLUSH_ENV", "PlayerService", "StaleState"]
+__all__ = ["PlayerService", "PlayerSettings", "StaleState"]
 
 log = Logger()
-
-#: Environment variable overriding ``PlayerService.flush_interval`` (seconds).
-FLUSH_ENV = "MMO_PLAYER_FLUSH_INTERVAL"
 
 _UPSERT = (
     "INSERT INTO players (player_id, state, version, updated_at) VALUES (%s, %s, %s, %s) "
@@ -45,6 +42,22 @@ _UPSERT = (
     "version = excluded.version, updated_at = excluded.updated_at "
     "WHERE players.version < excluded.version"
 )
+
+
+@dataclass(frozen=True)
+class PlayerSettings:
+    """Settings of the player service (``[worker.settings]`` or ``--set NAME=VALUE``).
+
+    Attributes:
+        flush_interval: seconds between write-behind flushes (1).
+    """
+
+    flush_interval: float = 1.0
+
+    def validate(self) -> None:
+        """Check the values."""
+        if not 0 < self.flush_interval <= 3600:
+            raise ConfigError("flush-interval", "must be between 0 and 3600 seconds")
 
 
 class StaleState(MmoError):
@@ -90,20 +103,19 @@ class PlayerService(ServiceHandler):
     """The ``player`` service: ``load``, ``save``, ``leave``, ``flush``, ``stats``.
 
     Attributes:
-        flush_interval: seconds between write-behind flushes.
+        flush_interval: seconds between write-behind flushes (the setting).
         stop_timeout: how long a graceful stop keeps retrying the last flush.
         players: the players held in memory, by id.
     """
 
     default_service = "player"
-    flush_interval: float = 1.0
+    Settings = PlayerSettings
+    settings: PlayerSettings
     stop_timeout: float = 10.0
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        self.flush_interval = seconds_from_env(FLUSH_ENV, type(self).flush_interval)
-        if not 0 < self.flush_interval <= 3600:
-            raise ConfigError(FLUSH_ENV, "must be between 0 and 3600 seconds")
+        self.flush_interval = self.settings.flush_interval
         self.players: dict[str, _Player] = {}
         self._dirty: set[str] = set()  # ids of the players with unwritten saves
         self._loading: dict[str, list[defer.Deferred[_Player]]] = {}

@@ -19,8 +19,8 @@ cost later leaves existing accounts valid.
 the service refuses to start unless ``MMO_DEMO=1`` (a public demo key and a
 warning).
 
-``$MMO_SSO_ACCOUNTS`` (``"alice:pw1,bob:pw2"``) seeds accounts at start, for
-demos (in the database: those not there yet).
+The setting ``accounts`` (``"alice:pw1,bob:pw2"``, in ``[worker.settings]``) seeds
+accounts at start, for demos (in the database: those not there yet).
 
 ``login`` and ``register`` are login methods: players reach them only as the
 packets a broker serves before login (``sso.login``, ``sso.register``), never as
@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -57,7 +56,6 @@ from mmo.types import InlineCallbacks
 from mmo.wire.gen.mmo.ttypes import ErrorCode
 
 __all__ = [
-    "ACCOUNTS_ENV",
     "AccountExists",
     "BadCredentials",
     "InvalidAccount",
@@ -66,12 +64,10 @@ __all__ = [
     "SSOError",
     "SSOService",
     "SSOSettings",
+    "parse_accounts",
 ]
 
 log = Logger()
-
-#: Environment variable seeding accounts: ``"user:password,user:password"``.
-ACCOUNTS_ENV = "MMO_SSO_ACCOUNTS"
 
 _USER = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _MAX_PASSWORD = 128
@@ -122,6 +118,10 @@ class SSOSettings:
         login_window: the window of the login limits, in seconds (300).
         registrations_per_address: accounts one address may create per window (10).
         registration_window: the window of the registration limit, in seconds (3600).
+        accounts: accounts to create at start, ``"user:password,user:password"`` (a
+            password may hold ``:``); those a database already has are left alone. For
+            demos and tests: give them in the config file, not on a command line that
+            ``ps`` shows.
     """
 
     token_ttl: float = 3600.0
@@ -131,9 +131,11 @@ class SSOSettings:
     login_window: float = 300.0
     registrations_per_address: int = 10
     registration_window: float = 3600.0
+    accounts: str = field(default="", repr=False)
 
     def validate(self) -> None:
-        """Check the values."""
+        """Check the values (and that ``accounts`` parses)."""
+        parse_accounts(self.accounts)
         limits = (
             self.login_failures_per_pair,
             self.login_failures_per_address,
@@ -154,8 +156,8 @@ def _check(user: Any, password: Any) -> tuple[str, str]:
     return user, password
 
 
-def _parse_seed(spec: str) -> list[tuple[str, str]]:
-    """The accounts of ``"user:password,..."``; ConfigError naming the variable if bad."""
+def parse_accounts(spec: str) -> list[tuple[str, str]]:
+    """The accounts of ``"user:password,..."``; ConfigError naming the setting if bad."""
     accounts: list[tuple[str, str]] = []
     seen: set[str] = set()
     for entry in filter(None, (e.strip() for e in spec.split(","))):
@@ -167,7 +169,7 @@ def _parse_seed(spec: str) -> list[tuple[str, str]]:
             if user in seen:
                 raise AccountExists(f"user {user!r} already exists")
         except SSOError as e:
-            raise ConfigError(ACCOUNTS_ENV, f"account {user!r}: {e}") from None
+            raise ConfigError("accounts", f"account {user!r}: {e}") from None
         seen.add(user)
         accounts.append((user, password))
     return accounts
@@ -230,7 +232,7 @@ class SSOService(ServiceHandler):
         # Hashed against when the user is unknown, so that a login takes as long
         # for an unknown user as for a wrong password.
         self._dummy = (secrets.token_bytes(16), b"")
-        self._seed = _parse_seed(os.environ.get(ACCOUNTS_ENV, ""))
+        self._seed = parse_accounts(limits.accounts)
         if self.db is None:
             for user, password in self._seed:
                 self._add(user, password)
@@ -241,11 +243,11 @@ class SSOService(ServiceHandler):
         Raises:
             ConfigError: an entry is malformed, invalid or repeated.
         """
-        for user, password in _parse_seed(spec):
+        for user, password in parse_accounts(spec):
             try:
                 self._add(user, password)
             except SSOError as e:
-                raise ConfigError(ACCOUNTS_ENV, f"account {user!r}: {e}") from None
+                raise ConfigError("accounts", f"account {user!r}: {e}") from None
 
     @defer.inlineCallbacks
     def start(self) -> InlineCallbacks[None]:

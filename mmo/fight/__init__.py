@@ -15,12 +15,13 @@ from mmo.fight.errors import (
     PoolFull,
     UnknownFight,
 )
-from mmo.fight.handler import FightHandler, require_session
+from mmo.fight.handler import FightHandler, FightSettings, require_session
 
 __all__ = [
     "BadFight",
     "FightError",
     "FightHandler",
+    "FightSettings",
     "Forbidden",
     "NotInFight",
     "PoolDraining",

@@ -7,11 +7,6 @@ from dataclasses import dataclass
 from mmo.config import ConfigError, check_zmq_address
 from mmo.net import advertised_host
 
-#: Environment variables a fight process finds its dispatcher by (set when spawned).
-ENV_DISPATCHER_SERVICE = "MMO_FIGHT_DISPATCHER"
-ENV_DISPATCHER_ID = "MMO_FIGHT_DISPATCHER_ID"
-ENV_CAP = "MMO_FIGHT_CAP"
-
 
 @dataclass(frozen=True)
 class FightConfig:

@@ -10,22 +10,40 @@ be reported to them) and when a fight ends (:meth:`FightHandler.release_fight`).
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from mmo.errors import Forbidden
-from mmo.fight.config import ENV_CAP, ENV_DISPATCHER_ID, ENV_DISPATCHER_SERVICE
 from mmo.logic.handler import Context, Runtime, ServiceHandler, Session, callers, client_method
 
-__all__ = ["FightHandler", "require_session"]
+__all__ = ["FightHandler", "FightSettings", "require_session"]
 
 log = Logger()
 
 #: Deadline of the calls a fight process makes to its dispatcher, in seconds.
 DISPATCHER_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class FightSettings:
+    """What a fight process knows of its dispatcher: the dispatcher passes them when it
+    spawns the process (``--set dispatcher=... --set dispatcher-id=... --set cap=...``).
+
+    A fight handler with settings of its own subclasses this (a frozen dataclass too)
+    and names the subclass as its ``Settings``.
+
+    Attributes:
+        dispatcher: the dispatcher's service name.
+        dispatcher_id: the dispatcher that spawned this process ("" if unknown: any).
+        cap: players this process may hold (0 if unknown), for information.
+    """
+
+    dispatcher: str = "fight"
+    dispatcher_id: str = ""
+    cap: int = 0
 
 
 def require_session(ctx: Context) -> Session:
@@ -49,19 +67,21 @@ class FightHandler(ServiceHandler):
     route; ``expired`` is the dispatcher's alone.
 
     Attributes:
-        dispatcher_service: the dispatcher's service name (``$MMO_FIGHT_DISPATCHER``).
-        dispatcher_id: the dispatcher that spawned this process (``$MMO_FIGHT_DISPATCHER_ID``);
+        dispatcher_service: the dispatcher's service name (setting ``dispatcher``).
+        dispatcher_id: the dispatcher that spawned this process (setting ``dispatcher-id``);
             calls go to it alone, since the fights it allocated are in its books.
-        cap: players this process may hold (``$MMO_FIGHT_CAP``), for information.
+        cap: players this process may hold (setting ``cap``), for information.
     """
 
     default_service = "fight-worker"
+    Settings: ClassVar[type] = FightSettings
+    settings: FightSettings
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
-        self.dispatcher_service = os.environ.get(ENV_DISPATCHER_SERVICE) or "fight"
-        self.dispatcher_id: str | None = os.environ.get(ENV_DISPATCHER_ID) or None
-        self.cap = int(os.environ.get(ENV_CAP) or 0) or None
+        self.dispatcher_service = self.settings.dispatcher
+        self.dispatcher_id: str | None = self.settings.dispatcher_id or None
+        self.cap = self.settings.cap or None
 
     def call_dispatcher(
         self,

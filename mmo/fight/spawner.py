@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mmo.fight.config import ENV_CAP, ENV_DISPATCHER_ID, ENV_DISPATCHER_SERVICE, FightConfig
+from mmo.fight.config import FightConfig
 from mmo.fight.pool import ExitCallback
 from mmo.process import ChildProcess, twistd_argv
 
@@ -84,6 +84,9 @@ class ProcessSpawner:
             instance_id,
             *(["--bind-host", config.bind_host] if config.bind_host else []),
             *(["--advertise-host", config.advertise_host] if config.advertise_host else []),
+            *("--set", f"dispatcher={config.service}"),
+            *("--set", f"dispatcher-id={self.dispatcher_id}"),
+            *("--set", f"cap={config.cap}"),
             *config.worker_args,
         ]
         return twistd_argv("mmo-worker", args)
@@ -95,11 +98,6 @@ class ProcessSpawner:
             self.argv(instance_id),
             on_exit,
             stop_timeout=self.config.stop_timeout,
-            env={
-                ENV_DISPATCHER_SERVICE: self.config.service,
-                ENV_DISPATCHER_ID: self.dispatcher_id,
-                ENV_CAP: str(self.config.cap),
-            },
             reactor=self.reactor,
         )
         child.startService()

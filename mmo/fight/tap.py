@@ -54,13 +54,19 @@ class Options(MemberOptions):
 
     @override
     def check(self) -> None:
-        """The fight handler imports and is a FightHandler."""
-        from mmo.fight.handler import FightHandler
+        """The fight handler imports, is a FightHandler and takes FightSettings."""
+        from mmo.fight.handler import FightHandler, FightSettings
         from mmo.logic.runtime import load_handler
 
-        if not issubclass(load_handler(self.config.handler), FightHandler):
+        handler = load_handler(self.config.handler)
+        if not issubclass(handler, FightHandler):
             raise ConfigError(
                 "handler", f"{self.config.handler!r} is not a mmo.fight.FightHandler subclass"
+            )
+        if not issubclass(handler.Settings, FightSettings):
+            raise ConfigError(
+                "handler",
+                f"the Settings of {self.config.handler!r} must subclass mmo.fight.FightSettings",
             )
 
     @override

@@ -38,7 +38,9 @@ class EdgeCluster:
         self.http_port = free_port()
         self.broker_args = broker_args
         self.processes: dict[str, TwistdProcess] = {}
-        self.env = {"MMO_SSO_ACCOUNTS": accounts, "MMO_DEMO": "1"}
+        self.env = {"MMO_DEMO": "1"}
+        #: Handler settings (``--set``) of the workers, by name.
+        self.settings = {"sso": {"accounts": accounts}}
         self._start("yellow", "mmo-yellow", ["--listen", self.yellow], self.env)
         for name, handler in (WORKERS if workers is None else workers).items():
             self.start_worker(name, handler)
@@ -59,16 +61,16 @@ class EdgeCluster:
         name: str,
         handler: str,
         extra: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
     ) -> TwistdProcess:
         """Start worker ``name`` (its instance id) serving ``handler`` in this cluster.
 
         Args:
             extra: more ``mmo-worker`` arguments (e.g. ``("--database", url)``).
-            env: more environment variables, over the cluster's own.
         """
         args = ["--yellow", self.yellow, "--handler", handler, "--instance-id", name, *extra]
-        self._start(name, "mmo-worker", args, {**self.env, **(env or {})})
+        for setting, value in self.settings.get(name, {}).items():
+            args += ["--set", f"{setting}={value}"]
+        self._start(name, "mmo-worker", args, self.env)
         return self.processes[name]
 
     def start_broker(self, i: int) -> TwistdProcess:

@@ -55,13 +55,13 @@ def start_worker(
     name: str,
     handler: str,
     backend: Backend,
-    env: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Any:
-    """Start a worker of ``handler`` named ``name`` on ``backend``."""
-    args = ["--handler", handler, "--instance-id", name, *backend.args()]
+    """Start a worker of ``handler`` named ``name`` on ``backend`` (``extra``: more arguments)."""
+    args = ["--handler", handler, "--instance-id", name, *backend.args(), *extra]
     for address in yellows:
         args += ["--yellow", address]
-    return processes.start("mmo-worker", *args, name=name, env={"MMO_AUTH_KEY": KEY, **(env or {})})
+    return processes.start("mmo-worker", *args, name=name, env={"MMO_AUTH_KEY": KEY})
 
 
 @pytest_twisted.inlineCallbacks
@@ -102,7 +102,7 @@ def test_acknowledged_saves_survive_a_graceful_stop(
 ):
     """With a 60 s flush interval, SIGTERM still writes every acknowledged save."""
     cluster.yellow()
-    slow_flush = {"MMO_PLAYER_FLUSH_INTERVAL": "60"}
+    slow_flush = ("--set", "flush-interval=60")
     first = start_worker(mmo_processes, cluster.yellows, "player-1", PLAYER, backend, slow_flush)
     directory = directory_factory(cluster.yellows)
     yield wait_instances(directory, "player", {"player-1"})
@@ -133,10 +133,10 @@ def test_players_move_between_map_processes_without_loss_or_duplicates(
 ):
     """Players hop between two map workers ten times: every coin and map visit is kept, once."""
     cluster.yellow()
-    env = {"MMO_MAPS": "forest=map-a,cave=map-b"}
+    table = ("--set", "maps=forest=map-a,cave=map-b")
     start_worker(mmo_processes, cluster.yellows, "player-1", PLAYER, backend)
     for name in ("map-a", "map-b"):
-        start_worker(mmo_processes, cluster.yellows, name, MAP, backend, env)
+        start_worker(mmo_processes, cluster.yellows, name, MAP, backend, table)
     directory = directory_factory(cluster.yellows)
     yield wait_instances(directory, "map", {"map-a", "map-b"})
     yield wait_instances(directory, "player", {"player-1"})

@@ -59,8 +59,6 @@ from mmo.client import Client
 from mmo.client.errors import ClientException, ClientRequestError, ClientTimeout
 from mmo.client.session import http_fetcher, parse_brokerlist
 from mmo.data.testing import ThrowawayPostgres, ThrowawayRedis
-from mmo.examples.maps import MAPS_ENV
-from mmo.examples.player import FLUSH_ENV
 from mmo.logic import Directory
 from mmo.registry import Change
 from mmo.testing import TwistdProcess
@@ -928,8 +926,7 @@ def test_postgres_restart(
     player = edge.start_worker(
         "player-1",
         PLAYER,
-        ("--database", f"{postgres.url}?max_size=4&timeout=2"),
-        {FLUSH_ENV: "0.5"},
+        ("--database", f"{postgres.url}?max_size=4&timeout=2", "--set", "flush-interval=0.5"),
     )
     yield wait_instances(directory_factory([edge.yellow]), "player", {"player-1"})
     workload = DataWorkload(
@@ -958,7 +955,7 @@ def test_redis_restart(
         "player-1", PLAYER, ("--database", f"sqlite:///{tmp_path / 'players.db'}")
     )
     maps = edge.start_worker(
-        "map-1", MAP, ("--cache", f"{redis.url}?timeout=0.5"), {MAPS_ENV: f"{MAP_ID}=map-1"}
+        "map-1", MAP, ("--cache", f"{redis.url}?timeout=0.5", "--set", f"maps={MAP_ID}=map-1")
     )
     directory = directory_factory([edge.yellow])
     yield wait_instances(directory, "player", {"player-1"})

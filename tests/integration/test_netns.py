@@ -110,7 +110,7 @@ class NetCluster:
         self.brokerlist_url = f"http://{network['a'].ip}:6000/"
         self.brokers = {h: f"{network[h].ip}:{BROKER_PORT}" for h in ("c1", "c2")}
         self.processes: dict[str, NetnsTwistd] = {}
-        self.env = {"MMO_SSO_ACCOUNTS": ACCOUNTS}
+        self.env: dict[str, str] = {}
 
     def _start(self, host: str, name: str, role: str, args: list[str]) -> NetnsTwistd:
         process = NetnsTwistd(self.network, host, role, args, self.log_dir, name, self.env)
@@ -118,9 +118,10 @@ class NetCluster:
         process.start()
         return process
 
-    def _worker(self, host: str, name: str, handler: str) -> None:
+    def _worker(self, host: str, name: str, handler: str, *extra: str) -> None:
         self._start(host, name, "mmo-worker", ["--yellow", self.yellow, "--handler", handler,
-                    "--instance-id", name, "--bind-host", self.network[host].ip])  # fmt: skip
+                    "--instance-id", name, "--bind-host", self.network[host].ip,
+                    *extra])  # fmt: skip
 
     def start(self) -> None:
         """Start every process (the roles find each other in any order)."""
@@ -129,7 +130,7 @@ class NetCluster:
         self._worker("a", "session", "mmo.sessions:SessionService")
         self._start("a", "brokerlist", "mmo-brokerlist",
                     ["--yellow", self.yellow, "--listen", f"tcp:6000:interface={a}"])  # fmt: skip
-        self._worker("b", "sso", "mmo.examples.sso:SSOService")
+        self._worker("b", "sso", "mmo.examples.sso:SSOService", "--set", f"accounts={ACCOUNTS}")
         self._worker("b", "chat", "mmo.examples.chat:ChatService")
         self._start("b", "fight", "mmo-fight", [
             "--yellow", self.yellow, "--handler", "mmo.examples.fight:TurnFight",

@@ -12,7 +12,7 @@ from mmo.config import ConfigError
 from mmo.data import CacheUnavailable
 from mmo.data.memory import MemoryCache
 from mmo.errors import DeadlineExceeded, MmoError
-from mmo.examples.maps import MAPS_ENV, HandoffMissing, MapService, NotHere, WrongMap, parse_maps
+from mmo.examples.maps import HandoffMissing, MapService, NotHere, WrongMap, parse_maps
 from mmo.testing import fake_context, handler_factory
 from mmo.testing.fakes import fake_cache
 from mmo.testing.fakes import result_of as value
@@ -56,9 +56,8 @@ class FakeMapDirectory:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Any:
+def world() -> Any:
     """Two map instances (forest on map-a; cave, lake on map-b) sharing players and a cache."""
-    monkeypatch.setenv(MAPS_ENV, "forest=map-a,cave=map-b,lake=map-b")
     players, maps, cache = FakePlayers(), FakeMapDirectory(), fake_cache()
     cache.shared = True  # one cache object stands for a shared Redis here
     for name in ("map-a", "map-b"):
@@ -67,6 +66,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Any:
             instance_id=name,
             cache=cache,
             services={"player": players, "map": maps},
+            settings={"maps": "forest=map-a,cave=map-b,lake=map-b"},
         )
     return players, maps, cache
 
@@ -80,15 +80,14 @@ def test_parse_maps() -> None:
     """The table is map=instance pairs; malformed or repeated maps are ConfigErrors."""
     assert parse_maps(" a=x, b=y ,") == {"a": "x", "b": "y"}
     for bad in ("a", "a=", "=x", "a=x,a=y"):
-        with pytest.raises(ConfigError, match=MAPS_ENV):
+        with pytest.raises(ConfigError, match="maps"):
             parse_maps(bad)
 
 
-def test_an_instance_serving_no_map_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An instance that $MMO_MAPS does not name is a ConfigError."""
-    monkeypatch.setenv(MAPS_ENV, "forest=map-a")
+def test_an_instance_serving_no_map_refuses_to_start() -> None:
+    """An instance that the setting maps does not name is a ConfigError."""
     with pytest.raises(ConfigError, match="map-z"):
-        handler_factory(MapService, instance_id="map-z")
+        handler_factory(MapService, instance_id="map-z", settings={"maps": "forest=map-a"})
 
 
 def test_enter_move_and_leave(world: Any) -> None:
@@ -142,9 +141,8 @@ def test_transfer_within_an_instance_is_local(world: Any) -> None:
     assert b.players["p1"]["visited"] == ["cave", "lake"]
 
 
-def test_transfer_through_the_store_without_a_shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transfer_through_the_store_without_a_shared_cache() -> None:
     """With a private cache the state goes through the player service instead."""
-    monkeypatch.setenv(MAPS_ENV, "forest=map-a,cave=map-b")
     players, maps = FakePlayers(), FakeMapDirectory()
     for name in ("map-a", "map-b"):
         maps.instances[name] = handler_factory(
@@ -152,6 +150,7 @@ def test_transfer_through_the_store_without_a_shared_cache(monkeypatch: pytest.M
             instance_id=name,
             cache=MemoryCache(),
             services={"player": players, "map": maps},
+            settings={"maps": "forest=map-a,cave=map-b"},
         )
     a, b = maps.instances["map-a"], maps.instances["map-b"]
     call(a, "enter", player_id="p1", map_id="forest")

@@ -10,16 +10,10 @@ from twisted.internet import defer, task
 from mmo.config import ConfigError
 from mmo.data import DatabaseUnavailable, migrate
 from mmo.errors import BadRequest
-from mmo.examples.player import FLUSH_ENV, PlayerService, StaleState
+from mmo.examples.player import PlayerService, StaleState
 from mmo.testing import fake_context, handler_factory
 from mmo.testing.fakes import FakeDatabase
 from mmo.testing.fakes import result_of as value
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default flush interval."""
-    monkeypatch.delenv(FLUSH_ENV, raising=False)
 
 
 @pytest.fixture
@@ -183,15 +177,14 @@ def test_bad_saves_are_bad_requests(
         call(player, "save", **kwargs)
 
 
-def test_flush_interval_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, db: FakeDatabase
-) -> None:
-    """$MMO_PLAYER_FLUSH_INTERVAL sets the interval; a bad value is a ConfigError."""
-    monkeypatch.setenv(FLUSH_ENV, "0.25")
-    assert handler_factory(PlayerService, db=db).flush_interval == 0.25
-    monkeypatch.setenv(FLUSH_ENV, "soon")
-    with pytest.raises(ConfigError, match=FLUSH_ENV):
-        handler_factory(PlayerService, db=db)
+def test_flush_interval_from_the_setting(db: FakeDatabase) -> None:
+    """The setting flush-interval sets the interval; a bad value is a ConfigError."""
+    assert handler_factory(PlayerService, db=db).flush_interval == 1.0
+    player = handler_factory(PlayerService, db=db, settings={"flush-interval": "0.25"})
+    assert player.flush_interval == 0.25
+    for bad in ("soon", "0", "7200"):
+        with pytest.raises(ConfigError, match="flush"):
+            handler_factory(PlayerService, db=db, settings={"flush-interval": bad})
 
 
 def test_no_database_is_a_config_error() -> None:

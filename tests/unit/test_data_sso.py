@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from mmo.data import DatabaseUnavailable, migrate, tokens
-from mmo.examples.sso import ACCOUNTS_ENV, AccountExists, BadCredentials, SSOService
+from mmo.examples.sso import AccountExists, BadCredentials, SSOService
 from mmo.testing import fake_context, handler_factory
 from mmo.testing.fakes import FakeDatabase
 from mmo.testing.fakes import result_of as value
@@ -17,9 +17,8 @@ KEY = "0123456789abcdef-key"
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A signing key and no seeded accounts."""
+    """A signing key."""
     monkeypatch.setenv(tokens.KEY_ENV, KEY)
-    monkeypatch.delenv(ACCOUNTS_ENV, raising=False)
 
 
 @pytest.fixture
@@ -84,13 +83,11 @@ def test_a_raised_cost_leaves_old_hashes_valid(db: FakeDatabase) -> None:
     assert stored[0].startswith("scrypt$8192$")
 
 
-def test_seeded_accounts_are_added_once_at_start(
-    db: FakeDatabase, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """$MMO_SSO_ACCOUNTS adds missing accounts at start; restarting does not duplicate them."""
-    monkeypatch.setenv(ACCOUNTS_ENV, "alice:pw1,bob:pw2")
+def test_seeded_accounts_are_added_once_at_start(db: FakeDatabase) -> None:
+    """The setting accounts adds missing accounts at start; restarting does not duplicate
+    them."""
     for _ in range(2):
-        sso = handler_factory(SSOService, db=db)
+        sso = handler_factory(SSOService, db=db, settings={"accounts": "alice:pw1,bob:pw2"})
         value(sso.start())
     rows = value(db.run_query("SELECT user_id FROM accounts ORDER BY 1"))
     assert rows == [("alice",), ("bob",)]

@@ -12,7 +12,6 @@ from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.errors import MmoError, RemoteError, from_wire
 from mmo.examples.sso import (
-    ACCOUNTS_ENV,
     AccountExists,
     BadCredentials,
     InvalidAccount,
@@ -28,8 +27,7 @@ KEY = "k" * 32
 
 @pytest.fixture(autouse=True)
 def _no_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests start with no accounts unless they seed some, and with a signing key."""
-    monkeypatch.delenv(ACCOUNTS_ENV, raising=False)
+    """Tests start with a signing key, not in demo mode."""
     monkeypatch.delenv(tokens.DEMO_ENV, raising=False)
     monkeypatch.setenv(tokens.KEY_ENV, KEY)
 
@@ -170,21 +168,20 @@ def test_errors_reach_callers_as_typed_remote_errors() -> None:
         assert isinstance(remote, RemoteError) and remote.type == cls.__name__
 
 
-def test_accounts_are_seeded_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """$MMO_SSO_ACCOUNTS "user:password,..." creates those accounts (a password may hold ':')."""
-    monkeypatch.setenv(ACCOUNTS_ENV, "alice:pw1, bob:p:w2,")
-    sso = handler_factory(SSOService)
+def test_accounts_are_seeded_from_the_setting() -> None:
+    """The setting accounts, "user:password,...", creates those accounts (a password may
+    hold ':')."""
+    sso = handler_factory(SSOService, settings={"accounts": "alice:pw1, bob:p:w2,"})
     assert sorted(sso.accounts) == ["alice", "bob"]
     assert call(sso, "login", user="alice", password="pw1")["user_id"] == "alice"
     assert call(sso, "login", user="bob", password="p:w2")["user_id"] == "bob"
 
 
 @pytest.mark.parametrize("spec", ["alice", "alice:", "bad name:pw", "alice:a,alice:b"])
-def test_a_bad_seed_is_a_config_error(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
-    """A malformed, invalid or repeated seeded account is refused, naming the variable."""
-    monkeypatch.setenv(ACCOUNTS_ENV, spec)
-    with pytest.raises(ConfigError, match=ACCOUNTS_ENV):
-        handler_factory(SSOService)
+def test_a_bad_seed_is_a_config_error(spec: str) -> None:
+    """A malformed, invalid or repeated seeded account is refused, naming the setting."""
+    with pytest.raises(ConfigError, match="accounts"):
+        handler_factory(SSOService, settings={"accounts": spec})
 
 
 def test_sso_serves_register_and_login_only() -> None:

@@ -3,6 +3,7 @@ wrong is a usage error naming the option, and nothing has started."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from twisted.python import usage
 
 from mmo.broker.tap import Options as BrokerOptions
 from mmo.cluster.tap import Options as ClusterOptions
+from mmo.fight import FightHandler
+from mmo.fight.tap import Options as FightOptions
 from mmo.service import PreparedService
 from mmo.tap import exit_if_start_fails
 from mmo.worker.tap import Options as WorkerOptions
@@ -140,3 +143,25 @@ def test_a_worker_that_cannot_start_ends_its_process_with_status_1() -> None:
     [(phase, event, _, args)] = reactor.triggers
     assert (phase, event, args) == ("after", "shutdown", (1,))
     assert not worker.running or all(not child.running for child in worker)
+
+
+@dataclass(frozen=True)
+class OwnSettings:
+    rounds: int = 3
+
+
+class FightWithOwnSettings(FightHandler):
+    """A fight handler whose settings forget the dispatcher's (FightSettings)."""
+
+    Settings = OwnSettings
+
+
+def test_a_fight_handler_must_take_the_dispatchers_settings() -> None:
+    """The dispatcher passes --set dispatcher=... to its fight processes: a handler whose
+    Settings do not subclass FightSettings would make every fight process fail, so the
+    dispatcher refuses it at once."""
+    message = usage_error(
+        FightOptions(),
+        *("--yellow", YELLOW, "--cap", "10", "--handler", f"{__name__}:FightWithOwnSettings"),
+    )
+    assert message.startswith("--handler: the Settings of") and "FightSettings" in message
