@@ -6,18 +6,25 @@ that what one process sends to one broker arrives in the order it was sent.
 A channel broadcast is sent once to each broker, which fans it out to the
 members it holds: the message crosses the internal network once per broker,
 never once per member.
+
+A player's broker may not be in this process's registry view yet (the broker started
+a moment ago and the player came through it at once: the broker is live, the view is
+behind). What is addressed to such a broker waits for it, in order, up to
+:data:`HOLD_FOR` seconds, then is dropped and counted (``undeliverable``): a
+``chat.join`` answered "ok" is not silently lost.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from mmo.types import DelayedCall
 from mmo.wire import encode, encode_value
-from mmo.wire.gen.mmo.ttypes import Session
+from mmo.wire.gen.mmo.ttypes import Change, Instance, Session
 
 if TYPE_CHECKING:
     from mmo.logic.client import Directory
@@ -25,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL",
     "BROKER_SERVICE",
+    "HOLD_FOR",
+    "HOLD_MAX",
     "RESUME_PURPOSE",
     "SESSION_SERVICE",
     "Session",
@@ -43,6 +52,10 @@ SESSION_SERVICE = "session"
 RESUME_PURPOSE = "resume"
 #: The channel every session is in.
 ALL = "*"
+#: Seconds an operation for a broker not (yet) in the registry view waits for it.
+HOLD_FOR = 10.0
+#: Most operations waiting for brokers at once (past it, new ones are dropped).
+HOLD_MAX = 10_000
 
 
 def encode_body(body: Any) -> bytes:
@@ -63,17 +76,72 @@ class Sessions:
     def __init__(self, directory: Directory, instance_id: str) -> None:
         self.directory = directory
         self.instance_id = instance_id
-        #: Operations addressed to a broker that is not live (counted, then dropped).
+        #: Operations dropped: for no broker, or for one that did not appear in time.
         self.undeliverable = 0
+        #: Operations waiting for their broker to appear, by broker, in order.
+        self._held: dict[str, deque[tuple[float, str, bytes, dict[str, Any]]]] = {}
+        self._held_count = 0
+        self._expiry: DelayedCall | None = None
+        directory.view.listen(self._changed)
 
     def _to_broker(self, broker: str | None, method: str, body: bytes, **header: Any) -> bool:
-        if broker and self.directory.send(BROKER_SERVICE, method, body, instance=broker, **header):
+        """Send one operation to ``broker``; hold it if the broker is not in the view yet.
+
+        Returns whether it was sent or is held (False: dropped).
+        """
+        if not broker:
+            return self._drop(broker, method, "the session names no broker")
+        if broker not in self._held and self.directory.send(
+            BROKER_SERVICE, method, body, instance=broker, **header
+        ):
             return True
+        if self._held_count >= HOLD_MAX:
+            return self._drop(broker, method, f"{HOLD_MAX} operations wait already")
+        clock = self.directory.clock
+        self._held.setdefault(broker, deque()).append(
+            (clock.seconds() + HOLD_FOR, method, body, header)
+        )
+        self._held_count += 1
+        if self._expiry is None or not self._expiry.active():
+            self._expiry = clock.callLater(HOLD_FOR, self._expire)
+        return True
+
+    def _drop(self, broker: str | None, method: str, why: str) -> bool:
         self.undeliverable += 1
-        log.debug(
-            "sessions: broker {broker} not live; {method} dropped", broker=broker, method=method
+        log.warn(
+            "sessions: {method} for broker {broker} dropped: {why} ({n} dropped so far)",
+            method=method,
+            broker=broker,
+            why=why,
+            n=self.undeliverable,
         )
         return False
+
+    def _changed(self, change: int, instance: Instance, reason: str) -> None:
+        """A broker came into view: send what waits for it, in order."""
+        if change != Change.UP or instance.service_name != BROKER_SERVICE:
+            return
+        held = self._held.pop(instance.instance_id, None)
+        while held:
+            _, method, body, header = held.popleft()
+            self._held_count -= 1
+            if not self.directory.send(
+                BROKER_SERVICE, method, body, instance=instance.instance_id, **header
+            ):  # it went again at once: what is left would follow a gap, so it goes too
+                self._drop(instance.instance_id, method, "the broker went again")
+
+    def _expire(self) -> None:
+        """Drop what waited :data:`HOLD_FOR` seconds; come back for the rest."""
+        now = self.directory.clock.seconds()
+        for broker, held in list(self._held.items()):
+            while held and held[0][0] <= now:
+                self._held_count -= 1
+                self._drop(broker, held.popleft()[1], f"not in the registry for {HOLD_FOR:g} s")
+            if not held:
+                del self._held[broker]
+        if self._held:
+            first = min(held[0][0] for held in self._held.values())
+            self._expiry = self.directory.clock.callLater(max(0.0, first - now), self._expire)
 
     def push(self, sessions: Session | Iterable[Session], route: str, body: Any) -> int:
         """Push ``body`` on ``route`` to one session or several; return the brokers reached."""
