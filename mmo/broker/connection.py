@@ -2,9 +2,10 @@
 
 A :class:`ClientConnection` takes whole packets (bytes) from its carrier,
 enforces the session rules of docs/edge.md (login first, rate, idle, slow
-consumers) and hands requests to the :class:`~mmo.broker.core.Broker`. The
-carriers (:class:`TCPClientProtocol`, :class:`WebSocketClientProtocol`) only
-frame bytes and apply back-pressure.
+consumers) and hands requests to the broker, which it knows only as an
+:class:`Edge` (what a connection needs of it; :class:`~mmo.broker.core.Broker` is
+one). The carriers (:class:`TCPClientProtocol`, :class:`WebSocketClientProtocol`)
+only frame bytes and apply back-pressure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -22,8 +24,9 @@ from mmo.wire import WireError, decode, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind, Session, Value
 
 if TYPE_CHECKING:
-    from mmo.broker.core import Broker
+    from mmo.broker.config import BrokerConfig
     from mmo.broker.routes import RoutePatterns
+    from mmo.types import Clock
 
 _HEARTBEAT = None  # filled lazily: the encoded HEARTBEAT frame
 
@@ -54,11 +57,55 @@ class Carrier(Protocol):
         ...
 
 
+class Edge(Protocol):
+    """What a connection and its carrier need of the broker they belong to.
+
+    Attributes:
+        clock: the reactor's clock (timeouts, the packet rate).
+        config: the broker's settings (limits, timeouts).
+        instance_id: the broker's id (sessions travel with it).
+        log: where connections log.
+        tcp_routes: the routes a TCP client may use.
+        websocket_routes: the routes a WebSocket client may use.
+    """
+
+    clock: Clock
+    config: BrokerConfig
+    instance_id: str
+    log: Logger
+    tcp_routes: RoutePatterns
+    websocket_routes: RoutePatterns
+
+    def count(self, what: str, n: int = 1) -> None:
+        """Count an event (the broker's stats)."""
+        ...
+
+    def connection_made(self, conn: ClientConnection) -> None:
+        """A client connected: admit it, or refuse it (``conn.fail``)."""
+        ...
+
+    def connection_lost(self, conn: ClientConnection) -> None:
+        """A client's connection is gone."""
+        ...
+
+    def before_login(self, conn: ClientConnection, packet: Packet) -> None:
+        """A REQUEST or NOTIFY from a client without a session."""
+        ...
+
+    def request(self, conn: ClientConnection, packet: Packet) -> None:
+        """A REQUEST from a logged-in client."""
+        ...
+
+    def notify(self, conn: ClientConnection, packet: Packet) -> None:
+        """A NOTIFY from a logged-in client."""
+        ...
+
+
 class ClientConnection:
     """The broker's side of one client: login state, session, limits.
 
     Args:
-        broker: the broker.
+        broker: the broker (what a connection needs of it).
         carrier: the transport-specific protocol.
         routes: the routes the listener it came in on accepts.
 
@@ -71,7 +118,7 @@ class ClientConnection:
         bindings: route prefix -> instance id (dynamic routing).
     """
 
-    def __init__(self, broker: Broker, carrier: Carrier, routes: RoutePatterns) -> None:
+    def __init__(self, broker: Edge, carrier: Carrier, routes: RoutePatterns) -> None:
         self.broker = broker
         self.carrier = carrier
         self.routes = routes
@@ -299,7 +346,7 @@ class _Carrier:
 class TCPClientProtocol(_Carrier, Int32StringReceiver):
     """TCP carrier: 4-byte big-endian length, then a Thrift ``Packet``."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Edge) -> None:
         self.broker = broker
         self.MAX_LENGTH = broker.config.max_frame
         self.connection: ClientConnection | None = None
@@ -368,7 +415,7 @@ class TCPClientProtocol(_Carrier, Int32StringReceiver):
 class WebSocketClientProtocol(_Carrier):
     """WebSocket carrier: one packet per binary message (``twisted.web.websocket``)."""
 
-    def __init__(self, broker: Broker, peer: str) -> None:
+    def __init__(self, broker: Edge, peer: str) -> None:
         self.broker = broker
         self._peer = peer
         self.transport: Any = None

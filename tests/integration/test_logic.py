@@ -49,7 +49,7 @@ def test_slow_calls_go_to_the_idle_instance(two_echoes):
     """While one instance holds a slow call, the next call goes to the other one."""
     echo = two_echoes.get_service("echo")
     slow = echo.call("sleep", {"seconds": 1.0})
-    busy = [c.instance_id for c in two_echoes._pools["echo"].conns.values() if c.outstanding]
+    busy = [c.instance_id for c in two_echoes.pools.pools["echo"].conns.values() if c.outstanding]
     assert len(busy) == 1
     whos = []
     for _ in range(5):

@@ -21,7 +21,8 @@ from twisted.python.failure import Failure
 
 from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import TCPClientProtocol, WebSocketClientProtocol
-from mmo.broker.core import Broker, peer_host
+from mmo.broker.core import Broker
+from mmo.broker.table import peer_host
 from mmo.errors import RemoteError
 from mmo.registry import Change, Instance, make_instance
 from mmo.wire import decode, encode, encode_value
@@ -114,14 +115,15 @@ class FakeContext:
         self.reactor = clock
 
 
-def make_broker(**settings_: Any) -> tuple[Broker, task.Clock]:
-    """A real Broker on fakes, accepting clients, with its clock."""
+def make_broker(directory: Any = None, **settings_: Any) -> tuple[Broker, task.Clock]:
+    """A real Broker on fakes (``directory``: a :class:`FakeDirectory` by default),
+    accepting clients, with its clock."""
     clock = task.Clock()
     config = BrokerConfig(yellow=("tcp://127.0.0.1:1",), **settings_)
     broker = Broker(
         config,
         FakeContext(clock),  # type: ignore[arg-type]
-        FakeDirectory(),  # type: ignore[arg-type]
+        directory or FakeDirectory(),
         "broker-test",
         FakeRegistration(),  # type: ignore[arg-type]
         b"test-key-of-sixteen-or-more",
@@ -180,7 +182,7 @@ def finish(broker: Broker, clock: task.Clock, transport: Any, lost: Any) -> None
     lost()
     stats = broker.stats()
     assert (stats["connections"], stats["sessions"], stats["addresses"]) == (0, 0, 0), stats
-    assert not broker.channels
+    assert not broker.table.channels
 
 
 def assert_ends_with_error(packets: list[Packet]) -> None:

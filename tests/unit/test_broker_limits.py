@@ -36,7 +36,7 @@ def send(protocol: Any, kind: int, route: str, seq: int | None = None) -> None:
 def internal(broker: Any, method: str, body: bytes = b"", **fields: Any) -> None:
     """A one-way message from logic to the broker's internal endpoint."""
     header = Header(kind=Kind.REQUEST, method=method, one_way=True, **fields)
-    broker._internal([b"ident", encode(header), body])
+    broker.internal.received([b"ident", encode(header), body])
 
 
 def test_every_undeclared_route_gets_the_same_refusal() -> None:
@@ -76,7 +76,7 @@ def test_a_failed_notify_comes_back_to_the_player_as_an_error() -> None:
         (ErrorCode.UNKNOWN_METHOD, "UnknownMethod", "service 'chat' has no method 'x'"),
         (ErrorCode.REMOTE, "KeyError", "'room'"),
     ]:
-        broker._notify_failed(
+        broker.directory.on_one_way_error(
             Header(
                 kind=Kind.ERROR,
                 one_way=True,

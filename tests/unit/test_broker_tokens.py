@@ -36,14 +36,15 @@ def resume(token: str, session_id: str = "s1") -> bytes:
 
 
 def test_forged_expired_or_foreign_tokens_are_refused_without_asking() -> None:
-    broker, _ = make_broker()
-    directory = broker.directory = RecordingDirectory()  # type: ignore[assignment]
+    directory = RecordingDirectory()
+    broker, _ = make_broker(directory)
+    key = broker.gate.key
     bad = [
         "not-a-token",
         issue("s1", b"someone-else's-key-16+", ttl=60, purpose=RESUME_PURPOSE),
-        issue("s1", broker.key, ttl=-1, purpose=RESUME_PURPOSE),
-        issue("s1", broker.key, ttl=60, purpose="auth"),
-        issue("s2", broker.key, ttl=60, purpose=RESUME_PURPOSE),
+        issue("s1", key, ttl=-1, purpose=RESUME_PURPOSE),
+        issue("s1", key, ttl=60, purpose="auth"),
+        issue("s2", key, ttl=60, purpose=RESUME_PURPOSE),
     ]
     for token in bad:
         protocol, transport = connect(broker)
@@ -54,13 +55,12 @@ def test_forged_expired_or_foreign_tokens_are_refused_without_asking() -> None:
     assert directory.calls == []
     assert broker.stats()["resume_bad_tokens"] == len(bad)
     protocol, transport = connect(broker)
-    protocol.dataReceived(resume(issue("s1", broker.key, ttl=60, purpose=RESUME_PURPOSE)))
+    protocol.dataReceived(resume(issue("s1", key, ttl=60, purpose=RESUME_PURPOSE)))
     assert directory.calls == [("session", "resume")]
 
 
 def test_a_session_refreshes_its_token() -> None:
-    broker, _ = make_broker()
-    broker.directory = RecordingDirectory()  # type: ignore[assignment]
+    broker, _ = make_broker(RecordingDirectory())
     protocol, transport = connect(broker)
     protocol.dataReceived(frame(Packet(kind=PacketKind.REQUEST, seq=1, route="sso.login")))
     protocol.dataReceived(frame(Packet(kind=PacketKind.REQUEST, seq=2, route="session.refresh")))
@@ -68,4 +68,4 @@ def test_a_session_refreshes_its_token() -> None:
     assert decode_value(login.body)["token"] == "t1"
     assert refreshed.seq == 2
     assert decode_value(refreshed.body) == {"token": "fresh", "token_ttl": 60.0}
-    assert broker.sessions["s1"].token == "fresh"
+    assert broker.table.sessions["s1"].token == "fresh"

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet import defer, task
 
 from mmo.logic import Context, ServiceHandler, idempotent
-from mmo.logic.client import _Pool
+from mmo.logic.links import Pool
 from mmo.logic.memo import ReplyMemo
 from mmo.logic.server import HandlerServer
 from mmo.testing import handler_factory
@@ -192,8 +192,8 @@ class Link:
         self.idempotent = idempotent
 
 
-def pool_of(*ids: str) -> _Pool:
-    pool = _Pool("shop")
+def pool_of(*ids: str) -> Pool[Any]:
+    pool: Pool[Any] = Pool("shop")
     for iid in ids:
         pool.conns[iid] = Link(iid, frozenset({"count"}))  # type: ignore[assignment]
     return pool

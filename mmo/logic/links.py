@@ -1,0 +1,316 @@
+"""A process's links to the instances of the services it uses, kept current from the registry.
+
+For each service it uses, a process holds a :class:`Pool`: a DEALER :class:`Link`
+to each live instance's request (``rep``) endpoint, and, once asked for, one socket
+connected to every instance's ``pull`` or ``pub`` endpoint. :class:`Pools` opens
+and closes them as instances come and go, and tells its owner what links carry
+(replies) and which links are lost (their connection dropped, or the registry
+expired or restarted the instance). A link to an instance that deregistered drains:
+it takes no new calls and closes once nothing is outstanding on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+import zmq
+
+from mmo.registry import Change, Instance, RegistryView
+from mmo.wire import from_value
+from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, ZmqContext, ZmqSocket
+
+__all__ = ["Link", "Pool", "Pools"]
+
+#: What is outstanding on a link (the calls in flight: :class:`mmo.logic.calls.Call`).
+C = TypeVar("C")
+
+# ZeroMQ heartbeats on each link to an instance: a hung (stopped) process is
+# disconnected after HEARTBEAT_TIMEOUT and its calls fail over like a dead one's.
+_LINK_OPTIONS = {
+    zmq.HEARTBEAT_IVL: 1000,
+    zmq.HEARTBEAT_TIMEOUT: 3000,
+    zmq.SNDHWM: 0,
+    zmq.RCVHWM: 0,
+}
+
+
+def _meta_set(instance: Instance, key: str) -> frozenset[str]:
+    value = (instance.meta or {}).get(key)
+    if value is None:
+        return frozenset()
+    items = from_value(value)
+    return frozenset(items) if isinstance(items, list) else frozenset()
+
+
+def _rendezvous(key: str, instance_id: str) -> bytes:
+    return hashlib.blake2b(f"{key}\0{instance_id}".encode(), digest_size=8).digest()
+
+
+class Link(Generic[C]):
+    """The link from this process to one instance's request socket.
+
+    Args:
+        context: the process's ZeroMQ context.
+        instance: the instance's registry record (with a ``rep`` endpoint).
+        on_reply: called with ``(link, frames)`` for each message from the instance.
+        on_lost: called with ``(link, why)`` when its connection drops.
+
+    Attributes:
+        up: whether the connection is up.
+        draining: the instance is leaving: no new calls go to it.
+        outstanding: call id -> what is in flight on it (its owner keeps this).
+        sent: messages sent on it.
+        idempotent: the methods the instance says are safe to run twice.
+    """
+
+    def __init__(
+        self,
+        context: ZmqContext,
+        instance: Instance,
+        on_reply: Callable[[Link[C], list[bytes]], None],
+        on_lost: Callable[[Link[C], str], None],
+    ) -> None:
+        self.instance = instance
+        self.instance_id = instance.instance_id
+        self.on_reply = on_reply
+        self.on_lost = on_lost
+        self.up = False
+        self.draining = False
+        self.outstanding: dict[int, C] = {}
+        self.sent = 0
+        self.idempotent = _meta_set(instance, "idempotent")
+        assert instance.endpoints is not None
+        self.socket: ZmqSocket | None = context.socket(
+            zmq.DEALER, self._received, options=_LINK_OPTIONS
+        )
+        self.socket.monitor(self._event)
+        self.socket.connect(instance.endpoints["rep"])
+
+    def update(self, instance: Instance) -> None:
+        """The instance's record changed (same endpoint)."""
+        self.instance = instance
+        self.idempotent = _meta_set(instance, "idempotent")
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send one message (raises ``zmq.ZMQError`` if it cannot)."""
+        assert self.socket is not None
+        self.socket.send(frames)
+        self.sent += 1
+
+    def _received(self, frames: list[bytes]) -> None:
+        self.on_reply(self, frames)
+
+    def _event(self, event: int, _address: str) -> None:
+        if event == EVENT_CONNECTED:
+            self.up = True
+        elif event == EVENT_DISCONNECTED and self.up:
+            self.up = False
+            self.on_lost(self, "its connection dropped")
+
+    def drain_input(self) -> None:
+        """Read replies that arrived before the connection dropped."""
+        if self.socket is not None:
+            self.socket.doRead()
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+
+class Pool(Generic[C]):
+    """What this process knows of one service: links to its instances.
+
+    Attributes:
+        conns: instance id -> the link to it.
+        sockets: endpoint kind (``pull``, ``pub``) -> the one socket connected to that
+            endpoint of every instance, once someone asked for it.
+        endpoints: endpoint kind -> instance id -> the address that socket connects to.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.conns: dict[str, Link[C]] = {}
+        self.turn = 0
+        self.sockets: dict[str, ZmqSocket] = {}
+        self.endpoints: dict[str, dict[str, str]] = {}
+
+    def pick(
+        self,
+        exclude: Iterable[str] = (),
+        instance: str | None = None,
+        affinity: str | None = None,
+    ) -> Link[C] | None:
+        """The live instance with the fewest calls outstanding (connected ones first),
+        or ``instance`` if given (None if it is not live), or, with ``affinity``, the
+        connected instance that key hashes to (rendezvous hashing: every process that
+        knows the same instances picks the same one, and losing one moves only its keys)."""
+        if instance is not None:
+            link = self.conns.get(instance)
+            if link is None or link.draining or instance in exclude:
+                return None
+            return link
+        if affinity is not None:
+            return max(
+                (k for k in self.conns.values() if not k.draining and k.instance_id not in exclude),
+                # Connected links first (a killed instance is not chosen while the
+                # registry still lists it), then the hash.
+                key=lambda k: (k.up, _rendezvous(affinity, k.instance_id)),
+                default=None,
+            )
+        best: Link[C] | None = None
+        best_key: tuple[int, int, int] | None = None
+        self.turn += 1
+        for i, link in enumerate(self.conns.values()):
+            if link.draining or link.instance_id in exclude:
+                continue
+            # Rotate among equals so that an idle pool spreads calls evenly.
+            key = (0 if link.up else 1, len(link.outstanding), (i - self.turn) % len(self.conns))
+            if best_key is None or key < best_key:
+                best, best_key = link, key
+        return best
+
+    def idempotent(self, method: str) -> bool:
+        """Whether the service's instances say ``method`` is idempotent."""
+        return any(method in link.idempotent for link in self.conns.values())
+
+
+class Pools(Generic[C]):
+    """The pools of every service this process uses, following a registry view.
+
+    Args:
+        context: the process's ZeroMQ context.
+        view: the registry view (its listener is :meth:`changed`).
+        on_reply: called with ``(link, frames)`` for each message on a link.
+        on_lost: called with ``(link, why)`` when a link is lost, before it is closed
+            (its outstanding calls may be moved elsewhere).
+    """
+
+    def __init__(
+        self,
+        context: ZmqContext,
+        view: RegistryView,
+        on_reply: Callable[[Link[C], list[bytes]], None],
+        on_lost: Callable[[Link[C], str], None],
+    ) -> None:
+        self.context = context
+        self.view = view
+        self.on_reply = on_reply
+        self.on_lost = on_lost
+        self.pools: dict[str, Pool[C]] = {}
+
+    def pool(self, service: str) -> Pool[C]:
+        """The pool of ``service``, opening links to every instance the view knows
+        (and to every one that comes later)."""
+        pool = self.pools.get(service)
+        if pool is None:
+            pool = self.pools[service] = Pool(service)
+            for instance in self.view.get(service):
+                self._add(pool, instance)
+        return pool
+
+    def share(self, service: str, kind: str, socket: ZmqSocket) -> Pool[C]:
+        """Connect ``socket`` to the ``kind`` endpoint (``pull``, ``pub``) of every
+        instance of ``service``, now and as they come; the service's pool."""
+        pool = self.pool(service)
+        pool.sockets[kind] = socket
+        for instance in self.view.get(service):
+            self._add(pool, instance)
+        return pool
+
+    def connected(self, service: str) -> dict[str, bool]:
+        """Instance id -> whether the link to it is up, for every instance of ``service``
+        that is not leaving."""
+        return {iid: link.up for iid, link in self.pool(service).conns.items() if not link.draining}
+
+    def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per service and instance: messages sent, outstanding, connected, draining."""
+        return {
+            name: {
+                iid: {
+                    "sent": link.sent,
+                    "outstanding": len(link.outstanding),
+                    "up": link.up,
+                    "draining": link.draining,
+                }
+                for iid, link in pool.conns.items()
+            }
+            for name, pool in self.pools.items()
+        }
+
+    def all_links(self) -> list[Link[C]]:
+        """Every link of every pool."""
+        return [link for pool in self.pools.values() for link in pool.conns.values()]
+
+    def release(self, link: Link[C]) -> None:
+        """Close a draining link once nothing is outstanding on it."""
+        if link.draining and not link.outstanding:
+            self._remove(link)
+
+    def close(self) -> None:
+        """Close every link and socket and forget every pool."""
+        for pool in self.pools.values():
+            for link in pool.conns.values():
+                link.close()
+            for sock in pool.sockets.values():
+                sock.close()
+        self.pools.clear()
+
+    def changed(self, change: int, instance: Instance, reason: str) -> None:
+        """Registry listener: open links to an instance that came up, drain or drop
+        those of one that went down."""
+        pool = self.pools.get(instance.service_name)
+        if pool is None:
+            return
+        if change == Change.UP:
+            self._add(pool, instance)
+            return
+        for kind, sock in pool.sockets.items():
+            address = pool.endpoints.get(kind, {}).pop(instance.instance_id, None)
+            if address:
+                sock.disconnect(address)
+        link = pool.conns.get(instance.instance_id)
+        if link is None:
+            return
+        if reason == "deregistered" and link.up:
+            # A graceful stop: the instance answers what it holds, then leaves.
+            link.draining = True
+            self.release(link)
+        else:
+            self.on_lost(link, reason)
+            self._remove(link)
+
+    def _add(self, pool: Pool[C], instance: Instance) -> None:
+        endpoints = instance.endpoints or {}
+        iid = instance.instance_id
+        link = pool.conns.get(iid)
+        if link is not None and (link.instance.endpoints or {}).get("rep") != endpoints.get("rep"):
+            # Restarted under the same id, on new ports: the old link is dead.
+            self.on_lost(link, "restarted")
+            self._remove(link)
+            link = None
+        if link is not None:
+            link.update(instance)
+            link.draining = False
+        elif "rep" in endpoints:
+            pool.conns[iid] = Link(self.context, instance, self.on_reply, self.on_lost)
+        for kind, sock in pool.sockets.items():
+            known = pool.endpoints.setdefault(kind, {})
+            address = endpoints.get(kind)
+            if known.get(iid) == address:
+                continue
+            old = known.pop(iid, None)
+            if old:
+                sock.disconnect(old)
+            if address:
+                known[iid] = address
+                sock.connect(address)
+
+    def _remove(self, link: Link[C]) -> None:
+        pool = self.pools.get(link.instance.service_name)
+        if pool is not None and pool.conns.get(link.instance_id) is link:
+            del pool.conns[link.instance_id]
+        link.close()
