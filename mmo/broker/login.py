@@ -23,7 +23,15 @@ from mmo.broker.forwarder import Forwarder, client_error
 from mmo.broker.routes import RouteTable
 from mmo.broker.table import SessionTable
 from mmo.data import tokens
-from mmo.errors import BadRequest, DeadlineExceeded, MmoError, NoLiveInstance, RemoteError
+from mmo.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InstanceLost,
+    MmoError,
+    NoLiveInstance,
+    RemoteError,
+    Unavailable,
+)
 from mmo.logic.client import Directory
 from mmo.logic.sessions import RESUME_PURPOSE, SESSION_SERVICE
 from mmo.wire import WireError, decode_value, encode_value
@@ -112,6 +120,7 @@ class LoginGate:
     def _login(self, conn: ClientConnection, packet: Packet) -> Any:
         conn.logging_in = True
         service, method = self._pre_login(self.config.login_route)
+        reply = None
         try:
             raw = yield self.directory.call(
                 service,
@@ -135,8 +144,12 @@ class LoginGate:
             conn.logging_in = False
             self.counters.count("login_failures")
             code = ClientError.LOGIN_FAILED
-            if isinstance(e, NoLiveInstance | DeadlineExceeded):
+            if isinstance(e, NoLiveInstance | DeadlineExceeded | InstanceLost | Unavailable):
                 code = ClientError.UNAVAILABLE
+            elif isinstance(e, BadRequest) and reply is None:
+                # The body does not fit the login method: the client is wrong, not the
+                # password (and nothing reached the handler, so no login failed).
+                code = ClientError.BAD_REQUEST
             message = f"{e.type}: {e.message}" if isinstance(e, RemoteError) else str(e)
             conn.error(packet.seq, code, message)
             return
@@ -185,6 +198,8 @@ class LoginGate:
             return
         conn.logging_in = False
         if conn.closed:
+            # Gone while resuming: the session service has it online here; say it is not.
+            self.closed(record["session_id"])
             return
         self.table.adopt(conn, record["session_id"], record["user_id"], record["token"])
         conn.set_props(record.get("props") or {})

@@ -444,3 +444,33 @@ def test_failed_notifies_are_answered_and_the_log_stays_small(edge: EdgeCluster)
         assert after - before == 1
     finally:
         alice.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_resume_cut_short_leaves_no_session_online_without_a_connection(
+    edge: EdgeCluster, member: Directory
+) -> None:
+    """A player resumes and sends a second packet before the answer: the broker closes
+    the connection (NOT_LOGGED_IN). The session it was resuming must not be left online
+    with no connection behind it (keeping its rooms and counting as online for ever)."""
+    first = RawClient(edge.ports[0], source="127.0.0.92")
+    login = first.login("frank", "pw-frank")
+    sid = login["session_id"]
+    first.close()
+    record = yield ask(member, "session", "get", session_id=sid)
+    deadline = time.monotonic() + 10
+    while record["online"] and time.monotonic() < deadline:
+        yield sleep(0.05)
+        record = yield ask(member, "session", "get", session_id=sid)
+    assert not record["online"]
+    cut = RawClient(edge.ports[1], source="127.0.0.92")
+    cut.send(PacketKind.REQUEST, "session.resume", {"session_id": sid, "token": login["token"]})
+    cut.send(PacketKind.REQUEST, "echo.echo", {"too": "soon"})
+    assert cut.recv().code == ClientError.NOT_LOGGED_IN and cut.closed()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the resume went on; its record must end offline
+        yield sleep(0.2)
+        record = yield ask(member, "session", "get", session_id=sid)
+        if not record["online"] and record.get("broker") == "broker-2":
+            break
+    assert (record["online"], record.get("broker")) == (False, "broker-2"), record
