@@ -141,7 +141,9 @@ class PubSub:
             feed.socket = self.context.socket(zmq.SUB, feed.received)
             self.pools.share(service, "pub", feed.socket)
         assert feed.socket is not None
-        feed.socket.socket.subscribe(topic.encode())
+        if not any(s.topic == topic for s in feed.subscriptions):
+            # One filter per topic: ZeroMQ counts them, and unsubscribe removes one.
+            feed.socket.socket.subscribe(topic.encode())
         subscription = Subscription(feed, topic, callback)
         feed.subscriptions.append(subscription)
         return subscription
