@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mmo.testing.processes import free_port
+
 __all__ = [
     "ThrowawayPostgres",
     "ThrowawayRedis",
@@ -121,12 +123,6 @@ def redis_prefix(url: str | None = None) -> Iterator[str]:
             break
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
     """Signal a server child we started (by its pid) and reap it; kill it if it lingers."""
     if proc is None or proc.poll() is not None:
@@ -149,7 +145,7 @@ class ThrowawayRedis:
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = Path(root)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -286,7 +282,7 @@ class ThrowawayPostgres:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="mmo-pg-")) if root is None else Path(root)
         self.data = self.root / "data"
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._user: str | None = None
         if os.geteuid() == 0:

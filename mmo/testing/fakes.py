@@ -1,9 +1,15 @@
-"""Fakes for unit-testing handlers without sockets or a running reactor."""
+"""Fakes for unit-testing handlers without sockets or a running reactor.
+
+:func:`handler_factory` builds a handler on a :class:`FakeRuntime`; :func:`call` calls
+one of its methods the way a worker does (through the handler's dispatch table, with a
+:class:`~mmo.logic.handler.Context`); :func:`result_of` reads an already-fired Deferred.
+"""
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from twisted.internet import defer, task
@@ -115,6 +121,9 @@ class FakeRuntime:
 
     Attributes:
         services: proxies returned by ``get_service(name)``, by service name.
+        directory: where ``get_service`` looks for a name ``services`` lacks (a
+            :class:`~mmo.testing.FakeDirectory`), or None; handlers that follow the
+            registry or subscribe to events find it here, as in a worker.
         published: ``(topic, payload)`` pairs the handler published, in order.
         db: the database handed to the handler (e.g. a :class:`FakeDatabase`), or None.
         cache: the cache handed to the handler (e.g. :func:`fake_cache`), or None.
@@ -130,11 +139,13 @@ class FakeRuntime:
         db: Database | None = None,
         cache: Cache | None = None,
         settings: Any = None,
+        directory: Any = None,
     ) -> None:
         self.service_name = service_name
         self.instance_id = instance_id
         self.clock: Clock = clock if clock is not None else task.Clock()
         self.services = dict(services or {})
+        self.directory = directory
         self.published: list[tuple[str, Any]] = []
         self.sessions = FakeSessions()
         self.db = db
@@ -142,11 +153,15 @@ class FakeRuntime:
         self.settings = settings
 
     def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
-        """The fake registered for ``name`` (KeyError names what is missing)."""
-        try:
+        """The fake registered for ``name``, else the directory's proxy (KeyError names
+        what is missing when there is neither)."""
+        if name in self.services:
             return self.services[name]
-        except KeyError:
-            raise KeyError(f"no fake for service {name!r}: pass services={{...}}") from None
+        if self.directory is not None:
+            return self.directory.get_service(name, pattern, timeout)
+        raise KeyError(
+            f"no fake for service {name!r}: pass services={{...}} or directory=FakeDirectory()"
+        )
 
     def publish(self, topic: str, payload: Any) -> None:
         """Record a publish."""
@@ -163,21 +178,24 @@ def handler_factory(
     db: Database | None = None,
     cache: Cache | None = None,
     settings: dict[str, Any] | None = None,
+    directory: Any = None,
     **attributes: Any,
 ) -> H:
     """Build ``handler_class`` on a :class:`FakeRuntime`; extra keywords become attributes.
 
-    ``db``, ``cache`` and ``settings`` go to the runtime, so the handler sees them from
-    its constructor on (as in a worker); ``settings`` are checked against the handler's
-    ``Settings`` as a worker checks ``[worker.settings]`` (a ``ConfigError`` if they
-    do not fit).
+    ``db``, ``cache``, ``settings`` and ``directory`` go to the runtime, so the handler
+    sees them from its constructor on (as in a worker); ``settings`` are checked against
+    the handler's ``Settings`` as a worker checks ``[worker.settings]`` (a ``ConfigError``
+    if they do not fit). ``services`` maps a service name to the object
+    ``get_service(name)`` returns; any other name goes to ``directory`` (a
+    :class:`~mmo.testing.FakeDirectory`).
 
     Example::
 
         db = FakeDatabase()
         migrate(db)
         sso = handler_factory(SSOService, db=db)
-        result = sso.on_login(fake_context(sso, "login"), user="harry", password="x")
+        reply = result_of(call(sso, "login", user="harry", password="x"))
     """
     runtime = FakeRuntime(
         service_name or handler_class.default_service or "test",
@@ -187,6 +205,7 @@ def handler_factory(
         db,
         cache,
         build(handler_class.Settings, settings or {}),
+        directory,
     )
     handler = handler_class(runtime)
     for name, value in attributes.items():
@@ -220,3 +239,79 @@ def fake_context(
         origin=origin,
         peer=peer,
     )
+
+
+def call(
+    handler: ServiceHandler,
+    method: str,
+    arguments: Mapping[str, Any] | None = None,
+    /,
+    *,
+    session: Session | None = None,
+    origin: int = Origin.MEMBER,
+    caller: str | None = "test",
+    caller_role: str | None = "worker",
+    peer: str | None = None,
+    timeout: float = 5.0,
+    **kwargs: Any,
+) -> Any:
+    """Call ``handler``'s ``method`` the way a worker serves a request: through its dispatch
+    table (unknown methods, arguments that do not fit, methods closed to players or to the
+    caller's role are refused as in a cluster), with a :class:`Context` from
+    :func:`fake_context`.
+
+    The keyword arguments are the call's; ``arguments`` (positional) gives them as a
+    mapping instead, for a method whose arguments are named like the options below.
+    By default the call is a cluster member's; ``origin=Origin.CLIENT`` with a
+    ``session`` is a logged-in player's request forwarded by a broker,
+    ``origin=Origin.LOGIN`` (with a ``peer`` address) a packet before login
+    (:func:`as_player` and :func:`before_login` give these options).
+
+    Returns:
+        What the worker would answer with: the method's value, or a Deferred of it
+        (a coroutine method's too); :func:`result_of` reads one that has fired.
+
+    Raises:
+        Whatever the method, or the dispatch, raises at once (``UnknownMethod``,
+        ``BadRequest``, ``Forbidden``, the handler's own errors).
+
+    Example::
+
+        assert call(chat, "join", room="lobby", **as_player(alice))
+        with pytest.raises(UnknownMethod):  # not a client method: none to a player
+            call(chat, "kick_all", **as_player(alice))
+    """
+    ctx = fake_context(
+        handler,
+        method,
+        caller=caller,
+        session=session,
+        timeout=timeout,
+        caller_role=caller_role,
+        origin=origin,
+        peer=peer,
+    )
+    result = handler.dispatch(ctx, {**(arguments or {}), **kwargs})
+    if inspect.iscoroutine(result):
+        return defer.ensureDeferred(result)
+    return result
+
+
+def as_player(session: Session, *, peer: str | None = None) -> dict[str, Any]:
+    """The options of :func:`call` (or :func:`fake_context`) that make a call a logged-in
+    player's request, as the broker holding ``session`` forwards it (from address ``peer``):
+    ``call(chat, "join", room="lobby", **as_player(alice))``."""
+    return {
+        "session": session,
+        "origin": Origin.CLIENT,
+        "peer": peer,
+        "caller": session.broker or "broker-1",
+        "caller_role": "broker",
+    }
+
+
+def before_login(peer: str = "127.0.0.1", *, broker: str = "broker-1") -> dict[str, Any]:
+    """The options of :func:`call` (or :func:`fake_context`) that make a call a player's
+    packet before login (the login itself, a registration) from address ``peer``, as
+    ``broker`` forwards it: ``call(sso, "login", user="harry", **before_login())``."""
+    return {"origin": Origin.LOGIN, "peer": peer, "caller": broker, "caller_role": "broker"}

@@ -4,6 +4,12 @@ Fixtures:
     mmo_handler_factory: :func:`mmo.testing.handler_factory`.
     mmo_processes: starts :class:`TwistdProcess` children; stops them all at teardown
         and prints their logs when the test failed.
+
+Loading it installs no reactor: the choice stays with pytest-twisted's ``--reactor``,
+which installs one when pytest is configured, after plugins load. So this module
+imports nothing that imports ``twisted.internet.reactor`` (ZeroMQ's txzmq does, and so
+does every part of mmo above its wire layer); fixtures import what they hand out when
+they run.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from typing import Any
 
 import pytest
 
-from mmo.testing.fakes import handler_factory
 from mmo.testing.processes import TwistdProcess
 
 
 @pytest.fixture
 def mmo_handler_factory() -> Callable[..., Any]:
-    """Build a handler on a fake runtime."""
+    """Build a handler on a fake runtime (:func:`mmo.testing.handler_factory`)."""
+    from mmo.testing.fakes import handler_factory
+
     return handler_factory
 
 

@@ -25,14 +25,14 @@ from mmo.data import (
     make_database,
     migrate,
 )
-from mmo.data.testing import (
+from mmo.testing import free_port
+from mmo.testing.data import (
     ThrowawayRedis,
     ThrowawaySentinel,
     postgres_schema,
     redis_command,
     redis_prefix,
 )
-from mmo.testing import free_port
 
 from .conftest import sleep
 

@@ -14,8 +14,8 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mmo.data import make_database, migrate, tokens
-from mmo.data.testing import postgres_schema, redis_prefix
 from mmo.errors import RemoteError
+from mmo.testing.data import postgres_schema, redis_prefix
 
 from .conftest import sleep, wait_instances
 

@@ -58,10 +58,10 @@ from twisted.internet import defer, reactor, threads
 from mmo.client import Client
 from mmo.client.errors import ClientException, ClientRequestError, ClientTimeout
 from mmo.client.session import http_fetcher, parse_brokerlist
-from mmo.data.testing import ThrowawayPostgres, ThrowawayRedis
 from mmo.logic import Directory
 from mmo.registry import Change
 from mmo.testing import TwistdProcess
+from mmo.testing.data import ThrowawayPostgres, ThrowawayRedis
 
 from .conftest import instances, sleep, wait_instances
 from .edge import EdgeCluster

@@ -1,22 +1,20 @@
 """brokerlist: the HTTP resource over a fake directory, and the role's options.
 
-The directory is a stand-in whose registry view and per-instance links the test
-plays (a link's ``up`` is what ZeroMQ monitor events set in the real one). Each
-request goes through a real ``twisted.web.server.Request`` on a ``DummyChannel``,
-so status lines, headers and HEAD handling are Twisted's own; time is a Clock.
+The directory is mmo.testing's ``FakeDirectory``, whose registry view and per-instance
+links the test plays (a link's ``up`` is what ZeroMQ monitor events set in the real
+one). Each request goes through a real ``twisted.web.server.Request`` on a
+``DummyChannel``, so status lines, headers and HEAD handling are Twisted's own; time is
+a Clock.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import task
 from twisted.python.usage import UsageError
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyChannel
@@ -31,78 +29,9 @@ from mmo.brokerlist.service import (
     make_brokerlist_service,
 )
 from mmo.brokerlist.tap import Options
-from mmo.registry import Change, Instance, make_instance
+from mmo.testing import FakeDirectory
 
 YELLOW = "tcp://127.0.0.1:5555"
-_ports = itertools.count(41000)
-
-
-class FakeConn:
-    """Stands in for the directory's link to one instance."""
-
-    def __init__(self, instance: Instance, up: bool) -> None:
-        self.instance = instance
-        self.up = up
-        self.draining = False
-
-
-class FakePool:
-    """Stands in for the directory's pool of one service: links by instance id."""
-
-    def __init__(self) -> None:
-        self.conns: dict[str, FakeConn] = {}
-
-
-class FakeView:
-    """Stands in for RegistryView: instances the test registers, listeners told of changes."""
-
-    def __init__(self) -> None:
-        self.yellows = (YELLOW,)
-        self.synced = False
-        self.instances: dict[tuple[str, str], Instance] = {}
-        self.listeners: list[Callable[[int, Instance, str], None]] = []
-
-    def listen(self, listener: Callable[[int, Instance, str], None]) -> None:
-        self.listeners.append(listener)
-
-    def get(self, service: str) -> list[Instance]:
-        return [i for (svc, _), i in self.instances.items() if svc == service]
-
-
-class FakeDirectory:
-    """Stands in for Directory: the test registers instances and sets their links up or down."""
-
-    def __init__(self) -> None:
-        self.clock = task.Clock()
-        self.view = FakeView()
-        self.pools: dict[str, FakePool] = {}
-
-    def _pool(self, service: str) -> FakePool:
-        return self.pools.setdefault(service, FakePool())
-
-    def links(self, service: str) -> dict[str, bool]:
-        """Like Directory.links: opens the pool; instance id -> link up and not draining."""
-        return {i: c.up for i, c in self._pool(service).conns.items() if not c.draining}
-
-    def register(
-        self, iid: str, *, up: bool = True, service: str = "broker", **meta: Any
-    ) -> FakeConn:
-        """Register (or re-register) an instance, as a yellow UPDATE would, with a new link."""
-        self.view.synced = True
-        rep = f"tcp://127.0.0.1:{next(_ports)}"
-        instance = make_instance(service, iid, {"rep": rep}, meta)
-        self.view.instances[(service, iid)] = instance
-        conn = self._pool(service).conns[iid] = FakeConn(instance, up)
-        for listener in self.view.listeners:
-            listener(Change.UP, instance, "registered")
-        return conn
-
-    def deregister(self, iid: str, service: str = "broker") -> None:
-        """Remove an instance, as a yellow UPDATE(DOWN) would."""
-        instance = self.view.instances.pop((service, iid))
-        self._pool(service).conns.pop(iid, None)
-        for listener in self.view.listeners:
-            listener(Change.DOWN, instance, "deregistered")
 
 
 @dataclass
@@ -132,8 +61,8 @@ def http(resource: BrokerlistResource, uri: bytes = b"/", method: bytes = b"GET"
 
 @pytest.fixture
 def directory() -> FakeDirectory:
-    """A fake directory with nothing registered yet."""
-    return FakeDirectory()
+    """A fake directory that has not read the registry yet."""
+    return FakeDirectory(synced=False)
 
 
 @pytest.fixture
@@ -160,8 +89,8 @@ def broker_meta(port: int, load: float = 0.25, **extra: Any) -> dict[str, Any]:
 
 def test_lists_live_brokers_with_version(directory, resource):
     """GET / is 200 JSON: mmo's version and every live broker's address -> load."""
-    directory.register("broker-a", **broker_meta(7001, 0.25))
-    directory.register("broker-b", **broker_meta(7002, 0.125))
+    directory.register("broker", "broker-a", meta=broker_meta(7001, 0.25))
+    directory.register("broker", "broker-b", meta=broker_meta(7002, 0.125))
     response = http(resource)
     assert response.code == 200
     assert response.headers["content-type"] == "application/json"
@@ -189,9 +118,13 @@ def test_no_brokers_is_an_empty_list(directory, resource):
 
 def test_websocket_addresses_of_the_same_brokers(directory, resource):
     """websocketList holds the WebSocket addresses of the listed brokers that have one."""
-    directory.register("broker-a", **broker_meta(7001, 0.5, websocket="127.0.0.1:7101"))
-    directory.register("broker-b", **broker_meta(7002, 0.25))
-    dead = directory.register("broker-c", **broker_meta(7003, websocket="127.0.0.1:7103"))
+    directory.register(
+        "broker", "broker-a", meta=broker_meta(7001, 0.5, websocket="127.0.0.1:7101")
+    )
+    directory.register("broker", "broker-b", meta=broker_meta(7002, 0.25))
+    dead = directory.register(
+        "broker", "broker-c", meta=broker_meta(7003, websocket="127.0.0.1:7103")
+    )
     directory.clock.advance(YOUNG)
     dead.up = False
     body = http(resource).json()
@@ -203,11 +136,14 @@ def test_tls_lists_the_addresses_that_speak_tls(directory, resource):
     """tls names the listed addresses (TCP or WebSocket) whose broker serves them over TLS;
     a broker that is not listed adds nothing."""
     directory.register(
+        "broker",
         "broker-a",
-        **broker_meta(7001, websocket="127.0.0.1:7101", tls=["127.0.0.1:7001", "127.0.0.1:7101"]),
+        meta=broker_meta(
+            7001, websocket="127.0.0.1:7101", tls=["127.0.0.1:7001", "127.0.0.1:7101"]
+        ),
     )
-    directory.register("broker-b", **broker_meta(7002))
-    dead = directory.register("broker-c", **broker_meta(7003, tls=["127.0.0.1:7003"]))
+    directory.register("broker", "broker-b", meta=broker_meta(7002))
+    dead = directory.register("broker", "broker-c", meta=broker_meta(7003, tls=["127.0.0.1:7003"]))
     directory.clock.advance(YOUNG)
     dead.up = False
     assert http(resource).json()["tls"] == ["127.0.0.1:7001", "127.0.0.1:7101"]
@@ -215,8 +151,8 @@ def test_tls_lists_the_addresses_that_speak_tls(directory, resource):
 
 def test_broker_whose_link_dropped_is_not_listed(directory, resource):
     """A broker whose link is down drops out of the list while the registry still holds it."""
-    directory.register("broker-a", **broker_meta(7001))
-    dead = directory.register("broker-b", **broker_meta(7002))
+    directory.register("broker", "broker-a", meta=broker_meta(7001))
+    dead = directory.register("broker", "broker-b", meta=broker_meta(7002))
     directory.clock.advance(YOUNG)
     assert len(http(resource).json()["brokerList"]) == 2
     dead.up = False
@@ -226,7 +162,7 @@ def test_broker_whose_link_dropped_is_not_listed(directory, resource):
 
 def test_new_broker_is_listed_for_a_second_before_its_link_is_up(directory, resource):
     """A just-registered broker is listed until its link has had 1 s to come up."""
-    conn = directory.register("broker-a", up=False, **broker_meta(7001))
+    conn = directory.register("broker", "broker-a", up=False, meta=broker_meta(7001))
     assert http(resource).json()["brokerList"] == {"127.0.0.1:7001": 0.25}
     directory.clock.advance(YOUNG)
     assert http(resource).json()["brokerList"] == {}
@@ -236,35 +172,35 @@ def test_new_broker_is_listed_for_a_second_before_its_link_is_up(directory, reso
 
 def test_broker_restarted_on_a_new_port_gets_a_new_second(directory, resource):
     """Re-registered on a new rep endpoint, a broker is young again while its new link connects."""
-    directory.register("broker-a", up=False, **broker_meta(7001))
+    directory.register("broker", "broker-a", up=False, meta=broker_meta(7001))
     directory.clock.advance(5)
     assert http(resource).json()["brokerList"] == {}
-    directory.register("broker-a", up=False, **broker_meta(7001))
+    directory.register("broker", "broker-a", up=False, meta=broker_meta(7001))
     assert http(resource).json()["brokerList"] == {"127.0.0.1:7001": 0.25}
 
 
 def test_draining_broker_is_not_listed(directory, resource):
     """A broker being drained (graceful stop) is not offered to new clients."""
-    conn = directory.register("broker-a", **broker_meta(7001))
+    conn = directory.register("broker", "broker-a", meta=broker_meta(7001))
     conn.draining = True
     assert http(resource).json()["brokerList"] == {}
 
 
 def test_deregistered_broker_is_not_listed(directory, resource):
     """A broker gone from the registry is gone from the list."""
-    directory.register("broker-a", **broker_meta(7001))
-    directory.register("broker-b", **broker_meta(7002))
-    directory.deregister("broker-a")
+    directory.register("broker", "broker-a", meta=broker_meta(7001))
+    directory.register("broker", "broker-b", meta=broker_meta(7002))
+    directory.deregister("broker", "broker-a")
     assert http(resource).json()["brokerList"] == {"127.0.0.1:7002": 0.25}
     assert "broker-a" not in http(resource, b"/status").json()["brokers"]
 
 
 def test_broker_without_address_and_other_services_are_not_listed(directory, resource):
     """Only instances of service broker with an address meta are listed."""
-    directory.register("broker-a", load=0.5)
-    directory.register("broker-b", address="", load=0.5)
-    directory.register("echo-a", service="echo", **broker_meta(7003))
-    directory.register("broker-c", **broker_meta(7001))
+    directory.register("broker", "broker-a", meta={"load": 0.5})
+    directory.register("broker", "broker-b", meta={"address": "", "load": 0.5})
+    directory.register("echo", "echo-a", meta=broker_meta(7003))
+    directory.register("broker", "broker-c", meta=broker_meta(7001))
     assert http(resource).json()["brokerList"] == {"127.0.0.1:7001": 0.25}
 
 
@@ -288,7 +224,11 @@ def test_broker_load_from_meta(meta, load):
 
 def test_bad_meta_does_not_break_the_list(directory, resource):
     """A broker whose load is not a number is listed with a fallback load; the JSON stays valid."""
-    directory.register("broker-a", address="127.0.0.1:7001", load=float("inf"), blob=b"\x01")
+    directory.register(
+        "broker",
+        "broker-a",
+        meta={"address": "127.0.0.1:7001", "load": float("inf"), "blob": b"\x01"},
+    )
     assert http(resource).json()["brokerList"] == {"127.0.0.1:7001": 0.0}
     status = http(resource, b"/status").json()["brokers"]["broker-a"]
     assert status["meta"]["load"] is None
@@ -301,7 +241,7 @@ def test_bad_meta_does_not_break_the_list(directory, resource):
 @pytest.mark.parametrize("uri", [b"/brokers", b"/status/x", b"/favicon.ico", b"//"])
 def test_unknown_path_is_404(directory, resource, uri):
     """Paths other than / and /status are 404, with a JSON body."""
-    directory.register("broker-a", **broker_meta(7001))
+    directory.register("broker", "broker-a", meta=broker_meta(7001))
     response = http(resource, uri)
     assert response.code == 404
     assert response.headers["content-type"] == "application/json"
@@ -311,7 +251,7 @@ def test_unknown_path_is_404(directory, resource, uri):
 @pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE", b"OPTIONS"])
 def test_other_methods_are_405(directory, resource, method):
     """Methods other than GET and HEAD are 405 with an Allow header."""
-    directory.register("broker-a", **broker_meta(7001))
+    directory.register("broker", "broker-a", meta=broker_meta(7001))
     response = http(resource, b"/", method)
     assert response.code == 405
     assert response.headers["allow"] == "GET, HEAD"
@@ -320,7 +260,7 @@ def test_other_methods_are_405(directory, resource, method):
 
 def test_head_has_the_headers_and_no_body(directory, resource):
     """HEAD / answers GET's status and headers (its Content-Length) with no body."""
-    directory.register("broker-a", **broker_meta(7001))
+    directory.register("broker", "broker-a", meta=broker_meta(7001))
     get, head = http(resource), http(resource, b"/", b"HEAD")
     assert head.code == 200
     assert head.body == b""
@@ -330,7 +270,7 @@ def test_head_has_the_headers_and_no_body(directory, resource):
 
 def test_query_string_is_ignored(directory, resource):
     """GET /?anything answers the list (clients may add cache busters)."""
-    directory.register("broker-a", **broker_meta(7001))
+    directory.register("broker", "broker-a", meta=broker_meta(7001))
     assert http(resource, b"/?t=123").json()["brokerList"] == {"127.0.0.1:7001": 0.25}
 
 
@@ -345,7 +285,7 @@ def test_before_the_registry_answers_is_503(directory, resource):
 
 def test_answers_are_not_cached_and_open_to_browsers(directory, resource):
     """Every answer says no-store and allows any origin (browser WebSocket clients)."""
-    directory.register("broker-a", **broker_meta(7001))
+    directory.register("broker", "broker-a", meta=broker_meta(7001))
     for uri in (b"/", b"/status", b"/nothing"):
         headers = http(resource, uri).headers
         assert headers["cache-control"] == "no-store"
@@ -357,8 +297,8 @@ def test_answers_are_not_cached_and_open_to_browsers(directory, resource):
 
 def test_status_shows_every_broker_and_its_meta(directory, resource):
     """GET /status lists every registered broker, listed or not, with its metadata."""
-    directory.register("broker-a", **broker_meta(7001, websocket="127.0.0.1:7101"))
-    directory.register("broker-b", **broker_meta(7002)).up = False
+    directory.register("broker", "broker-a", meta=broker_meta(7001, websocket="127.0.0.1:7101"))
+    directory.register("broker", "broker-b", meta=broker_meta(7002)).up = False
     directory.clock.advance(2.5)
     body = http(resource, b"/status").json()
     assert body["version"] == mmo.__version__
@@ -384,9 +324,9 @@ def test_status_shows_every_broker_and_its_meta(directory, resource):
 def test_start_opens_links_to_brokers(directory):
     """Starting LiveBrokers asks the directory for the broker pool (it links every instance)."""
     live = LiveBrokers(directory)  # type: ignore[arg-type]
-    assert "broker" not in directory.pools
+    assert "broker" not in directory.links_opened
     live.startService()
-    assert "broker" in directory.pools
+    assert "broker" in directory.links_opened
 
 
 # -- config and options --------------------------------------------------------------

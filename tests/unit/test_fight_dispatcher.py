@@ -6,29 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet import defer
 
 from mmo.errors import Forbidden, UnknownMethod
 from mmo.fight.dispatcher import FightDispatcher
 from mmo.fight.errors import BadFight, PoolFull
 from mmo.fight.pool import FightPool
-from mmo.logic.handler import Origin, Session
-from mmo.testing import fake_context, handler_factory
+from mmo.logic.handler import Session
+from mmo.testing import FakeDirectory, as_player, call, handler_factory, result_of
 
-from .test_fight_pool import FakeSpawner, ready_all, result
-
-
-class FakeWorkers:
-    """The fight processes' service, recording the calls the dispatcher makes to it."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any], str | None]] = []
-
-    def call(
-        self, method: str, kwargs: dict[str, Any], *, instance: str | None = None, **_: Any
-    ) -> defer.Deferred[None]:
-        self.calls.append((method, kwargs, instance))
-        return defer.succeed(None)
+from .test_fight_pool import FakeSpawner, ready_all
 
 
 def session(user: str, broker: str = "broker-1") -> Session:
@@ -38,42 +24,27 @@ def session(user: str, broker: str = "broker-1") -> Session:
 
 def make_dispatcher(
     cap: int = 4, **settings: Any
-) -> tuple[FightDispatcher, FightPool, FakeSpawner, FakeWorkers]:
-    """A dispatcher on a fake runtime serving a started pool with one ready process."""
+) -> tuple[FightDispatcher, FightPool, FakeSpawner, FakeDirectory]:
+    """A dispatcher on a fake runtime serving a started pool with one ready process; its
+    directory records the calls to the fight processes (which answer None)."""
     from mmo.fight.config import FightConfig
 
-    workers = FakeWorkers()
-    dispatcher = handler_factory(FightDispatcher, services={"fight-worker": workers})
+    directory = FakeDirectory()
+    directory.reply("fight-worker", None, None)
+    dispatcher = handler_factory(FightDispatcher, directory=directory)
     config = FightConfig(yellow=("tcp://127.0.0.1:1",), handler="m:C", cap=cap, **settings)
     spawner = FakeSpawner()
     pool = FightPool(config, dispatcher.clock, spawner, dispatcher)
     dispatcher.pool = pool
     pool.start()
     ready_all(pool)
-    return dispatcher, pool, spawner, workers
-
-
-def call(
-    dispatcher: FightDispatcher,
-    method: str,
-    *,
-    sess: Session | None = None,
-    caller: str = "logic",
-    timeout: float = 5.0,
-    origin: int = Origin.MEMBER,
-    **kwargs: Any,
-) -> Any:
-    """Call ``on_<method>`` as the server would."""
-    ctx = fake_context(
-        dispatcher, method, caller=caller, session=sess, timeout=timeout, origin=origin
-    )
-    return dispatcher.dispatch(ctx, kwargs)
+    return dispatcher, pool, spawner, directory
 
 
 def test_allocate_answers_fight_id_and_instance():
     """allocate answers {fight_id, instance, players} on a ready process."""
     dispatcher, _, _, _ = make_dispatcher()
-    reply = result(call(dispatcher, "allocate", players=["a", "b"]))
+    reply = result_of(call(dispatcher, "allocate", players=["a", "b"]))
     assert reply["instance"] == "fight-1" and reply["players"] == ["a", "b"]
     assert len(reply["fight_id"]) == 16
 
@@ -81,13 +52,13 @@ def test_allocate_answers_fight_id_and_instance():
 def test_allocate_waits_within_the_callers_deadline():
     """With no room and no process allowed, allocate fails with PoolFull before the deadline."""
     dispatcher, _, _, _ = make_dispatcher(cap=2, max_processes=1, min_spare=1)
-    result(call(dispatcher, "allocate", players=["a", "b"]))
+    result_of(call(dispatcher, "allocate", players=["a", "b"]))
     d = call(dispatcher, "allocate", players=["c"], timeout=2.0)
     dispatcher.clock.advance(1.79)
     assert not d.called
     dispatcher.clock.advance(0.02)
     with pytest.raises(PoolFull):
-        result(d)
+        result_of(d)
 
 
 @pytest.mark.parametrize(
@@ -104,23 +75,16 @@ def test_players_reach_no_dispatcher_method(method: str, kwargs: dict[str, Any])
     """A player's packet reaching the dispatcher finds no method at all (not even status)."""
     dispatcher, pool, _, _ = make_dispatcher()
     with pytest.raises(UnknownMethod):
-        call(
-            dispatcher,
-            method,
-            sess=session("mallory"),
-            caller="broker-1",
-            origin=Origin.CLIENT,
-            **kwargs,
-        )
+        call(dispatcher, method, kwargs, **as_player(session("mallory")))
     assert not pool.fights
 
 
 def test_arrived_keeps_the_session_and_release_keeps_the_result():
     """A fight process reports an arrival with the player's session; release records the result."""
     dispatcher, pool, _, _ = make_dispatcher()
-    fight = result(call(dispatcher, "allocate", players=["a", "b"]))
+    fight = result_of(call(dispatcher, "allocate", players=["a", "b"]))
     fid = fight["fight_id"]
-    reply = call(dispatcher, "arrived", sess=session("a"), caller="fight-1", fight_id=fid)
+    reply = call(dispatcher, "arrived", session=session("a"), caller="fight-1", fight_id=fid)
     assert reply["arrived"] == ["a"]
     assert pool.fights[fid].sessions["a"].id == "s-a"
     assert call(dispatcher, "release", caller="fight-1", fight_id=fid, result={"winner": "a"})
@@ -133,10 +97,14 @@ def test_a_lost_fight_unbinds_and_tells_its_players():
     """When a fight process dies, each known player's fight routes are unbound, then they get
     the push fight.lost; subscribers get the event lost."""
     dispatcher, _, spawner, _ = make_dispatcher()
-    fight = result(call(dispatcher, "allocate", players=["a", "b"]))
+    fight = result_of(call(dispatcher, "allocate", players=["a", "b"]))
     for user in ("a", "b"):
         call(
-            dispatcher, "arrived", sess=session(user), caller="fight-1", fight_id=fight["fight_id"]
+            dispatcher,
+            "arrived",
+            session=session(user),
+            caller="fight-1",
+            fight_id=fight["fight_id"],
         )
     spawner.children["fight-1"].exit("was killed by signal 9")
     sessions = dispatcher.runtime.sessions  # type: ignore[attr-defined]
@@ -156,21 +124,23 @@ def test_a_lost_fight_unbinds_and_tells_its_players():
 def test_a_player_already_in_a_newer_fight_keeps_its_binding():
     """A lost fight does not unbind a player who was placed in another fight since."""
     dispatcher, pool, spawner, _ = make_dispatcher(cap=2, min_spare=1)
-    old = result(call(dispatcher, "allocate", players=["a", "b"]))
-    call(dispatcher, "arrived", sess=session("a"), caller="fight-1", fight_id=old["fight_id"])
+    old = result_of(call(dispatcher, "allocate", players=["a", "b"]))
+    call(dispatcher, "arrived", session=session("a"), caller="fight-1", fight_id=old["fight_id"])
     ready_all(pool)
-    result(call(dispatcher, "allocate", players=["a"]))
+    result_of(call(dispatcher, "allocate", players=["a"]))
     spawner.children["fight-1"].exit("was killed by signal 9")
     assert dispatcher.runtime.sessions.calls == []  # type: ignore[attr-defined]
 
 
 def test_an_expired_fight_is_dropped_by_its_process_and_its_players_told():
     """Expiry tells the fight process (expired, on that instance) and pushes fight.cancelled."""
-    dispatcher, _, _, workers = make_dispatcher(reservation_timeout=15)
-    fight = result(call(dispatcher, "allocate", players=["a", "b"]))
-    call(dispatcher, "arrived", sess=session("a"), caller="fight-1", fight_id=fight["fight_id"])
+    dispatcher, _, _, directory = make_dispatcher(reservation_timeout=15)
+    fight = result_of(call(dispatcher, "allocate", players=["a", "b"]))
+    call(dispatcher, "arrived", session=session("a"), caller="fight-1", fight_id=fight["fight_id"])
     dispatcher.clock.advance(15)
-    assert workers.calls == [("expired", {"fight_id": fight["fight_id"]}, "fight-1")]
+    assert [(c.method, c.kwargs, c.instance) for c in directory.calls_to("fight-worker")] == [
+        ("expired", {"fight_id": fight["fight_id"]}, "fight-1")
+    ]
     pushes = dispatcher.runtime.sessions.of("push")  # type: ignore[attr-defined]
     assert [(p[0].user_id, p[1], p[2]["missing"]) for p in pushes] == [
         ("a", "fight.cancelled", ["b"])
@@ -180,11 +150,11 @@ def test_an_expired_fight_is_dropped_by_its_process_and_its_players_told():
 def test_matchmake_pairs_players_binds_them_then_pushes_the_start():
     """Two players matchmaking: one fight; each is bound to its process, then gets fight.start."""
     dispatcher, _, _, _ = make_dispatcher()
-    first = call(dispatcher, "matchmake", sess=session("a"), caller="fight-1", size=2)
+    first = call(dispatcher, "matchmake", session=session("a"), caller="fight-1", size=2)
     assert not first.called
-    second = call(dispatcher, "matchmake", sess=session("b", "broker-2"), caller="fight-1")
-    reply = result(first)
-    assert result(second) == reply and reply["players"] == ["a", "b"]
+    second = call(dispatcher, "matchmake", session=session("b", "broker-2"), caller="fight-1")
+    reply = result_of(first)
+    assert result_of(second) == reply and reply["players"] == ["a", "b"]
     calls = dispatcher.runtime.sessions.calls  # type: ignore[attr-defined]
     assert [(name, args[0].user_id) for name, args in calls] == [
         ("bind", "a"),
@@ -199,12 +169,12 @@ def test_matchmake_pairs_players_binds_them_then_pushes_the_start():
 def test_matchmake_alone_gives_up_before_the_deadline():
     """A player left waiting alone gets BadFight before the call's deadline; the queue empties."""
     dispatcher, _, _, _ = make_dispatcher()
-    d = call(dispatcher, "matchmake", sess=session("a"), caller="fight-1", timeout=3.0)
+    d = call(dispatcher, "matchmake", session=session("a"), caller="fight-1", timeout=3.0)
     dispatcher.clock.advance(3.0)
     with pytest.raises(BadFight, match="formed in time"):
-        result(d)
+        result_of(d)
     # The same player may try again.
-    again = call(dispatcher, "matchmake", sess=session("a"), caller="fight-1")
+    again = call(dispatcher, "matchmake", session=session("a"), caller="fight-1")
     assert not again.called
 
 
@@ -213,11 +183,11 @@ def test_matchmake_needs_a_session_and_refuses_a_second_queueing():
     dispatcher, _, _, _ = make_dispatcher()
     with pytest.raises(Forbidden, match="client session"):
         call(dispatcher, "matchmake")
-    call(dispatcher, "matchmake", sess=session("a"), caller="fight-1")
+    call(dispatcher, "matchmake", session=session("a"), caller="fight-1")
     with pytest.raises(BadFight, match="already waiting"):
-        call(dispatcher, "matchmake", sess=session("a"), caller="fight-1")
+        call(dispatcher, "matchmake", session=session("a"), caller="fight-1")
     with pytest.raises(BadFight, match="size"):
-        call(dispatcher, "matchmake", sess=session("b"), caller="fight-1", size=99)
+        call(dispatcher, "matchmake", session=session("b"), caller="fight-1", size=99)
 
 
 def test_status_names_the_dispatcher():

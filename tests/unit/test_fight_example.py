@@ -7,51 +7,33 @@ import random
 from typing import Any
 
 import pytest
-from twisted.internet import defer
 
 from mmo.errors import UnknownMethod
 from mmo.examples.fight import FightNotStarted, NotFighting, NotYourTurn, TurnFight
 from mmo.fight import Forbidden, UnknownFight
-from mmo.logic.handler import Origin, Session
-from mmo.testing import fake_context, handler_factory
+from mmo.logic.handler import Session
+from mmo.testing import (
+    FakeCall,
+    FakeDatabase,
+    FakeDirectory,
+    as_player,
+    call,
+    handler_factory,
+    result_of,
+)
 
-from .test_fight_pool import result
-
-
-class FakeDispatcher:
-    """The dispatcher as a fight process calls it: knows one fight, records every call."""
-
-    def __init__(self, fights: dict[str, list[str]]) -> None:
-        self.fights = fights
-        self.calls: list[tuple[str, dict[str, Any], Session | None, str | None]] = []
-
-    def call(
-        self,
-        method: str,
-        kwargs: dict[str, Any],
-        *,
-        session: Session | None = None,
-        instance: str | None = None,
-        timeout: float | None = None,
-    ) -> defer.Deferred[Any]:
-        self.calls.append((method, kwargs, session, instance))
-        if method == "arrived":
-            players = self.fights.get(kwargs["fight_id"])
-            if players is None or kwargs["player"] not in players:
-                return defer.fail(UnknownFight(f"no fight {kwargs['fight_id']!r}"))
-            return defer.succeed({"fight_id": kwargs["fight_id"], "players": players})
-        return defer.succeed({"method": method})
+FIGHTS = {"f1": ["alice", "bob"]}
 
 
-class FakeDB:
-    """A Database recording its statements."""
-
-    def __init__(self) -> None:
-        self.statements: list[tuple[str, Any]] = []
-
-    def run_operation(self, sql: str, params: Any = None, **_: Any) -> defer.Deferred[None]:
-        self.statements.append((sql, params))
-        return defer.succeed(None)
+def dispatcher_answer(request: FakeCall) -> Any:
+    """The dispatcher as a fight process calls it: it knows fight f1 of alice and bob."""
+    kwargs = request.kwargs or {}
+    if request.method == "arrived":
+        players = FIGHTS.get(kwargs["fight_id"])
+        if players is None or kwargs["player"] not in players:
+            raise UnknownFight(f"no fight {kwargs['fight_id']!r}")
+        return {"fight_id": kwargs["fight_id"], "players": players}
+    return {"method": request.method}
 
 
 def session(user: str) -> Session:
@@ -59,28 +41,23 @@ def session(user: str) -> Session:
     return Session(id=f"s-{user}", user_id=user, broker="broker-1")
 
 
-def make_fight(**attributes: Any) -> tuple[TurnFight, FakeDispatcher]:
-    """A TurnFight whose dispatcher knows fight f1 of alice and bob."""
-    dispatcher = FakeDispatcher({"f1": ["alice", "bob"]})
+def player(user: str) -> dict[str, Any]:
+    """The options of ``call`` making it ``user``'s request, forwarded by their broker."""
+    return as_player(session(user))
+
+
+def make_fight(**attributes: Any) -> tuple[TurnFight, FakeDirectory]:
+    """A TurnFight whose dispatcher (service ``fight``) knows fight f1 of alice and bob."""
+    directory = FakeDirectory()
+    directory.reply("fight", None, dispatcher_answer)
     fight = handler_factory(
         TurnFight,
         instance_id="fight-1",
-        services={"fight": dispatcher},
+        directory=directory,
         rng=random.Random(7),
         **attributes,
     )
-    return fight, dispatcher
-
-
-def call(handler: TurnFight, method: str, user: str | None, **kwargs: Any) -> Any:
-    """Call ``on_<method>`` as ``user``'s request through a broker (or, with no user, as
-    a cluster member's call without a session)."""
-    if user is None:
-        ctx = fake_context(handler, method)
-    else:
-        ctx = fake_context(handler, method, session=session(user), origin=Origin.CLIENT)
-    out = handler.dispatch(ctx, kwargs)
-    return result(out) if isinstance(out, defer.Deferred) else out
+    return fight, directory
 
 
 def pushes(handler: TurnFight) -> list[tuple[list[str], str]]:
@@ -96,11 +73,12 @@ def test_joining_reports_arrival_and_the_fight_starts_when_all_are_in():
     """Each join is reported to the dispatcher with the session; when both are in, both get the
     first fight.turn."""
     fight, dispatcher = make_fight()
-    state = call(fight, "join", "alice", fight_id="f1")
+    state = result_of(call(fight, "join", fight_id="f1", **player("alice")))
     assert state["joined"] == ["alice"] and state["turn"] is None
-    assert dispatcher.calls[0][0] == "arrived" and dispatcher.calls[0][2].user_id == "alice"
-    assert dispatcher.calls[0][1]["instance"] == "fight-1"
-    state = call(fight, "join", "bob", fight_id="f1")
+    (arrived,) = dispatcher.calls
+    assert arrived.method == "arrived" and arrived.session is not None
+    assert arrived.session.user_id == "alice" and arrived.kwargs["instance"] == "fight-1"
+    state = result_of(call(fight, "join", fight_id="f1", **player("bob")))
     assert state["turn"] == "alice" and state["hp"] == {"alice": 100, "bob": 100}
     assert pushes(fight) == [(["alice", "bob"], "fight.turn")]
 
@@ -108,15 +86,16 @@ def test_joining_reports_arrival_and_the_fight_starts_when_all_are_in():
 def test_turns_alternate_and_the_winner_is_stored_released_and_unbound():
     """Players hit in turn until one falls: fight.end to both, routes unbound, result kept in
     memory and in the database, seats released at the dispatcher."""
-    db = FakeDB()
+    db = FakeDatabase()
     fight, dispatcher = make_fight(db=db)
-    call(fight, "join", "alice", fight_id="f1")
-    call(fight, "join", "bob", fight_id="f1")
+    result_of(fight.start())  # as its worker does: creates the results table
+    result_of(call(fight, "join", fight_id="f1", **player("alice")))
+    result_of(call(fight, "join", fight_id="f1", **player("bob")))
     with pytest.raises(NotYourTurn):
-        call(fight, "attack", "bob")
+        result_of(call(fight, "attack", **player("bob")))
     turn, end = "alice", None
     for _ in range(20):
-        event = call(fight, "attack", turn)
+        event = result_of(call(fight, "attack", **player(turn)))
         if "winner" in event:
             end = event
             break
@@ -130,40 +109,50 @@ def test_turns_alternate_and_the_winner_is_stored_released_and_unbound():
         ("alice", "fight"),
         ("bob", "fight"),
     ]
-    release = [c for c in dispatcher.calls if c[0] == "release"]
-    assert release[0][1]["fight_id"] == "f1" and release[0][1]["result"]["winner"] == end["winner"]
-    [stored] = call(fight, "results", None)
+    (release,) = dispatcher.calls_to("fight", "release")
+    assert release.kwargs is not None and release.kwargs["fight_id"] == "f1"
+    assert release.kwargs["result"]["winner"] == end["winner"]
+    [stored] = result_of(call(fight, "results"))
     assert stored["winner"] == end["winner"] and stored["turns"] == end["turns"]
-    assert db.statements[-1][1][:2] == ("f1", end["winner"])
+    rows = result_of(
+        db.run_query("SELECT fight_id, winner, players, turns, instance FROM fight_results")
+    )
+    assert [tuple(row) for row in rows] == [
+        ("f1", end["winner"], "alice,bob", end["turns"], "fight-1")
+    ]
     with pytest.raises(NotFighting):
-        call(fight, "attack", "alice")
+        result_of(call(fight, "attack", **player("alice")))
 
 
 def test_no_attack_before_everyone_joined():
     """Attacking before the opponent joined is refused with FightNotStarted."""
     fight, _ = make_fight()
-    call(fight, "join", "alice", fight_id="f1")
+    result_of(call(fight, "join", fight_id="f1", **player("alice")))
     with pytest.raises(FightNotStarted, match="bob"):
-        call(fight, "attack", "alice")
+        result_of(call(fight, "attack", **player("alice")))
 
 
 def test_a_stranger_cannot_join():
     """The dispatcher's refusal of a player without a seat comes back to the client."""
     fight, _ = make_fight()
     with pytest.raises(UnknownFight):
-        call(fight, "join", "mallory", fight_id="f1")
+        result_of(call(fight, "join", fight_id="f1", **player("mallory")))
     with pytest.raises(Forbidden):
-        call(fight, "join", None, fight_id="f1")
+        result_of(call(fight, "join", fight_id="f1"))
 
 
 def test_matchmake_is_relayed_to_the_dispatcher_with_the_session():
     """fight.matchmake from a player goes to the dispatcher, session attached."""
     fight, dispatcher = make_fight()
     fight.dispatcher_id = "fight-dispatcher"
-    assert call(fight, "matchmake", "alice", size=2) == {"method": "matchmake"}
-    method, kwargs, sess, instance = dispatcher.calls[0]
-    assert (method, kwargs, instance) == ("matchmake", {"size": 2}, "fight-dispatcher")
-    assert sess is not None and sess.user_id == "alice"
+    assert result_of(call(fight, "matchmake", size=2, **player("alice"))) == {"method": "matchmake"}
+    (relayed,) = dispatcher.calls
+    assert (relayed.method, relayed.kwargs, relayed.instance) == (
+        "matchmake",
+        {"size": 2},
+        "fight-dispatcher",
+    )
+    assert relayed.session is not None and relayed.session.user_id == "alice"
 
 
 def test_expired_comes_only_from_the_dispatcher_and_drops_the_fight():
@@ -171,15 +160,13 @@ def test_expired_comes_only_from_the_dispatcher_and_drops_the_fight():
     dispatcher; from the dispatcher that spawned the process it forgets the fight."""
     fight, _ = make_fight()
     fight.dispatcher_id = "fight-dispatcher"
-    call(fight, "join", "alice", fight_id="f1")
+    result_of(call(fight, "join", fight_id="f1", **player("alice")))
     with pytest.raises(UnknownMethod):
-        call(fight, "expired", "alice", fight_id="f1")
+        result_of(call(fight, "expired", fight_id="f1", **player("alice")))
     for caller, role in [("chat-1", "worker"), ("other-dispatcher", "fight")]:
         with pytest.raises(Forbidden):
-            ctx = fake_context(fight, "expired", caller=caller, caller_role=role)
-            fight.dispatch(ctx, {"fight_id": "f1"})
-    ctx = fake_context(fight, "expired", caller="fight-dispatcher", caller_role="fight")
-    fight.dispatch(ctx, {"fight_id": "f1"})
+            call(fight, "expired", fight_id="f1", caller=caller, caller_role=role)
+    call(fight, "expired", fight_id="f1", caller="fight-dispatcher", caller_role="fight")
     assert "f1" not in fight.fights and "alice" not in fight.by_player
 
 

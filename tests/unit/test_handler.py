@@ -1,30 +1,21 @@
-"""ServiceHandler dispatch: the on_<name> table, idempotent marks, errors, async methods."""
+"""ServiceHandler dispatch: the on_<name> table, idempotent marks, errors, async methods.
+
+Handlers run on mmo.testing's fake runtime and are called through ``mmo.testing.call``,
+the dispatch path a worker uses.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from twisted.internet import defer, task
 
 from mmo.errors import BadRequest, UnknownMethod
 from mmo.logic import Context, ServiceHandler, idempotent
+from mmo.testing import FakeDirectory, call, fake_context, handler_factory, result_of
 
-
-class Runtime:
-    """The smallest Runtime: names, a Clock, and a record of publishes."""
-
-    def __init__(self) -> None:
-        self.service_name = "game"
-        self.instance_id = "game-1"
-        self.clock = task.Clock()
-        self.published: list[tuple[str, Any]] = []
-
-    def get_service(self, name: str, pattern: str = "REP", timeout: float | None = None) -> Any:
-        return (name, pattern, timeout)
-
-    def publish(self, topic: str, payload: Any) -> None:
-        self.published.append((topic, payload))
+H = TypeVar("H", bound=ServiceHandler)
 
 
 class Base(ServiceHandler):
@@ -84,20 +75,9 @@ class Fallback(Base):
         return ("fallback", ctx.method, kwargs)
 
 
-def ctx_for(handler: ServiceHandler, method: str) -> Context:
-    clock = handler.clock
-    return Context(
-        service="game",
-        method=method,
-        caller="tester",
-        session=None,
-        deadline=clock.seconds() + 5,
-        clock=clock,
-    )
-
-
-def call(handler: ServiceHandler, method: str, **kwargs: Any) -> Any:
-    return handler.dispatch(ctx_for(handler, method), kwargs)
+def make(handler_class: type[H], **kwargs: Any) -> H:
+    """``handler_class`` on a fake runtime as service ``game``, instance ``game-1``."""
+    return handler_factory(handler_class, service_name="game", instance_id="game-1", **kwargs)
 
 
 def outcome(d: defer.Deferred[Any]) -> list[Any]:
@@ -108,12 +88,14 @@ def outcome(d: defer.Deferred[Any]) -> list[Any]:
 
 @pytest.fixture
 def base() -> Base:
-    return Base(Runtime())  # type: ignore[arg-type]
+    """A Base handler on a fake runtime."""
+    return make(Base)
 
 
 @pytest.fixture
 def child() -> Child:
-    return Child(Runtime())  # type: ignore[arg-type]
+    """A Child handler on a fake runtime."""
+    return make(Child)
 
 
 # -- the table ----------------------------------------------------------------------
@@ -177,12 +159,24 @@ def test_dispatch_uses_subclass_override(child: Child) -> None:
     assert call(child, "hello", name="ron") == "hello ron from game.hello"
 
 
-def test_handler_sees_runtime(base: Base) -> None:
-    """A handler reads its name, id and clock, publishes and gets proxies through its runtime."""
+def test_handler_sees_runtime() -> None:
+    """A handler reads its name, id and clock, publishes and calls other services through
+    its runtime (the call keeps its own deadline)."""
+    directory = FakeDirectory()
+    directory.reply("sso", "login", {"user_id": "u1"})
+    base = make(Base, directory=directory)
     assert (base.service_name, base.instance_id) == ("game", "game-1")
     base.publish("news", {"n": 1})
     assert base.runtime.published == [("news", {"n": 1})]  # type: ignore[attr-defined]
-    assert base.get_service("sso", "REP", 2.0) == ("sso", "REP", 2.0)
+    reply = base.get_service("sso", "REP", 2.0).login(user="harry")
+    assert result_of(reply) == {"user_id": "u1"}
+    (sent,) = directory.calls
+    assert (sent.service, sent.method, sent.kwargs, sent.timeout) == (
+        "sso",
+        "login",
+        {"user": "harry"},
+        2.0,
+    )
 
 
 def test_unknown_method_raises_unknown_method(base: Base) -> None:
@@ -195,7 +189,7 @@ def test_unknown_method_raises_unknown_method(base: Base) -> None:
 
 def test_overridden_on_unknown_gets_the_call() -> None:
     """A handler overriding on_unknown receives calls to unknown names with their kwargs."""
-    handler = Fallback(Runtime())  # type: ignore[arg-type]
+    handler = make(Fallback)
     assert call(handler, "whatever", x=1) == ("fallback", "whatever", {"x": 1})
     assert call(handler, "add", a=1) == 11  # known methods are unaffected
     # Keywords named like the fallback's own parameters still arrive as data.
@@ -226,7 +220,7 @@ def test_wrong_arguments_do_not_run_the_method() -> None:
         def on_count(self, ctx: Context, n: int) -> None:
             ran.append(n)
 
-    handler = Counting(Runtime())  # type: ignore[arg-type]
+    handler = make(Counting)
     with pytest.raises(BadRequest):
         call(handler, "count", m=1)
     assert ran == []
@@ -275,7 +269,7 @@ def test_inline_callbacks_failure_is_errback(child: Child) -> None:
 
 def test_context_remaining_follows_clock(child: Child) -> None:
     """Context.remaining() counts down with the clock and goes negative after the deadline."""
-    ctx = ctx_for(child, "later")
+    ctx = fake_context(child, "later", timeout=5)
     assert ctx.remaining() == 5
     child.clock.advance(7)  # type: ignore[attr-defined]
     assert ctx.remaining() == -2

@@ -19,8 +19,8 @@ from mmo.errors import BadRequest, Forbidden, MmoError, UnknownMethod
 from mmo.registry import Change, Instance
 from mmo.sessions import ResumeFailed, SessionService
 from mmo.sessions.service import RESUME_PURPOSE, TooManySessions
-from mmo.testing import fake_context, handler_factory
-from mmo.wire.gen.mmo.ttypes import ErrorCode, Origin, Session
+from mmo.testing import FakeDirectory, as_player, call, handler_factory
+from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
 
 GRACE = 30.0
 URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
@@ -38,13 +38,10 @@ def svc(clock: task.Clock) -> SessionService:
     return handler_factory(SessionService, clock=clock)
 
 
-def call(svc: SessionService, method: str, **kwargs: Any) -> Any:
-    """Call a method the way the worker does: through the checked dispatch table; with
-    ``broker=...``, as that broker (the caller a session is held by)."""
-    broker = kwargs.pop("broker", None)
-    if broker is None:
-        return svc.dispatch(fake_context(svc, method), kwargs)
-    return svc.dispatch(fake_context(svc, method, caller=broker, caller_role="broker"), kwargs)
+def as_broker(instance_id: Any) -> dict[str, Any]:
+    """The options of ``mmo.testing.call`` that make a call broker ``instance_id``'s (the
+    caller a session is held by)."""
+    return {"caller": instance_id, "caller_role": "broker"}
 
 
 def published(svc: SessionService) -> list[tuple[str, Any]]:
@@ -64,25 +61,7 @@ def topics(svc: SessionService) -> list[str]:
 
 def open_session(svc: SessionService, user: str = "alice", broker: str = "b1") -> dict[str, str]:
     """Open a session as a broker does after a login."""
-    return call(svc, "open", user_id=user, broker=broker)  # type: ignore[no-any-return]
-
-
-class FakeView:
-    """The ``view`` of a fake directory: records registry listeners."""
-
-    def __init__(self) -> None:
-        self.listeners: list[Any] = []
-
-    def listen(self, listener: Any) -> None:
-        """Record ``listener``."""
-        self.listeners.append(listener)
-
-
-class FakeDirectory:
-    """Just enough of a ``Directory`` for ``start()``: its registry view."""
-
-    def __init__(self) -> None:
-        self.view = FakeView()
+    return call(svc, "open", user_id=user, **as_broker(broker))  # type: ignore[no-any-return]
 
 
 def broker(instance_id: str) -> Instance:
@@ -122,7 +101,7 @@ def test_open_gives_every_session_its_own_id_and_token(svc: SessionService) -> N
 
 def test_get_returns_the_record_without_the_token(svc: SessionService) -> None:
     """get shows user, broker, online, props, channels and bindings, never the token."""
-    sid = call(svc, "open", user_id="alice", broker="b1", props={"level": 3})["session_id"]
+    sid = call(svc, "open", user_id="alice", **as_broker("b1"), props={"level": 3})["session_id"]
     assert call(svc, "get", session_id=sid) == {
         "user_id": "alice",
         "broker": "b1",
@@ -140,24 +119,26 @@ def test_get_of_an_unknown_session_is_none(svc: SessionService) -> None:
 
 def test_numeric_user_ids_are_kept_as_strings(svc: SessionService) -> None:
     """A numeric user id (as some auth services answer) is stored and found as a string."""
-    sid = call(svc, "open", user_id=42, broker="b1")["session_id"]
+    sid = call(svc, "open", user_id=42, **as_broker("b1"))["session_id"]
     assert call(svc, "get", session_id=sid)["user_id"] == "42"
     assert call(svc, "find", user_id=42) == [{"session_id": sid, "broker": "b1", "online": True}]
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("broker", "kwargs"),
     [
-        {"user_id": "", "broker": "b1"},
-        {"user_id": True, "broker": "b1"},
-        {"user_id": "alice", "broker": 7},
-        {"user_id": "alice", "broker": "b1", "props": [1, 2]},
+        ("b1", {"user_id": ""}),
+        ("b1", {"user_id": True}),
+        (7, {"user_id": "alice"}),
+        ("b1", {"user_id": "alice", "props": [1, 2]}),
     ],
 )
-def test_open_refuses_bad_arguments(svc: SessionService, kwargs: dict[str, Any]) -> None:
+def test_open_refuses_bad_arguments(
+    svc: SessionService, broker: Any, kwargs: dict[str, Any]
+) -> None:
     """open raises BadRequest for an empty or non-string user, a bad broker or non-map props."""
     with pytest.raises(BadRequest):
-        call(svc, "open", **kwargs)
+        call(svc, "open", **kwargs, **as_broker(broker))
     assert svc.records == {}
 
 
@@ -167,7 +148,7 @@ def test_find_lists_a_users_sessions_oldest_first(clock: task.Clock) -> None:
     a = open_session(svc, "alice", "b1")["session_id"]
     open_session(svc, "bob", "b1")
     b = open_session(svc, "alice", "b2")["session_id"]
-    call(svc, "closed", session_id=a, broker="b1")
+    call(svc, "closed", session_id=a, **as_broker("b1"))
     assert call(svc, "find", user_id="alice") == [
         {"session_id": a, "broker": "b1", "online": False},
         {"session_id": b, "broker": "b2", "online": True},
@@ -190,7 +171,7 @@ def test_closed_sets_offline_and_the_grace_period_ends_the_session(
 ) -> None:
     """closed publishes offline; after grace seconds the session leaves and is forgotten."""
     sid = open_session(svc)["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     assert call(svc, "get", session_id=sid)["online"] is False
     assert published(svc)[-1] == (
         "offline",
@@ -212,7 +193,7 @@ def test_closed_from_a_broker_that_no_longer_holds_the_session_is_ignored(
 ) -> None:
     """A closed naming another broker changes nothing and publishes nothing."""
     sid = open_session(svc)["session_id"]
-    call(svc, "closed", session_id=sid, broker="b2")
+    call(svc, "closed", session_id=sid, **as_broker("b2"))
     assert call(svc, "get", session_id=sid)["online"] is True
     assert topics(svc) == ["enter"]
 
@@ -222,17 +203,17 @@ def test_closed_twice_publishes_offline_once_and_keeps_the_first_deadline(
 ) -> None:
     """A repeated closed neither republishes offline nor restarts the grace period."""
     sid = open_session(svc)["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(GRACE / 2)
-    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(GRACE / 2)
     assert topics(svc) == ["enter", "offline", "leave"]
 
 
 def test_closed_of_an_unknown_session_is_ignored(svc: SessionService) -> None:
     """closed for an unknown (or malformed) session id does nothing."""
-    call(svc, "closed", session_id="nope", broker="b1")
-    call(svc, "closed", session_id=["not", "a", "string"], broker="b1")
+    call(svc, "closed", session_id="nope", **as_broker("b1"))
+    call(svc, "closed", session_id=["not", "a", "string"], **as_broker("b1"))
     assert published(svc) == []
 
 
@@ -241,7 +222,7 @@ def test_grace_is_a_setting(clock: task.Clock) -> None:
     svc = handler_factory(SessionService, clock=clock, settings={"grace": "0.5"})
     assert svc.grace == 0.5
     sid = open_session(svc)["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(0.5)
     assert call(svc, "get", session_id=sid) is None
 
@@ -268,7 +249,7 @@ def test_bad_settings_are_a_config_error(settings: dict[str, Any]) -> None:
 def test_stop_cancels_the_grace_timers(svc: SessionService, clock: task.Clock) -> None:
     """stop leaves no timer behind on the reactor."""
     sid = open_session(svc)["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     assert clock.getDelayedCalls()
     svc.stop()
     assert clock.getDelayedCalls() == []
@@ -283,9 +264,9 @@ def test_resume_restores_the_session_with_a_new_token_and_publishes_online(
     """resume within grace answers the record and a fresh token, and publishes online."""
     opened = open_session(svc)
     sid = opened["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(GRACE - 1)
-    reply = call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
+    reply = call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b2"))
     assert reply == {
         "session_id": sid,
         "user_id": "alice",
@@ -309,8 +290,8 @@ def test_resume_cancels_the_grace_period(svc: SessionService, clock: task.Clock)
     """A resumed session no longer expires when its old grace period ends."""
     opened = open_session(svc)
     sid = opened["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
-    call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
+    call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b1"))
     clock.advance(GRACE * 2)
     assert call(svc, "get", session_id=sid)["online"] is True
     assert "leave" not in topics(svc)
@@ -320,10 +301,10 @@ def test_the_old_token_stops_working_after_a_resume(svc: SessionService) -> None
     """Each resume rotates the token: the previous one is refused, the new one works."""
     opened = open_session(svc)
     sid = opened["session_id"]
-    second = call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
+    second = call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b1"))
     with pytest.raises(ResumeFailed):
-        call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
-    third = call(svc, "resume", session_id=sid, token=second["token"], broker="b1")
+        call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b1"))
+    third = call(svc, "resume", session_id=sid, token=second["token"], **as_broker("b1"))
     assert len({opened["token"], second["token"], third["token"]}) == 3
 
 
@@ -332,7 +313,7 @@ def test_resume_with_a_wrong_token_fails(svc: SessionService, token: Any) -> Non
     """A wrong, empty, missing, non-string or non-ASCII token is a ResumeFailed."""
     sid = open_session(svc)["session_id"]
     with pytest.raises(ResumeFailed):
-        call(svc, "resume", session_id=sid, token=token, broker="b1")
+        call(svc, "resume", session_id=sid, token=token, **as_broker("b1"))
     assert topics(svc) == ["enter"]
 
 
@@ -351,12 +332,18 @@ def test_resume_with_a_forged_expired_or_foreign_token_fails(
     ]
     for token in forged:
         with pytest.raises(ResumeFailed):
-            call(svc, "resume", session_id=sid, token=token, broker="b1")
+            call(svc, "resume", session_id=sid, token=token, **as_broker("b1"))
     short = handler_factory(SessionService, clock=task.Clock(), settings={"token_ttl": 0})
     expired = open_session(short)
     with pytest.raises(ResumeFailed, match="expired"):
-        call(short, "resume", session_id=expired["session_id"], token=expired["token"], broker="b1")
-    assert call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")["user_id"]
+        call(
+            short,
+            "resume",
+            session_id=expired["session_id"],
+            token=expired["token"],
+            **as_broker("b1"),
+        )
+    assert call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b1"))["user_id"]
 
 
 def test_refresh_gives_a_new_token_to_the_session_online_on_that_broker(
@@ -366,15 +353,15 @@ def test_refresh_gives_a_new_token_to_the_session_online_on_that_broker(
     opened = open_session(svc)
     sid = opened["session_id"]
     with pytest.raises(ResumeFailed):
-        call(svc, "refresh", session_id=sid, broker="b2")
-    fresh = call(svc, "refresh", session_id=sid, broker="b1")
+        call(svc, "refresh", session_id=sid, **as_broker("b2"))
+    fresh = call(svc, "refresh", session_id=sid, **as_broker("b1"))
     assert fresh == {"token": fresh["token"], "token_ttl": svc.token_ttl}
     with pytest.raises(ResumeFailed):
-        call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
-    assert call(svc, "resume", session_id=sid, token=fresh["token"], broker="b1")["user_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
+        call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b1"))
+    assert call(svc, "resume", session_id=sid, token=fresh["token"], **as_broker("b1"))["user_id"]
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     with pytest.raises(ResumeFailed):
-        call(svc, "refresh", session_id=sid, broker="b1")
+        call(svc, "refresh", session_id=sid, **as_broker("b1"))
 
 
 def test_the_service_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,12 +377,14 @@ def test_resume_of_an_unknown_or_expired_session_fails(
 ) -> None:
     """An unknown session, and one resumed after its grace period, give ResumeFailed."""
     with pytest.raises(ResumeFailed):
-        call(svc, "resume", session_id="nope", token="x", broker="b1")
+        call(svc, "resume", session_id="nope", token="x", **as_broker("b1"))
     opened = open_session(svc)
-    call(svc, "closed", session_id=opened["session_id"], broker="b1")
+    call(svc, "closed", session_id=opened["session_id"], **as_broker("b1"))
     clock.advance(GRACE)
     with pytest.raises(ResumeFailed):
-        call(svc, "resume", session_id=opened["session_id"], token=opened["token"], broker="b1")
+        call(
+            svc, "resume", session_id=opened["session_id"], token=opened["token"], **as_broker("b1")
+        )
 
 
 def test_resume_failed_reaches_callers_as_a_typed_remote_error() -> None:
@@ -410,7 +399,7 @@ def test_resume_elsewhere_kicks_the_connection_still_holding_it(svc: SessionServ
     """Resuming on another broker while online sends KICK REPLACED to the old broker first."""
     opened = open_session(svc, broker="b1")
     sid = opened["session_id"]
-    call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
+    call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b2"))
     assert kicks(svc) == [(Session(id=sid, broker="b1"), "REPLACED")]
     assert call(svc, "get", session_id=sid)["broker"] == "b2"
 
@@ -419,9 +408,9 @@ def test_resume_of_an_offline_or_same_broker_session_kicks_nobody(svc: SessionSe
     """No kick when the session is offline, or online on the broker resuming it."""
     opened = open_session(svc, broker="b1")
     sid = opened["session_id"]
-    again = call(svc, "resume", session_id=sid, token=opened["token"], broker="b1")
-    call(svc, "closed", session_id=sid, broker="b1")
-    call(svc, "resume", session_id=sid, token=again["token"], broker="b2")
+    again = call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b1"))
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
+    call(svc, "resume", session_id=sid, token=again["token"], **as_broker("b2"))
     assert kicks(svc) == []
 
 
@@ -431,11 +420,11 @@ def test_late_messages_from_the_replaced_broker_change_nothing(
     """After a move, the old broker's closed, track and logout are ignored."""
     opened = open_session(svc, broker="b1")
     sid = opened["session_id"]
-    call(svc, "track", session_id=sid, broker="b1", joined=["room:a"])
-    call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
-    call(svc, "closed", session_id=sid, broker="b1")
-    call(svc, "track", session_id=sid, broker="b1", left=["room:a"])
-    assert call(svc, "logout", session_id=sid, broker="b1") is False
+    call(svc, "track", session_id=sid, **as_broker("b1"), joined=["room:a"])
+    call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b2"))
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
+    call(svc, "track", session_id=sid, **as_broker("b1"), left=["room:a"])
+    assert call(svc, "logout", session_id=sid, **as_broker("b1")) is False
     clock.advance(GRACE * 2)
     record = call(svc, "get", session_id=sid)
     assert record["online"] is True and record["channels"] == ["room:a"]
@@ -448,7 +437,7 @@ def test_late_messages_from_the_replaced_broker_change_nothing(
 def test_logout_ends_the_session_at_once(svc: SessionService) -> None:
     """logout answers True, publishes leave (reason logout) and forgets the session."""
     sid = open_session(svc)["session_id"]
-    assert call(svc, "logout", session_id=sid, broker="b1") is True
+    assert call(svc, "logout", session_id=sid, **as_broker("b1")) is True
     assert published(svc)[-1] == (
         "leave",
         {"session_id": sid, "user_id": "alice", "broker": "b1", "reason": "logout"},
@@ -460,7 +449,7 @@ def test_logout_ends_the_session_at_once(svc: SessionService) -> None:
 def test_logout_may_name_its_reason(svc: SessionService) -> None:
     """A broker ending a kicked session may give the leave event its reason."""
     sid = open_session(svc)["session_id"]
-    call(svc, "logout", session_id=sid, broker="b1", reason="kicked")
+    call(svc, "logout", session_id=sid, **as_broker("b1"), reason="kicked")
     assert published(svc)[-1][1]["reason"] == "kicked"
 
 
@@ -469,8 +458,8 @@ def test_logout_of_an_unknown_session_or_from_another_broker_is_false(
 ) -> None:
     """logout answers False and publishes nothing for an unknown session or a wrong broker."""
     sid = open_session(svc)["session_id"]
-    assert call(svc, "logout", session_id="nope", broker="b1") is False
-    assert call(svc, "logout", session_id=sid, broker="b2") is False
+    assert call(svc, "logout", session_id="nope", **as_broker("b1")) is False
+    assert call(svc, "logout", session_id=sid, **as_broker("b2")) is False
     assert topics(svc) == ["enter"]
 
 
@@ -479,8 +468,8 @@ def test_logout_of_an_offline_session_cancels_its_grace_period(
 ) -> None:
     """An offline session logged out leaves once, not again when its grace would end."""
     sid = open_session(svc)["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
-    call(svc, "logout", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
+    call(svc, "logout", session_id=sid, **as_broker("b1"))
     assert clock.getDelayedCalls() == []
     clock.advance(GRACE)
     assert topics(svc) == ["enter", "offline", "leave"]
@@ -493,11 +482,22 @@ def test_track_records_what_a_resume_restores(svc: SessionService) -> None:
     """Joins, leaves, props (None deletes) and bindings tracked are answered by resume."""
     opened = open_session(svc)
     sid = opened["session_id"]
-    call(svc, "track", session_id=sid, broker="b1", joined=["room:a", "room:b"], props={"x": 1})
-    call(svc, "track", session_id=sid, broker="b1", left=["room:a"], props={"x": None, "y": "z"})
-    call(svc, "track", session_id=sid, broker="b1", bound={"fight": "fight-1", "map": "map-2"})
-    call(svc, "track", session_id=sid, broker="b1", unbound=["map"])
-    reply = call(svc, "resume", session_id=sid, token=opened["token"], broker="b2")
+    call(
+        svc, "track", session_id=sid, **as_broker("b1"), joined=["room:a", "room:b"], props={"x": 1}
+    )
+    call(
+        svc,
+        "track",
+        session_id=sid,
+        **as_broker("b1"),
+        left=["room:a"],
+        props={"x": None, "y": "z"},
+    )
+    call(
+        svc, "track", session_id=sid, **as_broker("b1"), bound={"fight": "fight-1", "map": "map-2"}
+    )
+    call(svc, "track", session_id=sid, **as_broker("b1"), unbound=["map"])
+    reply = call(svc, "resume", session_id=sid, token=opened["token"], **as_broker("b2"))
     assert reply["channels"] == ["room:b"]
     assert reply["props"] == {"y": "z"}
     assert reply["bindings"] == {"fight": "fight-1"}
@@ -506,7 +506,7 @@ def test_track_records_what_a_resume_restores(svc: SessionService) -> None:
 def test_track_applies_joined_before_left(svc: SessionService) -> None:
     """A channel both joined and left in one track ends up left."""
     sid = open_session(svc)["session_id"]
-    call(svc, "track", session_id=sid, broker="b1", joined=["c"], left=["c"])
+    call(svc, "track", session_id=sid, **as_broker("b1"), joined=["c"], left=["c"])
     assert call(svc, "get", session_id=sid)["channels"] == []
 
 
@@ -524,12 +524,12 @@ def test_track_refuses_badly_typed_changes(svc: SessionService, kwargs: dict[str
     """track raises BadRequest for lists that are not lists of strings and maps that are not."""
     sid = open_session(svc)["session_id"]
     with pytest.raises(BadRequest):
-        call(svc, "track", session_id=sid, broker="b1", **kwargs)
+        call(svc, "track", session_id=sid, **as_broker("b1"), **kwargs)
 
 
 def test_track_of_an_unknown_session_is_ignored(svc: SessionService) -> None:
     """track for a session that has ended does nothing (and does not fail)."""
-    assert call(svc, "track", session_id="gone", broker="b1", joined=["c"]) is None
+    assert call(svc, "track", session_id="gone", **as_broker("b1"), joined=["c"]) is None
     assert svc.records == {}
 
 
@@ -559,12 +559,12 @@ def test_a_broker_going_down_sets_its_sessions_offline(
     directory = FakeDirectory()
     svc.runtime.directory = directory  # type: ignore[attr-defined]
     svc.start()
-    listener = directory.view.listeners[0]
+    directory.register("broker", "b1")
     a = open_session(svc, "alice", "b1")["session_id"]
     b = open_session(svc, "bob", "b1")["session_id"]
     c = open_session(svc, "carol", "b2")["session_id"]
     del published(svc)[:]
-    listener(Change.DOWN, broker("b1"), reason)
+    directory.deregister("broker", "b1", reason)
     assert published(svc) == [
         ("offline", {"session_id": a, "user_id": "alice", "broker": "b1", "reason": "broker lost"}),
         ("offline", {"session_id": b, "user_id": "bob", "broker": "b1", "reason": "broker lost"}),
@@ -579,7 +579,9 @@ def test_sessions_of_a_lost_broker_can_be_resumed_elsewhere(svc: SessionService)
     """A session whose broker died resumes on another broker without any kick."""
     opened = open_session(svc, broker="b1")
     svc.registry_changed(Change.DOWN, broker("b1"), "expired")
-    reply = call(svc, "resume", session_id=opened["session_id"], token=opened["token"], broker="b2")
+    reply = call(
+        svc, "resume", session_id=opened["session_id"], token=opened["token"], **as_broker("b2")
+    )
     assert reply["session_id"] == opened["session_id"]
     assert kicks(svc) == []
 
@@ -598,7 +600,7 @@ def test_a_lost_broker_does_not_restart_grace_of_sessions_already_offline(
 ) -> None:
     """Sessions already offline keep their deadline and get no second offline event."""
     sid = open_session(svc, broker="b1")["session_id"]
-    call(svc, "closed", session_id=sid, broker="b1")
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(GRACE / 2)
     assert svc.broker_lost("b1") == 0
     clock.advance(GRACE / 2)
@@ -613,9 +615,9 @@ def test_memory_is_released_when_sessions_leave(svc: SessionService, clock: task
     for i in range(10):
         sid = open_session(svc, f"user{i % 3}")["session_id"]
         if i % 2:
-            call(svc, "logout", session_id=sid, broker="b1")
+            call(svc, "logout", session_id=sid, **as_broker("b1"))
         else:
-            call(svc, "closed", session_id=sid, broker="b1")
+            call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(GRACE)
     assert svc.records == {}
     assert svc._by_user == {}
@@ -643,17 +645,9 @@ def test_only_brokers_may_change_sessions(
     and do not exist for players."""
     for role in ("worker", "tool"):
         with pytest.raises(Forbidden):
-            svc.dispatch(fake_context(svc, method, caller="chat-1", caller_role=role), kwargs)
-    player = fake_context(
-        svc,
-        method,
-        caller="b1",
-        caller_role="broker",
-        origin=Origin.CLIENT,
-        session=Session(id="x"),
-    )
+            call(svc, method, kwargs, caller="chat-1", caller_role=role)
     with pytest.raises(UnknownMethod):
-        svc.dispatch(player, kwargs)
+        call(svc, method, kwargs, **as_player(Session(id="x", broker="b1")))
     assert not svc.records
 
 
@@ -661,10 +655,7 @@ def test_the_broker_is_the_caller_never_the_body(svc: SessionService) -> None:
     """A body naming a broker is refused (unexpected argument): the record's broker is the
     calling broker's instance id."""
     with pytest.raises(BadRequest, match="unexpected keyword argument 'broker'"):
-        svc.dispatch(
-            fake_context(svc, "open", caller="b1", caller_role="broker"),
-            {"user_id": "alice", "broker": "elsewhere"},
-        )
+        call(svc, "open", {"user_id": "alice", "broker": "elsewhere"}, **as_broker("b1"))
     sid = open_session(svc, "alice", "b7")["session_id"]
     assert call(svc, "get", session_id=sid)["broker"] == "b7"
 

@@ -15,7 +15,7 @@ from mmo.errors import BadRequest, Forbidden, UnknownMethod
 from mmo.logic import Context, ServiceHandler, callers, client_method, login_method
 from mmo.logic.handler import Origin
 from mmo.registry import Change, make_instance
-from mmo.testing import fake_context, handler_factory
+from mmo.testing import call, handler_factory
 from mmo.testing.handlers import ClientEcho
 from mmo.wire.gen.mmo.ttypes import Session
 
@@ -44,59 +44,62 @@ class Game(ServiceHandler):
         return f"dynamic {ctx.method}"
 
 
-def call(handler: ServiceHandler, method: str, *, origin: int, role: str = "worker", **kw: Any):
-    """Dispatch ``method`` as a player's packet (origin CLIENT/LOGIN) or a member's call."""
-    session = Session(id="s1", user_id="alice", broker="b1") if origin == Origin.CLIENT else None
-    ctx = fake_context(
-        handler,
-        method,
-        caller="b1" if role == "broker" else "w1",
-        caller_role=role,
-        session=session,
-        origin=origin,
-        peer="10.0.0.9" if origin != Origin.MEMBER else None,
-    )
-    return handler.dispatch(ctx, kw)
+ALICE = Session(id="s1", user_id="alice", broker="b1")
+#: How a broker forwards a logged-in player's packet, and a packet before login.
+PLAYER: dict[str, Any] = {
+    "session": ALICE,
+    "origin": Origin.CLIENT,
+    "peer": "10.0.0.9",
+    "caller": "b1",
+    "caller_role": "broker",
+}
+BEFORE_LOGIN: dict[str, Any] = {
+    "origin": Origin.LOGIN,
+    "peer": "10.0.0.9",
+    "caller": "b1",
+    "caller_role": "broker",
+}
 
 
 @pytest.fixture
 def game() -> Game:
+    """A Game handler on a fake runtime."""
     return handler_factory(Game)
 
 
 def test_a_player_reaches_only_client_methods(game: Game) -> None:
     """A logged-in player's packet reaches the client method; every other method, the
     fallback and a missing one all raise the same UnknownMethod (no oracle)."""
-    assert call(game, "move", origin=Origin.CLIENT, dx=1) == {"who": "alice", "dx": 1}
+    assert call(game, "move", dx=1, **PLAYER) == {"who": "alice", "dx": 1}
     messages = set()
     for method in ("enter", "open", "grant", "nosuch"):
         with pytest.raises(UnknownMethod) as caught:
-            call(game, method, origin=Origin.CLIENT, name="x", user="bob", gold=1)
+            call(game, method, name="x", user="bob", gold=1, **PLAYER)
         messages.add(str(caught.value).replace(method, "M"))
     assert messages == {"service 'game' has no method 'M'"}
 
 
 def test_before_login_a_player_reaches_only_login_methods(game: Game) -> None:
     """A packet sent before login reaches login methods only, with the player's address."""
-    assert call(game, "enter", origin=Origin.LOGIN, name="al") == "al from 10.0.0.9"
+    assert call(game, "enter", name="al", **BEFORE_LOGIN) == "al from 10.0.0.9"
     for method in ("move", "open", "grant"):
         with pytest.raises(UnknownMethod):
-            call(game, method, origin=Origin.LOGIN)
+            call(game, method, **BEFORE_LOGIN)
 
 
 def test_members_reach_every_method_and_the_fallback(game: Game) -> None:
     """Cluster members call any method (roles permitting) and on_unknown."""
-    assert call(game, "grant", origin=Origin.MEMBER, user="bob", gold=5) == 5
-    assert call(game, "move", origin=Origin.MEMBER) == {"who": None, "dx": 0}
-    assert call(game, "whatever", origin=Origin.MEMBER) == "dynamic whatever"
+    assert call(game, "grant", user="bob", gold=5) == 5
+    assert call(game, "move") == {"who": None, "dx": 0}
+    assert call(game, "whatever") == "dynamic whatever"
 
 
 def test_callers_limits_a_method_to_roles(game: Game) -> None:
     """@callers("broker"): a broker may, a worker or a tool gets Forbidden naming the rule."""
-    assert call(game, "open", origin=Origin.MEMBER, role="broker") == "opened for b1"
+    assert call(game, "open", caller="b1", caller_role="broker") == "opened for b1"
     for role in ("worker", "tool"):
         with pytest.raises(Forbidden, match="for broker only, not " + role):
-            call(game, "open", origin=Origin.MEMBER, role=role)
+            call(game, "open", caller_role=role)
 
 
 def test_the_registry_declares_what_players_may_call() -> None:
@@ -235,4 +238,4 @@ def test_buckets_hold_a_rate_with_a_burst() -> None:
 def test_bad_request_is_not_confused_with_refusal(game: Game) -> None:
     """Arguments that do not fit a client method are BadRequest, as for anyone."""
     with pytest.raises(BadRequest):
-        call(game, "move", origin=Origin.CLIENT, dx=1, dy=2)
+        call(game, "move", dx=1, dy=2, **PLAYER)
