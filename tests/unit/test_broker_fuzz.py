@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -24,7 +24,8 @@ from mmo.broker.connection import TCPClientProtocol, WebSocketClientProtocol
 from mmo.broker.core import Broker
 from mmo.broker.table import peer_host
 from mmo.errors import RemoteError
-from mmo.registry import Change, Instance, make_instance
+from mmo.testing import FakeDirectory, FakeZmqContext
+from mmo.types import Clock
 from mmo.wire import decode, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind
 
@@ -39,68 +40,6 @@ CODES = set(ClientError._VALUES_TO_NAMES)
 ENDINGS = (PacketKind.ERROR, PacketKind.KICK)
 
 
-class FakeView:
-    """The registry view: one live instance of each service the fake directory serves,
-    declaring the client routes of :data:`CLIENT_METHODS`.
-
-    Attributes:
-        instances: service -> {instance id: record}, as ``RegistryView.instances``
-            (a service without instances is no key).
-    """
-
-    def __init__(self) -> None:
-        self.instances: dict[str, dict[str, Instance]] = {
-            s: {f"{s}-1": make_instance(s, f"{s}-1", {}, {"client": CLIENT_METHODS.get(s, [])})}
-            for s in LIVE_SERVICES
-        }
-
-    def get(self, service: str) -> list[Any]:
-        """The live instances of ``service``."""
-        return list(self.instances.get(service, {}).values())
-
-    def listen(self, listener: Any) -> None:
-        """Tell ``listener`` of every instance at once, as a first snapshot would."""
-        for by_id in self.instances.values():
-            for instance in by_id.values():
-                listener(Change.UP, instance, "registered")
-
-
-class FakeDirectory:
-    """Answers at once: logins succeed, resumes fail, every other call echoes its body."""
-
-    def __init__(self) -> None:
-        self.view = FakeView()
-        self.sent: list[tuple[str, str]] = []
-        self.on_one_way_error: Any = None
-        self.opened = 0
-
-    def call(
-        self,
-        service: str,
-        method: str,
-        args: Any = None,
-        *,
-        raw_body: bytes | None = None,
-        **_: Any,
-    ) -> defer.Deferred[Any]:
-        """Mimic :meth:`mmo.logic.client.Directory.call` (raw bodies in, raw bodies out)."""
-        if (service, method) == ("sso", "login"):
-            return defer.succeed(encode_value({"user_id": "u1"}))
-        if (service, method) == ("session", "open"):
-            self.opened += 1
-            return defer.succeed({"session_id": f"s{self.opened}", "token": "t1"})
-        if (service, method) == ("session", "resume"):
-            return defer.fail(RemoteError("unknown session", "ResumeFailed"))
-        if raw_body is not None:
-            return defer.succeed(raw_body)
-        return defer.succeed(None)
-
-    def send(self, service: str, method: str, body: bytes, **_: Any) -> str | None:
-        """Record a one-way message; it always finds an instance."""
-        self.sent.append((service, method))
-        return f"{service}-1"
-
-
 class FakeRegistration:
     """Takes the broker's load updates."""
 
@@ -108,26 +47,48 @@ class FakeRegistration:
         """Ignore them."""
 
 
-class FakeContext:
-    """A ZeroMQ context stand-in: only its reactor (a Clock) is used without sockets."""
+def scripted_directory(clock: Clock | None = None) -> FakeDirectory:
+    """A directory whose services answer at once: logins succeed, sessions open (numbered
+    ``s1``, ``s2``...), resumes fail, and every other call echoes its body (None for a
+    call that forwards none). Nothing is registered yet: see :func:`list_services`."""
+    directory = FakeDirectory(clock)
+    opened = itertools.count(1)
+    for service in LIVE_SERVICES:
+        directory.reply(service, None, lambda c: c.raw_body)
+    directory.reply("sso", "login", {"user_id": "u1"})
+    directory.reply("session", "open", lambda c: {"session_id": f"s{next(opened)}", "token": "t1"})
+    directory.fail("session", "resume", RemoteError("unknown session", "ResumeFailed"))
+    return directory
 
-    def __init__(self, clock: task.Clock) -> None:
-        self.reactor = clock
+
+def list_services(directory: FakeDirectory) -> None:
+    """Register one instance of each live service, declaring the client routes of
+    :data:`CLIENT_METHODS` (after the broker is built: a view does not replay the past)."""
+    for service in sorted(LIVE_SERVICES):
+        directory.register(
+            service, f"{service}-1", meta={"client": CLIENT_METHODS.get(service, [])}
+        )
 
 
-def make_broker(directory: Any = None, **settings_: Any) -> tuple[Broker, task.Clock]:
-    """A real Broker on fakes (``directory``: a :class:`FakeDirectory` by default),
-    accepting clients, with its clock."""
-    clock = task.Clock()
+def make_broker(
+    directory: FakeDirectory | None = None, **settings_: Any
+) -> tuple[Broker, task.Clock]:
+    """A real Broker on fakes (``directory``: a :func:`scripted_directory` by default, its
+    services listed once the broker listens), accepting clients, with its clock (the
+    directory's)."""
+    directory = directory if directory is not None else scripted_directory()
+    clock = directory.clock
+    assert isinstance(clock, task.Clock)
     config = BrokerConfig(yellow=("tcp://127.0.0.1:1",), **settings_)
     broker = Broker(
         config,
-        FakeContext(clock),  # type: ignore[arg-type]
-        directory or FakeDirectory(),
+        FakeZmqContext(clock),  # type: ignore[arg-type]
+        directory,  # type: ignore[arg-type]
         "broker-test",
         FakeRegistration(),  # type: ignore[arg-type]
         b"test-key-of-sixteen-or-more",
     )
+    list_services(directory)
     broker.accepting = True  # what startService does, minus the ZeroMQ socket
     return broker, clock
 

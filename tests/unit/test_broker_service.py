@@ -21,11 +21,11 @@ from mmo.broker.config import BrokerConfig
 from mmo.broker.core import Broker
 from mmo.broker.service import BrokerService, ClientListener, TCPClientFactory
 from mmo.registry import Registration, make_instance
-from mmo.testing.sockets import FakeZmqContext, FakeZmqSocket
+from mmo.testing import FakeCall, FakeDirectory, FakeZmqContext, FakeZmqSocket
 from mmo.wire import decode, encode, from_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind, RegistryMessage, RegistryOp
 
-from .test_broker_fuzz import FakeDirectory, frame, parse_output
+from .test_broker_fuzz import frame, list_services, parse_output, scripted_directory
 from .test_directory import link_to
 
 YELLOW = "tcp://yellow.test:7000"
@@ -63,21 +63,6 @@ class Reactor(MemoryReactorClock):
         return Port(self, IPv4Address("TCP", interface or "0.0.0.0", port))
 
 
-class HeldDirectory(FakeDirectory):
-    """The fuzz tests' directory, holding ``echo.echo`` calls until the test answers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[defer.Deferred[Any]] = []
-
-    def call(self, service: str, method: str, args: Any = None, **kwargs: Any) -> Any:
-        if (service, method) == ("echo", "echo"):
-            d: defer.Deferred[Any] = defer.Deferred()
-            self.held.append(d)
-            return d
-        return super().call(service, method, args, **kwargs)
-
-
 @dataclass
 class Tree:
     """A BrokerService and its parts."""
@@ -87,7 +72,8 @@ class Tree:
     registration: Registration
     reactor: Reactor
     ctx: FakeZmqContext
-    directory: HeldDirectory
+    directory: FakeDirectory
+    held: list[defer.Deferred[Any]]
 
     @property
     def yellow(self) -> FakeZmqSocket:
@@ -109,20 +95,34 @@ def make_tree(*, public_host: str | None = None, websocket_tls: bool = True) -> 
     registration), built but not started."""
     reactor = Reactor()
     ctx = FakeZmqContext(reactor)
-    directory = HeldDirectory()
+    directory = scripted_directory(reactor)
+    held: list[defer.Deferred[Any]] = []
+
+    def hold(_: FakeCall) -> defer.Deferred[Any]:
+        """Hold an ``echo.echo`` call until the test answers it."""
+        held.append(defer.Deferred())
+        return held[-1]
+
+    directory.reply("echo", "echo", hold)
+    # Requests may outlive the drain (request-timeout 30 s): the drain is what ends them.
     config = BrokerConfig(
-        yellow=(YELLOW,), bind_host="0.0.0.0", advertise_host="10.0.0.5", drain_timeout=5.0
+        yellow=(YELLOW,),
+        bind_host="0.0.0.0",
+        advertise_host="10.0.0.5",
+        drain_timeout=5.0,
+        request_timeout=30.0,
     )
     instance = make_instance("broker", "broker-1", {}, {"pid": 7})
     registration = Registration(ctx, config.yellow, instance)  # type: ignore[arg-type]
     broker = Broker(config, ctx, directory, "broker-1", registration, b"k" * 16)  # type: ignore[arg-type]
+    list_services(directory)
     tls = ssl.CertificateOptions() if websocket_tls else None
     listeners = {
         "address": ClientListener("tcp:0", TCPClientFactory(broker), reactor),
         "websocket": ClientListener("tcp:6200", protocol.Factory(), reactor, tls),
     }
     service = BrokerService(broker, registration, listeners, public_host, "10.0.0.5")
-    return Tree(service, broker, registration, reactor, ctx, directory)
+    return Tree(service, broker, registration, reactor, ctx, directory, held)
 
 
 def record(tree: Tree, verb: str) -> None:
@@ -225,7 +225,7 @@ def test_stop_deregisters_then_closes_the_ports_then_the_core_drains() -> None:
     tree.service.startService()
     proto, transport = client(tree)
     proto.dataReceived(frame(Packet(kind=PacketKind.REQUEST, seq=2, route="echo.echo")))
-    assert len(tree.directory.held) == 1
+    assert len(tree.held) == 1
     transport.clear()
     record(tree, "stop")
 
@@ -245,7 +245,7 @@ def test_stop_deregisters_then_closes_the_ports_then_the_core_drains() -> None:
     (kick,) = parse_output(transport.value())
     assert (kick.kind, kick.code) == (PacketKind.KICK, ClientError.SHUTDOWN)
     assert not stopped.called and not tree.internal().closed, "the core waits for the request"
-    tree.directory.held[0].callback(b"late")
+    tree.held[0].callback(b"late")
     assert stopped.called
     assert tree.internal().closed
 

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet import defer
-
 from mmo.data.tokens import issue
 from mmo.sessions.service import RESUME_PURPOSE
+from mmo.testing import FakeDirectory
 from mmo.wire import decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind
 
-from .test_broker_fuzz import FakeDirectory, connect, frame, make_broker, parse_output
+from .test_broker_fuzz import connect, frame, make_broker, parse_output, scripted_directory
 
 
-class RecordingDirectory(FakeDirectory):
-    """The fuzz tests' directory, recording calls and answering ``session.refresh``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, str]] = []
-
-    def call(self, service: str, method: str, args: Any = None, **kwargs: Any) -> Any:
-        self.calls.append((service, method))
-        if (service, method) == ("session", "refresh"):
-            return defer.succeed({"token": "fresh", "token_ttl": 60.0})
-        return super().call(service, method, args, **kwargs)
+def asked(directory: FakeDirectory) -> list[tuple[str, str]]:
+    """``(service, method)`` of every call the broker made, in order."""
+    return [(c.service, c.method) for c in directory.calls]
 
 
 def resume(token: str, session_id: str = "s1") -> bytes:
+    """A ``session.resume`` request for ``session_id`` with ``token``."""
     body = {"session_id": session_id, "token": token}
     return frame(
         Packet(kind=PacketKind.REQUEST, seq=1, route="session.resume", body=encode_value(body))
@@ -36,7 +25,9 @@ def resume(token: str, session_id: str = "s1") -> bytes:
 
 
 def test_forged_expired_or_foreign_tokens_are_refused_without_asking() -> None:
-    directory = RecordingDirectory()
+    """A bad resume token is refused by the broker itself; only a good one reaches the
+    session service."""
+    directory = scripted_directory()
     broker, _ = make_broker(directory)
     key = broker.gate.key
     bad = [
@@ -52,15 +43,18 @@ def test_forged_expired_or_foreign_tokens_are_refused_without_asking() -> None:
         (answer,) = parse_output(transport.value())
         assert (answer.kind, answer.code) == (PacketKind.ERROR, ClientError.RESUME_FAILED)
         assert not transport.disconnecting
-    assert directory.calls == []
+    assert asked(directory) == []
     assert broker.stats()["resume_bad_tokens"] == len(bad)
     protocol, transport = connect(broker)
     protocol.dataReceived(resume(issue("s1", key, ttl=60, purpose=RESUME_PURPOSE)))
-    assert directory.calls == [("session", "resume")]
+    assert asked(directory) == [("session", "resume")]
 
 
 def test_a_session_refreshes_its_token() -> None:
-    broker, _ = make_broker(RecordingDirectory())
+    """session.refresh answers with the session service's new token, which the broker keeps."""
+    directory = scripted_directory()
+    directory.reply("session", "refresh", {"token": "fresh", "token_ttl": 60.0})
+    broker, _ = make_broker(directory)
     protocol, transport = connect(broker)
     protocol.dataReceived(frame(Packet(kind=PacketKind.REQUEST, seq=1, route="sso.login")))
     protocol.dataReceived(frame(Packet(kind=PacketKind.REQUEST, seq=2, route="session.refresh")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -11,11 +12,9 @@ from twisted.internet import defer
 from mmo.config import ConfigError
 from mmo.data import CacheUnavailable
 from mmo.data.memory import MemoryCache
-from mmo.errors import DeadlineExceeded, MmoError
+from mmo.errors import DeadlineExceeded
 from mmo.examples.maps import HandoffMissing, MapService, NotHere, WrongMap, parse_maps
-from mmo.testing import fake_context, handler_factory
-from mmo.testing.fakes import fake_cache
-from mmo.testing.fakes import result_of as value
+from mmo.testing import FakeDirectory, call, fake_cache, handler_factory, result_of
 
 
 class FakePlayers:
@@ -36,44 +35,43 @@ class FakePlayers:
         return defer.succeed({"version": 1})
 
 
-class FakeMapDirectory:
-    """``get_service("map")``: calls go straight to the handler of the instance named."""
+@dataclass
+class World:
+    """Two map instances, ``a`` (map-a) and ``b`` (map-b), sharing the ``player``
+    service and a cache, and calling each other through ``directory``, which serves both."""
 
-    def __init__(self) -> None:
-        self.instances: dict[str, MapService] = {}
-        self.fail_next: MmoError | None = None
-        self.fail_after_running = False
-
-    def call(self, method: str, kwargs: dict[str, Any], *, instance: str) -> defer.Deferred[Any]:
-        handler = self.instances[instance]
-        error, self.fail_next = self.fail_next, None
-        if error is not None and not self.fail_after_running:
-            return defer.fail(error)
-        d = defer.maybeDeferred(handler.dispatch, fake_context(handler, method), kwargs)
-        if error is not None:  # the call ran, but the answer was lost
-            return d.addCallback(lambda _: defer.fail(error))
-        return d
+    players: FakePlayers
+    directory: FakeDirectory
+    cache: MemoryCache
+    a: MapService
+    b: MapService
 
 
-@pytest.fixture
-def world() -> Any:
-    """Two map instances (forest on map-a; cave, lake on map-b) sharing players and a cache."""
-    players, maps, cache = FakePlayers(), FakeMapDirectory(), fake_cache()
-    cache.shared = True  # one cache object stands for a shared Redis here
-    for name in ("map-a", "map-b"):
-        maps.instances[name] = handler_factory(
+def make_world(cache: MemoryCache, maps: str) -> World:
+    """A :class:`World` on ``cache`` with the map table ``maps``."""
+    players, directory = FakePlayers(), FakeDirectory()
+    a, b = (
+        handler_factory(
             MapService,
             instance_id=name,
             cache=cache,
-            services={"player": players, "map": maps},
-            settings={"maps": "forest=map-a,cave=map-b,lake=map-b"},
+            services={"player": players},
+            directory=directory,
+            settings={"maps": maps},
         )
-    return players, maps, cache
+        for name in ("map-a", "map-b")
+    )
+    directory.serve(a)
+    directory.serve(b)
+    return World(players, directory, cache, a, b)
 
 
-def call(handler: MapService, method: str, **kwargs: Any) -> Any:
-    """Call a method through the dispatch table and wait for it."""
-    return value(handler.dispatch(fake_context(handler, method), kwargs))
+@pytest.fixture
+def world() -> World:
+    """Forest on map-a; cave, lake on map-b; one cache object standing for a shared Redis."""
+    cache = fake_cache()
+    cache.shared = True
+    return make_world(cache, "forest=map-a,cave=map-b,lake=map-b")
 
 
 def test_parse_maps() -> None:
@@ -90,126 +88,110 @@ def test_an_instance_serving_no_map_refuses_to_start() -> None:
         handler_factory(MapService, instance_id="map-z", settings={"maps": "forest=map-a"})
 
 
-def test_enter_move_and_leave(world: Any) -> None:
+def test_enter_move_and_leave(world: World) -> None:
     """A new player starts fresh; moves change it; leave saves it to the player service."""
-    players, maps, _ = world
-    a = maps.instances["map-a"]
-    state = call(a, "enter", player_id="p1", map_id="forest")
+    a = world.a
+    state = result_of(call(a, "enter", player_id="p1", map_id="forest"))
     assert (state["map"], state["visited"], state["coins"]) == ("forest", ["forest"], 0)
-    call(a, "move", player_id="p1", dx=2, dy=-1, coins=3)
-    assert call(a, "where", player_id="p1") == {"here": True, "map": "forest"}
-    left = call(a, "leave", player_id="p1")
-    assert players.states["p1"] == left
+    result_of(call(a, "move", player_id="p1", dx=2, dy=-1, coins=3))
+    assert result_of(call(a, "where", player_id="p1")) == {"here": True, "map": "forest"}
+    left = result_of(call(a, "leave", player_id="p1"))
+    assert world.players.states["p1"] == left
     assert (left["pos"], left["coins"], left["moves"]) == ([2, -1], 3, 1)
-    assert call(a, "players") == []
+    assert result_of(call(a, "players")) == []
 
 
-def test_enter_elsewhere_names_the_right_instance(world: Any) -> None:
+def test_enter_elsewhere_names_the_right_instance(world: World) -> None:
     """Entering a map served by another instance is WrongMap naming that instance."""
-    _, maps, _ = world
     with pytest.raises(WrongMap, match="'cave' is served by 'map-b'"):
-        call(maps.instances["map-a"], "enter", player_id="p1", map_id="cave")
+        result_of(call(world.a, "enter", player_id="p1", map_id="cave"))
     with pytest.raises(WrongMap, match="unknown map"):
-        call(maps.instances["map-a"], "enter", player_id="p1", map_id="moon")
+        result_of(call(world.a, "enter", player_id="p1", map_id="moon"))
 
 
-def test_transfer_through_the_cache(world: Any) -> None:
+def test_transfer_through_the_cache(world: World) -> None:
     """transfer hands the state to the other instance through the cache, exactly once."""
-    _, maps, cache = world
-    a, b = maps.instances["map-a"], maps.instances["map-b"]
-    call(a, "enter", player_id="p1", map_id="forest")
-    call(a, "move", player_id="p1", coins=5)
-    assert call(a, "transfer", player_id="p1", to_map="cave") == {
+    a, b = world.a, world.b
+    result_of(call(a, "enter", player_id="p1", map_id="forest"))
+    result_of(call(a, "move", player_id="p1", coins=5))
+    assert result_of(call(a, "transfer", player_id="p1", to_map="cave")) == {
         "map": "cave",
         "instance": "map-b",
         "via": "cache",
     }
-    assert call(a, "players") == [] and call(b, "players") == ["p1"]
+    assert result_of(call(a, "players")) == [] and result_of(call(b, "players")) == ["p1"]
     state = b.players["p1"]
     assert (state["coins"], state["visited"]) == (5, ["forest", "cave"])
-    assert value(cache.get("handoff:p1")) is None
+    assert result_of(world.cache.get("handoff:p1")) is None
     with pytest.raises(NotHere):
-        call(a, "move", player_id="p1")
+        result_of(call(a, "move", player_id="p1"))
 
 
-def test_transfer_within_an_instance_is_local(world: Any) -> None:
+def test_transfer_within_an_instance_is_local(world: World) -> None:
     """Moving between two maps of the same instance touches no cache."""
-    _, maps, _ = world
-    b = maps.instances["map-b"]
-    call(b, "enter", player_id="p1", map_id="cave")
-    assert call(b, "transfer", player_id="p1", to_map="lake")["via"] == "local"
+    b = world.b
+    result_of(call(b, "enter", player_id="p1", map_id="cave"))
+    assert result_of(call(b, "transfer", player_id="p1", to_map="lake"))["via"] == "local"
     assert b.players["p1"]["visited"] == ["cave", "lake"]
 
 
 def test_transfer_through_the_store_without_a_shared_cache() -> None:
     """With a private cache the state goes through the player service instead."""
-    players, maps = FakePlayers(), FakeMapDirectory()
-    for name in ("map-a", "map-b"):
-        maps.instances[name] = handler_factory(
-            MapService,
-            instance_id=name,
-            cache=MemoryCache(),
-            services={"player": players, "map": maps},
-            settings={"maps": "forest=map-a,cave=map-b"},
-        )
-    a, b = maps.instances["map-a"], maps.instances["map-b"]
-    call(a, "enter", player_id="p1", map_id="forest")
-    call(a, "move", player_id="p1", coins=2)
-    assert call(a, "transfer", player_id="p1", to_map="cave")["via"] == "store"
+    world = make_world(MemoryCache(), "forest=map-a,cave=map-b")
+    a, b = world.a, world.b
+    result_of(call(a, "enter", player_id="p1", map_id="forest"))
+    result_of(call(a, "move", player_id="p1", coins=2))
+    assert result_of(call(a, "transfer", player_id="p1", to_map="cave"))["via"] == "store"
     assert b.players["p1"]["coins"] == 2 and a.players == {}
 
 
-def test_a_failed_arrival_keeps_the_player(world: Any) -> None:
+def test_a_failed_arrival_keeps_the_player(world: World) -> None:
     """If the destination never took the hand-off, the source takes it back: nothing lost."""
-    _, maps, cache = world
-    a, b = maps.instances["map-a"], maps.instances["map-b"]
-    call(a, "enter", player_id="p1", map_id="forest")
-    call(a, "move", player_id="p1", coins=1)
-    maps.fail_next = DeadlineExceeded("map.arrive: no answer")
+    a, b = world.a, world.b
+    result_of(call(a, "enter", player_id="p1", map_id="forest"))
+    result_of(call(a, "move", player_id="p1", coins=1))
+    world.directory.fail("map", "arrive", DeadlineExceeded("map.arrive: no answer"), once=True)
     with pytest.raises(DeadlineExceeded):
-        call(a, "transfer", player_id="p1", to_map="cave")
+        result_of(call(a, "transfer", player_id="p1", to_map="cave"))
     assert a.players["p1"]["coins"] == 1 and b.players == {}
-    assert value(cache.get("handoff:p1")) is None
-    call(a, "move", player_id="p1", coins=1)
+    assert result_of(world.cache.get("handoff:p1")) is None
+    result_of(call(a, "move", player_id="p1", coins=1))
 
 
-def test_a_lost_answer_after_arrival_is_not_a_duplicate(world: Any) -> None:
+def test_a_lost_answer_after_arrival_is_not_a_duplicate(world: World) -> None:
     """If the destination took the player but its answer was lost, the source lets go."""
-    _, maps, _ = world
-    a, b = maps.instances["map-a"], maps.instances["map-b"]
-    call(a, "enter", player_id="p1", map_id="forest")
-    maps.fail_next, maps.fail_after_running = DeadlineExceeded("late"), True
-    assert call(a, "transfer", player_id="p1", to_map="cave")["instance"] == "map-b"
+    a, b = world.a, world.b
+    result_of(call(a, "enter", player_id="p1", map_id="forest"))
+    world.directory.fail("map", "arrive", DeadlineExceeded("late"), once=True, after_running=True)
+    assert result_of(call(a, "transfer", player_id="p1", to_map="cave"))["instance"] == "map-b"
     assert a.players == {} and list(b.players) == ["p1"]
 
 
-def test_a_pending_hand_off_is_taken_by_enter(world: Any) -> None:
+def test_a_pending_hand_off_is_taken_by_enter(world: World) -> None:
     """A hand-off left in the cache (the arrival never came) is what the next enter loads."""
-    players, maps, cache = world
-    b = maps.instances["map-b"]
+    b, players = world.b, world.players
     players.states["p1"] = {"player_id": "p1", "coins": 1, "visited": ["forest"], "pos": [0, 0]}
-    value(cache.set("handoff:p1", json.dumps({**players.states["p1"], "coins": 7, "moves": 3})))
-    assert call(b, "enter", player_id="p1", map_id="cave")["coins"] == 7
+    handed = json.dumps({**players.states["p1"], "coins": 7, "moves": 3})
+    result_of(world.cache.set("handoff:p1", handed))
+    assert result_of(call(b, "enter", player_id="p1", map_id="cave"))["coins"] == 7
     with pytest.raises(HandoffMissing):
-        call(b, "arrive", player_id="p2", map_id="cave", via="cache")
+        result_of(call(b, "arrive", player_id="p2", map_id="cave", via="cache"))
 
 
-def test_a_cache_outage_fails_the_transfer_cleanly(world: Any) -> None:
+def test_a_cache_outage_fails_the_transfer_cleanly(world: World) -> None:
     """With the cache down, transfer fails with CacheUnavailable and the player stays."""
-    _, maps, cache = world
-    a = maps.instances["map-a"]
-    call(a, "enter", player_id="p1", map_id="forest")
-    cache.stopService()
+    a = world.a
+    result_of(call(a, "enter", player_id="p1", map_id="forest"))
+    world.cache.stopService()
     with pytest.raises(CacheUnavailable):
-        call(a, "transfer", player_id="p1", to_map="cave")
+        result_of(call(a, "transfer", player_id="p1", to_map="cave"))
     assert "p1" in a.players
 
 
-def test_stop_saves_everyone_still_here(world: Any) -> None:
+def test_stop_saves_everyone_still_here(world: World) -> None:
     """A graceful stop saves each player on the instance to the player service."""
-    players, maps, _ = world
-    a = maps.instances["map-a"]
-    call(a, "enter", player_id="p1", map_id="forest")
-    call(a, "move", player_id="p1", coins=4)
-    value(a.stop())
-    assert players.states["p1"]["coins"] == 4
+    a = world.a
+    result_of(call(a, "enter", player_id="p1", map_id="forest"))
+    result_of(call(a, "move", player_id="p1", coins=4))
+    result_of(a.stop())
+    assert world.players.states["p1"]["coins"] == 4

@@ -11,16 +11,14 @@ from mmo.config import ConfigError
 from mmo.data import DatabaseUnavailable, migrate
 from mmo.errors import BadRequest
 from mmo.examples.player import PlayerService, StaleState
-from mmo.testing import fake_context, handler_factory
-from mmo.testing.fakes import FakeDatabase
-from mmo.testing.fakes import result_of as value
+from mmo.testing import FakeDatabase, call, handler_factory, result_of
 
 
 @pytest.fixture
 def db() -> FakeDatabase:
     """A migrated fake database."""
     database = FakeDatabase()
-    value(migrate(database))
+    result_of(migrate(database))
     return database
 
 
@@ -38,14 +36,9 @@ def player(db: FakeDatabase, clock: task.Clock) -> PlayerService:
     return service
 
 
-def call(service: PlayerService, method: str, **kwargs: Any) -> Any:
-    """Call a method through the dispatch table and wait for it."""
-    return value(service.dispatch(fake_context(service, method), kwargs))
-
-
 def stored(db: FakeDatabase, player_id: str) -> Any:
     """The (state, version) row of a player in the database, or None."""
-    rows = value(
+    rows = result_of(
         db.run_query("SELECT state, version FROM players WHERE player_id = %s", (player_id,))
     )
     return rows[0] if rows else None
@@ -53,32 +46,36 @@ def stored(db: FakeDatabase, player_id: str) -> Any:
 
 def test_a_new_player_loads_empty_at_version_zero(player: PlayerService) -> None:
     """A player never saved loads as {} at version 0."""
-    assert call(player, "load", player_id="p1") == {"player_id": "p1", "state": {}, "version": 0}
+    assert result_of(call(player, "load", player_id="p1")) == {
+        "player_id": "p1",
+        "state": {},
+        "version": 0,
+    }
 
 
 def test_save_is_acknowledged_in_memory_and_flushed_on_the_interval(
     player: PlayerService, db: FakeDatabase, clock: task.Clock
 ) -> None:
     """A save answers at once; the row appears after flush_interval, in one batch."""
-    assert call(player, "save", player_id="p1", state={"hp": 10}) == {"version": 1}
-    assert call(player, "save", player_id="p1", state={"hp": 9}) == {"version": 2}
-    call(player, "save", player_id="p2", state={"hp": 5})
+    assert result_of(call(player, "save", player_id="p1", state={"hp": 10})) == {"version": 1}
+    assert result_of(call(player, "save", player_id="p1", state={"hp": 9})) == {"version": 2}
+    result_of(call(player, "save", player_id="p2", state={"hp": 5}))
     assert stored(db, "p1") is None
-    assert call(player, "load", player_id="p1")["state"] == {"hp": 9}
+    assert result_of(call(player, "load", player_id="p1"))["state"] == {"hp": 9}
     clock.advance(player.flush_interval)
     assert stored(db, "p1") == ('{"hp":9}', 2)
     assert stored(db, "p2") == ('{"hp":5}', 1)
-    assert call(player, "stats")["dirty"] == 0
+    assert result_of(call(player, "stats"))["dirty"] == 0
     assert player.counters["flushes"] == 1 and player.counters["rows_written"] == 2
 
 
 def test_leave_writes_now_and_forgets(player: PlayerService, db: FakeDatabase) -> None:
     """leave writes the player at once and drops it from memory; a later load reads the row."""
-    call(player, "save", player_id="p1", state={"gold": 3})
-    assert call(player, "leave", player_id="p1") == {"version": 1}
+    result_of(call(player, "save", player_id="p1", state={"gold": 3}))
+    assert result_of(call(player, "leave", player_id="p1")) == {"version": 1}
     assert stored(db, "p1") == ('{"gold":3}', 1)
     assert "p1" not in player.players
-    assert call(player, "load", player_id="p1") == {
+    assert result_of(call(player, "load", player_id="p1")) == {
         "player_id": "p1",
         "state": {"gold": 3},
         "version": 1,
@@ -90,8 +87,8 @@ def test_stop_flushes_everything_acknowledged(db: FakeDatabase, clock: task.Cloc
     service = handler_factory(PlayerService, db=db, clock=clock)
     service.start()
     for i in range(5):
-        call(service, "save", player_id=f"p{i}", state={"i": i})
-    value(service.stop())
+        result_of(call(service, "save", player_id=f"p{i}", state={"i": i}))
+    result_of(service.stop())
     assert [stored(db, f"p{i}") for i in range(5)] == [(f'{{"i":{i}}}', 1) for i in range(5)]
 
 
@@ -99,16 +96,16 @@ def test_a_failed_flush_keeps_the_state_and_retries(
     player: PlayerService, db: FakeDatabase, clock: task.Clock
 ) -> None:
     """While the database is down, saves of loaded players succeed; the flush after it writes."""
-    call(player, "load", player_id="p1")
+    result_of(call(player, "load", player_id="p1"))
     db.down = DatabaseUnavailable("connection refused")
-    call(player, "save", player_id="p1", state={"v": 1})
+    result_of(call(player, "save", player_id="p1", state={"v": 1}))
     with pytest.raises(DatabaseUnavailable):  # a player not in memory needs the database
-        call(player, "load", player_id="p2")
+        result_of(call(player, "load", player_id="p2"))
     clock.advance(player.flush_interval)
     assert player.counters["flush_failures"] == 1
     with pytest.raises(DatabaseUnavailable):
-        call(player, "leave", player_id="p1")
-    assert call(player, "load", player_id="p1")["state"] == {"v": 1}
+        result_of(call(player, "leave", player_id="p1"))
+    assert result_of(call(player, "load", player_id="p1"))["state"] == {"v": 1}
     db.down = None
     clock.advance(player.flush_interval)
     assert stored(db, "p1") == ('{"v":1}', 1)
@@ -118,7 +115,7 @@ def test_stop_retries_while_the_database_is_down(db: FakeDatabase, clock: task.C
     """stop keeps retrying the last flush; the database coming back in time saves everything."""
     service = handler_factory(PlayerService, db=db, clock=clock)
     service.start()
-    call(service, "save", player_id="p1", state={"v": 1})
+    result_of(call(service, "save", player_id="p1", state={"v": 1}))
     db.down = DatabaseUnavailable("down")
     stopping = service.stop()
     clock.advance(1.0)
@@ -131,13 +128,15 @@ def test_stop_retries_while_the_database_is_down(db: FakeDatabase, clock: task.C
 
 def test_versions_guard_against_stale_saves(player: PlayerService, db: FakeDatabase) -> None:
     """save(version=N) fails with StaleState unless N is current; old rows never win."""
-    call(player, "save", player_id="p1", state={"v": 1})
+    result_of(call(player, "save", player_id="p1", state={"v": 1}))
     with pytest.raises(StaleState, match="version 1, not 0"):
-        call(player, "save", player_id="p1", state={"v": 2}, version=0)
-    assert call(player, "save", player_id="p1", state={"v": 2}, version=1) == {"version": 2}
-    call(player, "flush")
+        result_of(call(player, "save", player_id="p1", state={"v": 2}, version=0))
+    assert result_of(call(player, "save", player_id="p1", state={"v": 2}, version=1)) == {
+        "version": 2
+    }
+    result_of(call(player, "flush"))
     # A write of an older version (another instance behind) does not replace the row.
-    value(
+    result_of(
         db.run_operation(
             "INSERT INTO players VALUES (%s, %s, %s, %s) ON CONFLICT (player_id) DO UPDATE "
             "SET state = excluded.state, version = excluded.version "
@@ -151,12 +150,12 @@ def test_versions_guard_against_stale_saves(player: PlayerService, db: FakeDatab
 def test_a_loaded_player_continues_its_versions(db: FakeDatabase, clock: task.Clock) -> None:
     """A new process loads the row's version and counts on from it."""
     first = handler_factory(PlayerService, db=db, clock=clock)
-    call(first, "save", player_id="p1", state={"v": 1})
-    call(first, "save", player_id="p1", state={"v": 2})
-    value(first.stop())
+    result_of(call(first, "save", player_id="p1", state={"v": 1}))
+    result_of(call(first, "save", player_id="p1", state={"v": 2}))
+    result_of(first.stop())
     second = handler_factory(PlayerService, db=db, clock=clock)
-    assert call(second, "load", player_id="p1")["version"] == 2
-    assert call(second, "save", player_id="p1", state={"v": 3}) == {"version": 3}
+    assert result_of(call(second, "load", player_id="p1"))["version"] == 2
+    assert result_of(call(second, "save", player_id="p1", state={"v": 3})) == {"version": 3}
 
 
 @pytest.mark.parametrize(
@@ -174,7 +173,7 @@ def test_bad_saves_are_bad_requests(
 ) -> None:
     """A bad player id or a state that is not a JSON-like map is a BadRequest."""
     with pytest.raises(BadRequest, match=match):
-        call(player, "save", **kwargs)
+        result_of(call(player, "save", **kwargs))
 
 
 def test_flush_interval_from_the_setting(db: FakeDatabase) -> None:
@@ -204,8 +203,12 @@ def test_concurrent_loads_read_the_row_once(db: FakeDatabase, clock: task.Clock)
         return gate
 
     service.db = type("Slow", (), {"run_query": staticmethod(slow_query)})()  # type: ignore[assignment]
-    first = service.dispatch(fake_context(service, "load"), {"player_id": "p1"})
-    second = service.dispatch(fake_context(service, "load"), {"player_id": "p1"})
+    first = call(service, "load", player_id="p1")
+    second = call(service, "load", player_id="p1")
     gate.callback([('{"a":1}', 4)])
-    assert value(first) == value(second) == {"player_id": "p1", "state": {"a": 1}, "version": 4}
+    assert (
+        result_of(first)
+        == result_of(second)
+        == {"player_id": "p1", "state": {"a": 1}, "version": 4}
+    )
     assert len(queries) == 1

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from mmo.data import DatabaseUnavailable, migrate, tokens
 from mmo.examples.sso import AccountExists, BadCredentials, SSOService
-from mmo.testing import fake_context, handler_factory
-from mmo.testing.fakes import FakeDatabase
-from mmo.testing.fakes import result_of as value
+from mmo.testing import FakeDatabase, call, handler_factory, result_of
 
 KEY = "0123456789abcdef-key"
 
@@ -25,21 +21,16 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 def db() -> FakeDatabase:
     """A migrated fake database."""
     database = FakeDatabase()
-    value(migrate(database))
+    result_of(migrate(database))
     return database
-
-
-def call(sso: SSOService, method: str, **kwargs: Any) -> Any:
-    """Call an SSO method through the dispatch table and wait for it."""
-    return value(sso.dispatch(fake_context(sso, method), kwargs))
 
 
 def test_accounts_are_rows_with_salted_scrypt_hashes(db: FakeDatabase) -> None:
     """Register writes a row; the stored hash names its parameters and holds no password."""
     sso = handler_factory(SSOService, db=db)
-    assert call(sso, "register", user="harry", password="hedwig") == {"user_id": "harry"}
-    call(sso, "register", user="ron", password="hedwig")
-    rows = value(db.run_query("SELECT user_id, password_hash FROM accounts ORDER BY 1"))
+    assert result_of(call(sso, "register", user="harry", password="hedwig")) == {"user_id": "harry"}
+    result_of(call(sso, "register", user="ron", password="hedwig"))
+    rows = result_of(db.run_query("SELECT user_id, password_hash FROM accounts ORDER BY 1"))
     assert [r[0] for r in rows] == ["harry", "ron"]
     harry, ron = (r[1] for r in rows)
     assert harry.startswith("scrypt$4096$8$1$") and harry != ron
@@ -49,9 +40,9 @@ def test_accounts_are_rows_with_salted_scrypt_hashes(db: FakeDatabase) -> None:
 
 def test_login_checks_the_database_and_signs_a_token(db: FakeDatabase) -> None:
     """The right password gets a token for the user; a new handler on the same db agrees."""
-    call(handler_factory(SSOService, db=db), "register", user="harry", password="hedwig")
+    result_of(call(handler_factory(SSOService, db=db), "register", user="harry", password="hedwig"))
     sso = handler_factory(SSOService, db=db)  # another process, the same database
-    reply = call(sso, "login", user="harry", password="hedwig")
+    reply = result_of(call(sso, "login", user="harry", password="hedwig"))
     assert reply["user_id"] == "harry"
     assert tokens.verify(reply["auth_token"], KEY.encode()) == "harry"
 
@@ -59,27 +50,27 @@ def test_login_checks_the_database_and_signs_a_token(db: FakeDatabase) -> None:
 def test_errors_on_the_database(db: FakeDatabase) -> None:
     """Duplicate, wrong password and unknown user are AccountExists and BadCredentials."""
     sso = handler_factory(SSOService, db=db)
-    call(sso, "register", user="harry", password="hedwig")
+    result_of(call(sso, "register", user="harry", password="hedwig"))
     with pytest.raises(AccountExists, match="harry"):
-        call(sso, "register", user="harry", password="other")
+        result_of(call(sso, "register", user="harry", password="other"))
     with pytest.raises(BadCredentials) as wrong:
-        call(sso, "login", user="harry", password="nope")
+        result_of(call(sso, "login", user="harry", password="nope"))
     with pytest.raises(BadCredentials) as unknown:
-        call(sso, "login", user="draco", password="hedwig")
+        result_of(call(sso, "login", user="draco", password="hedwig"))
     assert str(wrong.value) == str(unknown.value)
 
 
 def test_a_raised_cost_leaves_old_hashes_valid(db: FakeDatabase) -> None:
     """Hashes keep their own parameters: after raising scrypt_n, old accounts still log in."""
-    call(handler_factory(SSOService, db=db), "register", user="harry", password="hedwig")
+    result_of(call(handler_factory(SSOService, db=db), "register", user="harry", password="hedwig"))
 
     class Costly(SSOService):
         scrypt_n = 2**13
 
     sso = handler_factory(Costly, db=db)
-    assert call(sso, "login", user="harry", password="hedwig")["user_id"] == "harry"
-    call(sso, "register", user="ron", password="scabbers")
-    (stored,) = value(db.run_query("SELECT password_hash FROM accounts WHERE user_id = 'ron'"))
+    assert result_of(call(sso, "login", user="harry", password="hedwig"))["user_id"] == "harry"
+    result_of(call(sso, "register", user="ron", password="scabbers"))
+    (stored,) = result_of(db.run_query("SELECT password_hash FROM accounts WHERE user_id = 'ron'"))
     assert stored[0].startswith("scrypt$8192$")
 
 
@@ -88,10 +79,10 @@ def test_seeded_accounts_are_added_once_at_start(db: FakeDatabase) -> None:
     them."""
     for _ in range(2):
         sso = handler_factory(SSOService, db=db, settings={"accounts": "alice:pw1,bob:pw2"})
-        value(sso.start())
-    rows = value(db.run_query("SELECT user_id FROM accounts ORDER BY 1"))
+        result_of(sso.start())
+    rows = result_of(db.run_query("SELECT user_id FROM accounts ORDER BY 1"))
     assert rows == [("alice",), ("bob",)]
-    assert call(sso, "login", user="bob", password="pw2")["user_id"] == "bob"
+    assert result_of(call(sso, "login", user="bob", password="pw2"))["user_id"] == "bob"
 
 
 def test_a_database_outage_is_reported_clearly(db: FakeDatabase) -> None:
@@ -99,6 +90,6 @@ def test_a_database_outage_is_reported_clearly(db: FakeDatabase) -> None:
     sso = handler_factory(SSOService, db=db)
     db.down = DatabaseUnavailable("postgresql://127.0.0.1:5432/test: connection refused")
     with pytest.raises(DatabaseUnavailable, match="refused"):
-        call(sso, "register", user="harry", password="hedwig")
+        result_of(call(sso, "register", user="harry", password="hedwig"))
     with pytest.raises(DatabaseUnavailable):
-        call(sso, "login", user="harry", password="hedwig")
+        result_of(call(sso, "login", user="harry", password="hedwig"))

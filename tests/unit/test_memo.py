@@ -6,17 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import zmq
 from twisted.internet import defer, task
 
 from mmo.logic import Context, ServiceHandler, idempotent
 from mmo.logic.links import Pool
 from mmo.logic.memo import ReplyMemo
 from mmo.logic.server import HandlerServer
-from mmo.testing import handler_factory
+from mmo.testing import FakeZmqContext, FakeZmqSocket, handler_factory
 from mmo.wire import decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import Header, Kind, Session
-
-from .test_broker_fuzz import FakeContext
 
 
 class Shop(ServiceHandler):
@@ -48,35 +47,33 @@ class Shop(ServiceHandler):
         return self.sold
 
 
-class Wire:
-    """Stands in for the ROUTER socket: records what the server sends."""
+def serving(handler: ServiceHandler, **options: Any) -> tuple[HandlerServer, FakeZmqSocket]:
+    """A started HandlerServer for ``handler`` on a fake ZeroMQ context (on the handler's
+    clock), and its ROUTER socket: what it sends to brokers and callers."""
+    ctx = FakeZmqContext(handler.clock)
+    server = HandlerServer(ctx, handler, **options)  # type: ignore[arg-type]
+    server.startService()
+    (router,) = ctx.of_type(zmq.ROUTER)
+    return server, router
 
-    def __init__(self) -> None:
-        self.sent: list[list[bytes]] = []
 
-    def send(self, frames: list[bytes]) -> None:
-        self.sent.append(frames)
-
-    def answers(self) -> list[tuple[int, Any]]:
-        """``(call_id, reply or error type)`` of everything sent, then forget it."""
-        out = []
-        for _, raw, body in self.sent:
-            header = decode(Header, raw)
-            value = decode_value(body) if header.kind == Kind.REPLY else header.error_type
-            out.append((header.call_id, value))
-        self.sent.clear()
-        return out
+def answers(router: FakeZmqSocket) -> list[tuple[int, Any]]:
+    """``(call_id, reply or error type)`` of everything sent on ``router``, then forget it."""
+    out = []
+    for _, raw, body in router.sent:
+        header = decode(Header, raw)
+        value = decode_value(body) if header.kind == Kind.REPLY else header.error_type
+        out.append((header.call_id, value))
+    router.sent.clear()
+    return out
 
 
 @pytest.fixture
-def shop() -> tuple[HandlerServer, Shop, Wire, task.Clock]:
+def shop() -> tuple[HandlerServer, Shop, FakeZmqSocket, task.Clock]:
     clock = task.Clock()
     handler = handler_factory(Shop, clock=clock)
-    server = HandlerServer(FakeContext(clock), handler, memo=ReplyMemo(clock, ttl=60, size=100))  # type: ignore[arg-type]
-    wire = Wire()
-    server._rep = wire  # type: ignore[assignment]
-    server.accepting = True
-    return server, handler, wire, clock
+    server, router = serving(handler, memo=ReplyMemo(clock, ttl=60, size=100))
+    return server, handler, router, clock
 
 
 _call_ids = iter(range(1, 10_000))
@@ -105,37 +102,37 @@ def request(
 
 
 def test_a_resend_gets_the_first_reply_and_runs_nothing(shop: Any) -> None:
-    server, handler, wire, _ = shop
+    server, handler, router, _ = shop
     first = request(server, "buy", 7, item=1)
     again = request(server, "buy", 7, item=1)
-    assert wire.answers() == [(first, 1), (again, 1)]
+    assert answers(router) == [(first, 1), (again, 1)]
     assert handler.sold == 1
     assert server.memo.replayed == 1
 
 
 def test_a_resend_while_the_first_still_runs_waits_for_it(shop: Any) -> None:
-    server, handler, wire, _ = shop
+    server, handler, router, _ = shop
     first = request(server, "slow_buy", 3, item=1)
     again = request(server, "slow_buy", 3, item=1)
-    assert wire.answers() == []
+    assert answers(router) == []
     handler.waiting[0].callback(41)
-    assert wire.answers() == [(first, 41), (again, 41)]
+    assert answers(router) == [(first, 41), (again, 41)]
     assert handler.sold == 1
     assert server.memo.joined == 1
 
 
 def test_an_error_is_recorded_like_a_reply(shop: Any) -> None:
-    server, handler, wire, _ = shop
+    server, handler, router, _ = shop
     request(server, "refuse", 2)
     request(server, "refuse", 2)
-    assert [value for _, value in wire.answers()] == ["ValueError", "ValueError"]
+    assert [value for _, value in answers(router)] == ["ValueError", "ValueError"]
     assert handler.sold == 1
 
 
 def test_new_requests_run(shop: Any) -> None:
     """Another seq, another session, the same seq for another body or method, no seq,
     an idempotent method: none of these is a resend."""
-    server, handler, wire, _ = shop
+    server, handler, router, _ = shop
     request(server, "buy", 1, item=1)
     request(server, "buy", 2, item=1)
     request(server, "buy", 1, session="s2", item=1)
@@ -149,17 +146,17 @@ def test_new_requests_run(shop: Any) -> None:
     request(server, "count", 5)
     handler.sold = 100
     request(server, "count", 5)
-    assert [value for _, value in wire.answers()][-2:] == [9, 100]
+    assert [value for _, value in answers(router)][-2:] == [9, 100]
     assert server.memo.replayed == 0
 
 
 def test_a_stopping_worker_still_answers_resends_of_what_it_ran(shop: Any) -> None:
-    server, handler, wire, _ = shop
+    server, handler, router, _ = shop
     request(server, "buy", 4, item=1)
     server.accepting = False
     request(server, "buy", 4, item=1)
     request(server, "buy", 5, item=1)
-    assert [value for _, value in wire.answers()] == [1, 1, "Unavailable"]
+    assert [value for _, value in answers(router)] == [1, 1, "Unavailable"]
     assert handler.sold == 1
 
 

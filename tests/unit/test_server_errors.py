@@ -11,12 +11,11 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from mmo.logic import Context, ServiceHandler, client_method
 from mmo.logic.server import HandlerServer
-from mmo.testing import handler_factory
+from mmo.testing import FakeZmqSocket, handler_factory
 from mmo.wire import decode, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind, Origin, Session
 
-from .test_broker_fuzz import FakeContext
-from .test_memo import Wire
+from .test_memo import serving
 
 
 class Board(ServiceHandler):
@@ -34,12 +33,9 @@ class Board(ServiceHandler):
 
 
 @pytest.fixture
-def board() -> tuple[HandlerServer, Wire, task.Clock]:
+def board() -> tuple[HandlerServer, FakeZmqSocket, task.Clock]:
     clock = task.Clock()
-    server = HandlerServer(FakeContext(clock), handler_factory(Board, clock=clock))  # type: ignore[arg-type]
-    wire = Wire()
-    server._rep = wire  # type: ignore[assignment]
-    server.accepting = True
+    server, wire = serving(handler_factory(Board, clock=clock))
     return server, wire, clock
 
 

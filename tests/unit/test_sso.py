@@ -19,8 +19,8 @@ from mmo.examples.sso import (
     RegistrationThrottled,
     SSOService,
 )
-from mmo.testing import fake_context, handler_factory, result_of
-from mmo.wire.gen.mmo.ttypes import ErrorCode, Origin
+from mmo.testing import before_login, call, handler_factory, result_of
+from mmo.wire.gen.mmo.ttypes import ErrorCode
 
 KEY = "k" * 32
 
@@ -38,20 +38,10 @@ def sso() -> SSOService:
     return handler_factory(SSOService)
 
 
-def call(sso: SSOService, method: str, *, peer: str | None = None, **kwargs: Any) -> Any:
-    """Call an SSO method through the dispatch table (its answer, or its error raised):
-    with ``peer``, as a player's packet before login, from that address."""
-    if peer is None:
-        ctx = fake_context(sso, method)
-    else:
-        ctx = fake_context(sso, method, caller="broker-1", origin=Origin.LOGIN, peer=peer)
-    return result_of(sso.dispatch(ctx, kwargs))
-
-
 def test_register_then_login(sso: SSOService) -> None:
     """A registered user logs in with its password and gets its user id, name and a token."""
-    assert call(sso, "register", user="harry", password="hedwig") == {"user_id": "harry"}
-    reply = call(sso, "login", user="harry", password="hedwig")
+    assert result_of(call(sso, "register", user="harry", password="hedwig")) == {"user_id": "harry"}
+    reply = result_of(call(sso, "login", user="harry", password="hedwig"))
     assert set(reply) == {"user_id", "name", "auth_token", "expires"}
     assert reply["user_id"] == reply["name"] == "harry"
     assert tokens.verify(reply["auth_token"], KEY.encode()) == "harry"
@@ -59,8 +49,8 @@ def test_register_then_login(sso: SSOService) -> None:
 
 def test_login_token_expires_after_token_ttl(sso: SSOService) -> None:
     """The token's expiry is token_ttl from now; after it, verify raises TokenExpired."""
-    call(sso, "register", user="harry", password="hedwig")
-    reply = call(sso, "login", user="harry", password="hedwig")
+    result_of(call(sso, "register", user="harry", password="hedwig"))
+    reply = result_of(call(sso, "login", user="harry", password="hedwig"))
     assert abs(reply["expires"] - (time.time() + sso.settings.token_ttl)) < 5
     with pytest.raises(tokens.TokenExpired):
         tokens.verify(reply["auth_token"], KEY.encode(), now=reply["expires"] + 1)
@@ -80,33 +70,33 @@ def test_demo_mode_signs_with_the_demo_key(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv(tokens.KEY_ENV)
     monkeypatch.setenv(tokens.DEMO_ENV, "1")
     sso = handler_factory(SSOService)
-    call(sso, "register", user="harry", password="hedwig")
-    token = call(sso, "login", user="harry", password="hedwig")["auth_token"]
+    result_of(call(sso, "register", user="harry", password="hedwig"))
+    token = result_of(call(sso, "login", user="harry", password="hedwig"))["auth_token"]
     assert tokens.verify(token, tokens.DEMO_KEY) == "harry"
 
 
 def test_register_twice_is_account_exists(sso: SSOService) -> None:
     """A user name can be registered once; the first password stays valid."""
-    call(sso, "register", user="harry", password="one")
+    result_of(call(sso, "register", user="harry", password="one"))
     with pytest.raises(AccountExists, match="harry"):
-        call(sso, "register", user="harry", password="two")
-    assert call(sso, "login", user="harry", password="one")["user_id"] == "harry"
+        result_of(call(sso, "register", user="harry", password="two"))
+    assert result_of(call(sso, "login", user="harry", password="one"))["user_id"] == "harry"
 
 
 def test_wrong_password_and_unknown_user_are_indistinguishable(sso: SSOService) -> None:
     """Both a wrong password and an unknown user raise BadCredentials with the same message."""
-    call(sso, "register", user="harry", password="hedwig")
+    result_of(call(sso, "register", user="harry", password="hedwig"))
     with pytest.raises(BadCredentials) as wrong:
-        call(sso, "login", user="harry", password="crookshanks")
+        result_of(call(sso, "login", user="harry", password="crookshanks"))
     with pytest.raises(BadCredentials) as unknown:
-        call(sso, "login", user="draco", password="hedwig")
+        result_of(call(sso, "login", user="draco", password="hedwig"))
     assert str(wrong.value) == str(unknown.value)
 
 
 def test_passwords_are_stored_only_as_salted_scrypt_hashes(sso: SSOService) -> None:
     """No plaintext is kept: each account holds a random salt and a 64-byte scrypt hash."""
-    call(sso, "register", user="a", password="same-password")
-    call(sso, "register", user="b", password="same-password")
+    result_of(call(sso, "register", user="a", password="same-password"))
+    result_of(call(sso, "register", user="b", password="same-password"))
     (salt_a, hash_a), (salt_b, hash_b) = sso.accounts["a"], sso.accounts["b"]
     assert len(salt_a) == 16 and len(hash_a) == 64
     assert salt_a != salt_b and hash_a != hash_b
@@ -122,7 +112,7 @@ def test_scrypt_cost_is_small_and_overridable() -> None:
         scrypt_n = 2**13
 
     sso = handler_factory(Costly)
-    call(sso, "register", user="harry", password="hedwig")
+    result_of(call(sso, "register", user="harry", password="hedwig"))
     salt, digest = sso.accounts["harry"]
     assert digest == sso.hash_password("hedwig", salt)
     assert digest == hashlib.scrypt(b"hedwig", salt=salt, n=2**13, r=8, p=1)
@@ -136,9 +126,9 @@ def test_scrypt_cost_is_small_and_overridable() -> None:
 def test_bad_user_names_are_invalid_accounts(sso: SSOService, user: Any) -> None:
     """A user name must be 1-32 letters, digits, '_' or '-' (register and login alike)."""
     with pytest.raises(InvalidAccount):
-        call(sso, "register", user=user, password="pw")
+        result_of(call(sso, "register", user=user, password="pw"))
     with pytest.raises(InvalidAccount):
-        call(sso, "login", user=user, password="pw")
+        result_of(call(sso, "login", user=user, password="pw"))
     assert sso.accounts == {}
 
 
@@ -146,17 +136,17 @@ def test_bad_user_names_are_invalid_accounts(sso: SSOService, user: Any) -> None
 def test_bad_passwords_are_invalid_accounts(sso: SSOService, password: Any) -> None:
     """A password must be a string of 1-128 characters (register and login alike)."""
     with pytest.raises(InvalidAccount):
-        call(sso, "register", user="harry", password=password)
+        result_of(call(sso, "register", user="harry", password=password))
     with pytest.raises(InvalidAccount):
-        call(sso, "login", user="harry", password=password)
+        result_of(call(sso, "login", user="harry", password=password))
     assert sso.accounts == {}
 
 
 def test_names_and_passwords_at_the_limits_are_accepted(sso: SSOService) -> None:
     """A 32-character name of every allowed kind and a 128-character password register."""
     user = "Aa0_-" + "z" * 27
-    assert call(sso, "register", user=user, password="p" * 128) == {"user_id": user}
-    assert call(sso, "login", user=user, password="p" * 128)["user_id"] == user
+    assert result_of(call(sso, "register", user=user, password="p" * 128)) == {"user_id": user}
+    assert result_of(call(sso, "login", user=user, password="p" * 128))["user_id"] == user
 
 
 def test_errors_reach_callers_as_typed_remote_errors() -> None:
@@ -173,8 +163,8 @@ def test_accounts_are_seeded_from_the_setting() -> None:
     hold ':')."""
     sso = handler_factory(SSOService, settings={"accounts": "alice:pw1, bob:p:w2,"})
     assert sorted(sso.accounts) == ["alice", "bob"]
-    assert call(sso, "login", user="alice", password="pw1")["user_id"] == "alice"
-    assert call(sso, "login", user="bob", password="p:w2")["user_id"] == "bob"
+    assert result_of(call(sso, "login", user="alice", password="pw1"))["user_id"] == "alice"
+    assert result_of(call(sso, "login", user="bob", password="p:w2"))["user_id"] == "bob"
 
 
 @pytest.mark.parametrize("spec", ["alice", "alice:", "bad name:pw", "alice:a,alice:b"])
@@ -205,49 +195,54 @@ def test_guessing_one_account_from_one_address_is_throttled_not_the_owner(
     """After login_failures_per_pair wrong passwords from one address, that address is refused
     for that account (even with the right password) until the window ends; the owner from
     another address logs in meanwhile."""
-    call(sso, "register", user="harry", password="hedwig")
+    guesser, owner = before_login("10.6.6.6"), before_login("10.1.1.1")
+    result_of(call(sso, "register", user="harry", password="hedwig"))
     for _ in range(5):
         with pytest.raises(BadCredentials):
-            call(sso, "login", user="harry", password="guess", peer="10.6.6.6")
+            result_of(call(sso, "login", user="harry", password="guess", **guesser))
     with pytest.raises(LoginThrottled, match="try again in"):
-        call(sso, "login", user="harry", password="hedwig", peer="10.6.6.6")
-    assert call(sso, "login", user="harry", password="hedwig", peer="10.1.1.1")["user_id"]
+        result_of(call(sso, "login", user="harry", password="hedwig", **guesser))
+    assert result_of(call(sso, "login", user="harry", password="hedwig", **owner))["user_id"]
     assert sso.counters["logins_throttled"] == 1
     sso.clock.advance(sso.settings.login_window)
-    assert call(sso, "login", user="harry", password="hedwig", peer="10.6.6.6")["user_id"]
+    assert result_of(call(sso, "login", user="harry", password="hedwig", **guesser))["user_id"]
 
 
 def test_one_address_trying_many_accounts_is_throttled(sso: SSOService) -> None:
     """Failures from one address across accounts stop at login_failures_per_address."""
+    guesser = before_login("10.6.6.6")
     for n in range(30):
         with pytest.raises(BadCredentials):
-            call(sso, "login", user=f"user{n}", password="guess", peer="10.6.6.6")
+            result_of(call(sso, "login", user=f"user{n}", password="guess", **guesser))
     with pytest.raises(LoginThrottled):
-        call(sso, "login", user="someone", password="guess", peer="10.6.6.6")
+        result_of(call(sso, "login", user="someone", password="guess", **guesser))
     with pytest.raises(BadCredentials):
-        call(sso, "login", user="someone", password="guess", peer="10.2.2.2")
+        result_of(call(sso, "login", user="someone", password="guess", **before_login("10.2.2.2")))
 
 
 def test_many_addresses_guessing_one_account_lock_it_for_the_window() -> None:
     """Past login_failures_per_account (from any addresses) the account waits for its window."""
     sso = handler_factory(SSOService, settings={"login_failures_per_account": 6})
-    call(sso, "register", user="harry", password="hedwig")
+    owner = before_login("10.1.1.1")
+    result_of(call(sso, "register", user="harry", password="hedwig"))
     for n in range(6):
+        guesser = before_login(f"10.9.0.{n}")
         with pytest.raises(BadCredentials):
-            call(sso, "login", user="harry", password="guess", peer=f"10.9.0.{n}")
+            result_of(call(sso, "login", user="harry", password="guess", **guesser))
     with pytest.raises(LoginThrottled):
-        call(sso, "login", user="harry", password="hedwig", peer="10.1.1.1")
+        result_of(call(sso, "login", user="harry", password="hedwig", **owner))
     sso.clock.advance(sso.settings.login_window)
-    assert call(sso, "login", user="harry", password="hedwig", peer="10.1.1.1")["user_id"]
+    assert result_of(call(sso, "login", user="harry", password="hedwig", **owner))["user_id"]
 
 
 def test_registrations_per_address_are_limited() -> None:
     """registrations_per_address accounts per window from one address; others are served."""
     sso = handler_factory(SSOService, settings={"registrations_per_address": 3})
+    bot, human = before_login("10.6.6.6"), before_login("10.1.1.1")
     for n in range(3):
-        call(sso, "register", user=f"bot{n}", password="pw", peer="10.6.6.6")
+        result_of(call(sso, "register", user=f"bot{n}", password="pw", **bot))
     with pytest.raises(RegistrationThrottled):
-        call(sso, "register", user="bot3", password="pw", peer="10.6.6.6")
+        result_of(call(sso, "register", user="bot3", password="pw", **bot))
     assert "bot3" not in sso.accounts
-    call(sso, "register", user="human", password="pw", peer="10.1.1.1")
+    result_of(call(sso, "register", user="human", password="pw", **human))
     assert sso.counters["registrations_throttled"] == 1
