@@ -2,7 +2,7 @@
 
 * :func:`handler_factory` builds a handler on a :class:`FakeRuntime` (Nameko's
   ``worker_factory`` idea); :func:`call` calls its methods as a worker does;
-  :func:`result_of` reads an already-fired Deferred.
+  :func:`result_of` and :func:`failure_of` read an already-fired Deferred.
 * :class:`FakeDirectory` stands in for a worker's directory: scripted services, a
   registry the test plays. :class:`FakeZmqContext` stands in for the ZeroMQ context:
   sockets that record what is sent and take what the test delivers.
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         as_player,
         before_login,
         call,
+        failure_of,
         fake_cache,
         fake_context,
         handler_factory,
@@ -61,6 +62,7 @@ _HOMES = {
     "before_login": "mmo.testing.fakes",
     "call": "mmo.testing.fakes",
     "fake_cache": "mmo.testing.fakes",
+    "failure_of": "mmo.testing.fakes",
     "fake_context": "mmo.testing.fakes",
     "handler_factory": "mmo.testing.fakes",
     "result_of": "mmo.testing.fakes",
@@ -86,6 +88,7 @@ __all__ = [
     "as_player",
     "before_login",
     "call",
+    "failure_of",
     "fake_cache",
     "fake_context",
     "free_port",

@@ -38,6 +38,18 @@ def result_of(d: Any) -> Any:
     return results[0]
 
 
+def failure_of(d: defer.Deferred[Any]) -> BaseException:
+    """The exception an already-fired, failed Deferred carries (an assertion error if it
+    has not fired or succeeded)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
+    error = results[0].value
+    assert error is not None
+    return error
+
+
 class FakeSessions:
     """Records what a handler does to sessions: ``calls`` holds ``(method, args)`` in order."""
 

@@ -29,6 +29,8 @@ from mmo.client import (
 from mmo.client.errors import error_name
 from mmo.client.protocol import MAX_SEQ, decode_body, encode_body
 from mmo.client.session import split_address
+from mmo.testing import failure_of
+from mmo.testing import result_of as result
 from mmo.wire import WireError, decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind, Session, Value
 
@@ -91,25 +93,6 @@ def push(route: str, body: Any) -> bytes:
 def kick(code: int, message: str = "") -> bytes:
     """A framed KICK."""
     return frame(Packet(kind=PacketKind.KICK, code=code, message=message))
-
-
-def result(d: defer.Deferred[Any]) -> Any:
-    """The result of a Deferred that has fired (its failure is raised)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def failure_of(d: defer.Deferred[Any]) -> BaseException:
-    """The exception a fired, failed Deferred carries."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
-    return results[0].value
 
 
 # -- framing and packets -----------------------------------------------------------

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from mmo.data import CacheError, CacheUnavailable, MemoryCache
-
-
-def value(d: defer.Deferred[Any]) -> Any:
-    """The result of an already-fired Deferred (re-raising its failure)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
+from mmo.testing import result_of as value
 
 
 @pytest.fixture

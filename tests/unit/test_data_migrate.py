@@ -8,20 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer
 
 from mmo.data import DatabaseError, MigrationError, SchemaTooNew, load_migrations, migrate
+from mmo.testing import result_of as value
 from mmo.testing.fakes import FakeDatabase
-
-
-def value(d: defer.Deferred[Any]) -> Any:
-    """The result of an already-fired Deferred (re-raising its failure)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import zmq
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from mmo.errors import DeadlineExceeded, InstanceLost, NoLiveInstance
 from mmo.logic.client import Directory, get_service
 from mmo.registry import make_instance
+from mmo.testing import failure_of
 from mmo.testing.fakes import result_of
 from mmo.testing.sockets import FakeZmqContext, FakeZmqSocket
 from mmo.wire import decode, decode_value, encode, encode_value
@@ -125,16 +125,6 @@ def error(sock: FakeZmqSocket, request: Header, code: int, kind: str, message: s
         error_message=message,
     )
     sock.deliver([encode(header), b""])
-
-
-def failure_of(d: defer.Deferred[Any]) -> BaseException:
-    """The error a fired Deferred failed with."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    assert isinstance(results[0], Failure), f"it succeeded with {results[0]!r}"
-    assert results[0].value is not None
-    return results[0].value
 
 
 def fired(d: defer.Deferred[Any]) -> bool:

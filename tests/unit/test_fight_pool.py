@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
-from twisted.python.failure import Failure
 
 from mmo.fight.config import FightConfig
 from mmo.fight.errors import BadFight, NotInFight, PoolDraining, PoolFull, UnknownFight
 from mmo.fight.pool import READY, STARTING, STOPPING, Fight, FightPool
+from mmo.testing import result_of as result
 
 
 class FakeChild:
@@ -122,16 +122,6 @@ def ready_all(pool: FightPool) -> None:
     for proc in list(pool.processes.values()):
         if proc.state == STARTING:
             pool.process_ready(proc.instance_id, proc.handle.pid)
-
-
-def result(d: defer.Deferred[Any]) -> Any:
-    """The result of a fired Deferred (raising its failure)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 def loads(pool: FightPool) -> dict[str, int]:

@@ -27,6 +27,7 @@ from mmo.testing import (
     as_player,
     before_login,
     call,
+    failure_of,
     handler_factory,
     result_of,
 )
@@ -103,6 +104,14 @@ def test_result_of_raises_a_failure_and_refuses_an_unfired_deferred() -> None:
         result_of(defer.fail(KeyError("x")))
     with pytest.raises(AssertionError, match="not fired"):
         result_of(defer.Deferred())
+
+
+def test_failure_of_returns_the_exception_and_refuses_a_success() -> None:
+    """failure_of hands back what a failed Deferred holds; a success is an assertion."""
+    error = KeyError("x")
+    assert failure_of(defer.fail(error)) is error
+    with pytest.raises(AssertionError, match="expected a failure"):
+        failure_of(defer.succeed(1))
 
 
 # -- FakeDirectory -------------------------------------------------------------------
