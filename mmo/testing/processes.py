@@ -20,23 +20,49 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def _port_range() -> tuple[int, int]:
+    """The ports :func:`free_port` picks from: 10000 up to the kernel's ephemeral range,
+    split between pytest-xdist's workers (``PYTEST_XDIST_WORKER=gwN``), so that tests
+    running at once never pick the same port."""
+    low, _ = _ephemeral_range()
+    first, last = 10000, max(low - 1, 11000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        size = (last - first + 1) // count
+        first += int(worker[2:]) % count * size
+        last = first + size - 1
+    return first, last
+
+
+#: Ports :func:`free_port` has handed out in this process: never handed out twice, since
+#: the first may not be bound yet when the second is asked for.
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago.
+    """A TCP port on 127.0.0.1 that was free a moment ago, and that no earlier call in this
+    process returned.
 
     It is taken below the kernel's ephemeral range, where ports bound to ``:0``
     (ZeroMQ's ``tcp://127.0.0.1:*`` among them) come from, so a process started
-    later cannot be handed the same port by the kernel.
+    later cannot be handed the same port by the kernel; under pytest-xdist, from this
+    worker's share of that range.
     """
-    low, _ = _ephemeral_range()
-    top = max(low - 1, 11000)
+    first, last = _port_range()
+    if len(_given) > (last - first) // 2:
+        _given.clear()  # a long run: the oldest ones are long bound or free again
     for _ in range(200):
-        port = random.randint(10000, top)
+        port = random.randint(first, last)
+        if port in _given:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _given.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -28,6 +28,7 @@ from mmo.testing import (
     before_login,
     call,
     failure_of,
+    free_port,
     handler_factory,
     result_of,
 )
@@ -333,3 +334,21 @@ def test_every_exported_name_resolves() -> None:
         assert getattr(mmo.testing, name) is not None, name
     with pytest.raises(AttributeError):
         mmo.testing.nothing_of_that_name  # noqa: B018
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    """Ports asked for one after another differ, though none is bound yet."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_free_ports_of_xdist_workers_do_not_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under pytest-xdist each worker picks from its own share of the range."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    shares = []
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        shares.append({free_port() for _ in range(50)})
+    low = [min(s) for s in shares]
+    high = [max(s) for s in shares]
+    assert high[0] < low[1] and high[1] < low[2]
