@@ -21,7 +21,12 @@ WORKERS = {
 
 
 class EdgeCluster:
-    """Starts the processes of an edge cluster; :meth:`stop` stops them all."""
+    """Starts the processes of an edge cluster; :meth:`stop` stops them all.
+
+    Args:
+        env: more environment for the yellow, the workers and the brokerlist (say, a
+            ``PYTHONPATH`` that holds a test's handlers).
+    """
 
     def __init__(
         self,
@@ -30,6 +35,7 @@ class EdgeCluster:
         broker_args: tuple[str, ...] = (),
         workers: dict[str, str] | None = None,
         accounts: str = ACCOUNTS,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.yellow = f"tcp://127.0.0.1:{free_port()}"
@@ -38,7 +44,7 @@ class EdgeCluster:
         self.http_port = free_port()
         self.broker_args = broker_args
         self.processes: dict[str, TwistdProcess] = {}
-        self.env = {"MMO_DEMO": "1"}
+        self.env = {"MMO_DEMO": "1", **(env or {})}
         #: Handler settings (``--set``) of the workers, by name.
         self.settings = {"sso": {"accounts": accounts}}
         self._start("yellow", "mmo-yellow", ["--listen", self.yellow], self.env)
