@@ -1,19 +1,27 @@
-"""Fixtures for integration tests: real twistd processes over loopback ZeroMQ."""
+"""Fixtures and helpers for integration tests: real twistd processes over loopback ZeroMQ.
+
+Tests wait for what they need by polling it with a generous deadline (:func:`until`,
+:func:`wait_until`, :func:`wait_instances`), never by sleeping a fixed time: several test
+files run at once on a small machine, so any pause may last longer than planned."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from mmo.logic import Directory, connect
+from mmo.registry import Change
 from mmo.testing import TwistdProcess, free_port
 from mmo.testing.plugin import ProcessGroup
 
 ECHO = "mmo.examples.echo:EchoService"
+
+T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -77,8 +85,87 @@ def directory_factory() -> Iterator[Any]:
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
-    """Let the reactor run for ``seconds`` (for pacing load, not for synchronisation)."""
+    """Let the reactor run for ``seconds``: to pace a load, hold a fault or watch that nothing
+    happens, never to wait for something to happen (that is :func:`until`)."""
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+#: How long a poll waits by default: it bounds a hang, it is never what a test asserts, so
+#: it is generous enough for a loaded machine running several test files at once.
+POLL_TIMEOUT = 30.0
+
+
+@defer.inlineCallbacks
+def until(
+    check: Callable[[], Any],
+    timeout: float = POLL_TIMEOUT,
+    what: str = "the condition",
+    interval: float = 0.05,
+) -> Any:
+    """Poll ``check()`` (a value, or a Deferred of one) until it is true; fire with it.
+
+    Raises:
+        AssertionError: naming ``what`` and the last value, if it was not true within
+            ``timeout`` seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        last = yield defer.maybeDeferred(check)
+        if last:
+            return last
+        if reactor.seconds() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
+        yield sleep(interval)
+
+
+def wait_until(
+    check: Callable[[], T],
+    timeout: float = POLL_TIMEOUT,
+    what: str = "the condition",
+    interval: float = 0.05,
+) -> T:
+    """:func:`until` for tests that block instead of running the reactor: call ``check()``
+    until it returns something true, and return that.
+
+    Raises:
+        AssertionError: naming ``what`` and the last value, if it was not true within
+            ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
+        time.sleep(interval)
+
+
+def next_change(directory: Directory, instance_id: str, change: int) -> defer.Deferred[Any]:
+    """A Deferred firing with ``(time, reason)`` when ``instance_id`` next goes ``change``
+    (``Change.UP`` or ``Change.DOWN``) in ``directory``'s view; the reason says why
+    (``registered``, ``deregistered``, ``expired``, ``vanished``)."""
+    d: defer.Deferred[Any] = defer.Deferred()
+
+    def listener(what: int, instance: Any, reason: str) -> None:
+        if what == change and instance.instance_id == instance_id and not d.called:
+            d.callback((directory.clock.seconds(), reason))
+
+    directory.view.listen(listener)
+    return d
+
+
+def downs(directory: Directory) -> list[str]:
+    """A list that each instance going DOWN in ``directory``'s view from now on is added to
+    (as ``"id (reason)"``)."""
+    gone: list[str] = []
+
+    def listener(change: int, instance: Any, reason: str) -> None:
+        if change == Change.DOWN:
+            gone.append(f"{instance.instance_id} ({reason})")
+
+    directory.view.listen(listener)
+    return gone
 
 
 def instances(directory: Directory, service: str) -> set[str]:
@@ -87,21 +174,19 @@ def instances(directory: Directory, service: str) -> set[str]:
 
 
 def wait_instances(
-    directory: Directory, service: str, ids: set[str], timeout: float = 15.0
+    directory: Directory, service: str, ids: set[str], timeout: float = POLL_TIMEOUT
 ) -> defer.Deferred[None]:
     """Fire once exactly ``ids`` are the live instances of ``service``."""
     return directory.view.wait_for(lambda: instances(directory, service) == ids, timeout)
 
 
-@defer.inlineCallbacks
-def wait_links(directory: Directory, service: str, ids: set[str], timeout: float = 10.0) -> Any:
+def wait_links(
+    directory: Directory, service: str, ids: set[str], timeout: float = POLL_TIMEOUT
+) -> defer.Deferred[Any]:
     """Wait until ``directory``'s links to each of ``ids`` are connected (a CURVE handshake
     takes a moment after the registry lists an instance; calls prefer connected links)."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        links = directory.links(service)
-        if all(links.get(i) for i in ids):
-            return
-        if reactor.seconds() > deadline:
-            raise TimeoutError(f"links to {sorted(ids)} not up within {timeout}s: {links}")
-        yield sleep(0.02)
+    return until(
+        lambda: all(directory.links(service).get(i) for i in ids),
+        timeout,
+        f"links to {sorted(ids)} up",
+    )

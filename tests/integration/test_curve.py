@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import zmq
 from twisted.internet import reactor
 from zmq.utils.monitor import recv_monitor_message
 
-from mmo.errors import MmoError
+from mmo.errors import DeadlineExceeded
 from mmo.logic import Directory
 from mmo.testing import TwistdProcess, free_port
 from mmo.zmq import ZmqContext
@@ -92,7 +91,7 @@ def callers() -> Iterator[Any]:
 PEERS = {"rep": zmq.DEALER, "pull": zmq.PUSH, "pub": zmq.SUB}
 
 
-def handshake(address: str, peer: int, curve: CurveKeys | None, timeout: float = 5.0) -> int:
+def handshake(address: str, peer: int, curve: CurveKeys | None, timeout: float = 30.0) -> int:
     """Connect a plain pyzmq ``peer`` socket to ``address`` with ``curve``; its first event."""
     with zmq.Context() as context, context.socket(peer) as sock:
         sock.linger = 0
@@ -120,10 +119,9 @@ def test_only_callers_with_the_cluster_keys_get_through(cluster, callers, keys):
 
     for curve in (None, keys.other_cluster, keys.unauthorized):
         stranger = callers(cluster.yellows, curve)
-        started = time.monotonic()
-        with pytest.raises(MmoError):
+        # Ended by its own deadline (it does not hang), the registry never having answered.
+        with pytest.raises(DeadlineExceeded, match=r"within 1\.5s \(no answer from the registry"):
             yield stranger.call("echo", "echo", {"text": "hello"}, timeout=1.5)
-        assert time.monotonic() - started < 5
         assert stranger.view.get("echo") == []
     assert yellow.wait_for_log(
         f"refused a ZeroMQ client: its CURVE key {keys.other_cluster.public_key.decode()}"
@@ -161,13 +159,11 @@ def test_mmo_call_takes_the_keys_from_the_environment(cluster, callers, keys):
 
     plain = dict(os.environ)
     del plain[ENV_KEYS]
-    started = time.monotonic()
     done = subprocess.run(
-        [*command, "--timeout", "1.5"], capture_output=True, text=True, timeout=30, env=plain
+        [*command, "--timeout", "1.5"], capture_output=True, text=True, timeout=60, env=plain
     )
     assert done.returncode == 1
-    assert "DeadlineExceeded" in done.stderr
-    assert time.monotonic() - started < 20
+    assert "DeadlineExceeded" in done.stderr and "within 1.5s" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("role", ["mmo-yellow", "mmo-worker"])
@@ -181,7 +177,7 @@ def test_role_with_missing_keys_refuses_to_start(tmp_path, role):
     }[role]
     child = TwistdProcess(role, args, tmp_path, env={ENV_KEYS: str(tmp_path / "keys")}).start()
     try:
-        assert child.wait(20) not in (None, 0)
+        assert child.wait(60) not in (None, 0)
     finally:
         child.stop()
     assert f"{ENV_KEYS}: {tmp_path / 'keys' / 'cluster.key_secret'}: missing" in child.log_tail()

@@ -4,7 +4,6 @@ embedded pair (SQLite + in-process cache), through the same test cases."""
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from mmo.testing.data import (
     redis_prefix,
 )
 
-from .conftest import sleep
+from .conftest import until
 
 BACKENDS = ["postgres+redis", "sqlite+memory"]
 
@@ -126,17 +125,18 @@ def test_errors_are_clear(db: Any) -> None:
 
 @pytest_twisted.inlineCallbacks
 def test_a_slow_statement_times_out_and_the_database_goes_on(db: Any) -> None:
-    """A statement past its deadline fails with DatabaseTimeout in time; later ones work."""
+    """A statement past its deadline fails with DatabaseTimeout when the deadline passes,
+    not when the statement ends; later ones work."""
     slow = (
         "SELECT pg_sleep(5)"
         if db.dialect == "postgresql"
         else "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000)"
         " SELECT count(*) FROM c"
     )
-    started = time.monotonic()
+    # "took over 0.3s" is said by the deadline's timer alone, and only before the statement
+    # answered: so the failure did not wait for the statement to end.
     with pytest.raises(DatabaseTimeout, match=r"took over 0\.3s"):
         yield db.run_query(slow, timeout=0.3)
-    assert time.monotonic() - started < 1.5
     assert (yield db.run_query("SELECT 1")) == [(1,)]
 
 
@@ -192,15 +192,15 @@ def test_a_full_postgres_pool_queues_within_the_deadline() -> None:
 
 @pytest_twisted.inlineCallbacks
 def test_an_unreachable_postgres_fails_fast_and_clearly() -> None:
-    """Nothing listening: each operation fails with DatabaseUnavailable well within a second."""
+    """Nothing listening: each operation fails with DatabaseUnavailable saying the connection
+    was refused, not at its (5 s) deadline."""
     db = make_database(f"postgresql://postgres@127.0.0.1:{free_port()}/x?timeout=5")
     db.startService()
     try:
         for _ in range(3):
-            started = time.monotonic()
-            with pytest.raises(DatabaseUnavailable, match=r"127\.0\.0\.1"):
+            with pytest.raises(DatabaseUnavailable, match=r"127\.0\.0\.1.*refused") as caught:
                 yield db.run_query("SELECT 1")
-            assert time.monotonic() - started < 1.0
+            assert not isinstance(caught.value, DatabaseTimeout)
     finally:
         yield db.stopService()
 
@@ -241,15 +241,23 @@ def test_cache_operations(cache: Any) -> None:
 
 @pytest_twisted.inlineCallbacks
 def test_cache_ttls_expire(cache: Any) -> None:
-    """Keys set with a ttl, or given one by expire, are gone once it passes."""
+    """Keys set with a ttl, or given one by expire, are gone once it passes (in seconds:
+    one with a long ttl and one with none are kept)."""
     yield cache.set("short", "v", ttl=0.2)
+    yield cache.set("long", "v", ttl=600)
+    yield cache.set("kept", "v")
     yield cache.set("later", "v")
     assert (yield cache.expire("later", 0.2)) is True
     assert (yield cache.expire("missing", 0.2)) is False
-    assert (yield cache.get("short")) == "v"
-    yield sleep(0.4)
-    assert (yield cache.get("short")) is None
-    assert (yield cache.get("later")) is None
+
+    @defer.inlineCallbacks
+    def both_gone() -> Any:
+        got = yield defer.gatherResults([cache.get("short"), cache.get("later")])
+        return got == [None, None]
+
+    yield until(both_gone, what="the keys with a 0.2 s ttl gone")
+    assert (yield cache.get("long")) == "v"
+    assert (yield cache.get("kept")) == "v"
 
 
 @pytest_twisted.inlineCallbacks
@@ -261,18 +269,17 @@ def test_only_one_taker_wins(cache: Any) -> None:
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_dead_redis_fails_within_the_deadline() -> None:
-    """Nothing listening: operations fail at once with CacheUnavailable naming the server."""
+def test_a_dead_redis_fails_at_once() -> None:
+    """Nothing listening: operations fail with CacheUnavailable naming the server and saying
+    it is not connected, not at their (5 s) deadline."""
     port = free_port()
-    cache = make_cache(f"redis://127.0.0.1:{port}/0?timeout=0.5")
+    cache = make_cache(f"redis://127.0.0.1:{port}/0?timeout=5")
     cache.startService()
     try:
-        started = time.monotonic()
-        with pytest.raises(CacheUnavailable, match=f"127.0.0.1:{port}"):
+        with pytest.raises(CacheUnavailable, match=f"127.0.0.1:{port} is not connected"):
             yield cache.get("k")
-        with pytest.raises(CacheUnavailable):
+        with pytest.raises(CacheUnavailable, match="is not connected"):
             yield cache.set("k", "v")
-        assert time.monotonic() - started < 0.5
     finally:
         yield cache.stopService()
 

@@ -17,7 +17,7 @@ from mmo.data import make_database, migrate, tokens
 from mmo.errors import RemoteError
 from mmo.testing.data import postgres_schema, redis_prefix
 
-from .conftest import sleep, wait_instances
+from .conftest import until, wait_instances
 
 KEY = "integration-test-key-0123456789"
 SSO = "mmo.examples.sso:SSOService"
@@ -189,10 +189,7 @@ def test_a_worker_refuses_a_database_newer_than_its_code(backend, cluster, mmo_p
         yield db.stopService()
     cluster.yellow()
     worker = start_worker(mmo_processes, cluster.yellows, "player-1", PLAYER, backend)
-    deadline = time.monotonic() + 20
-    while worker.alive() and time.monotonic() < deadline:
-        yield sleep(0.1)
-    assert not worker.alive()
+    yield until(lambda: not worker.alive(), what="the worker's exit", interval=0.1)
     assert worker.wait(0) == 1, "exit status 1: systemd and mmo-cluster see the failure"
     log = worker.log_tail(200)
     assert "SchemaTooNew" in log and "version 99" in log

@@ -12,6 +12,7 @@ import pytest
 from mmo.testing.rawclient import RawClient
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
+from .conftest import POLL_TIMEOUT, wait_until
 from .edge import EdgeCluster
 
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
@@ -45,7 +46,7 @@ def test_room_across_two_brokers_exactly_once_in_order(edge):
     expected = per_sender * len(USERS)
     for user, client in clients.items():
         got: list[tuple[str, int]] = []
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + POLL_TIMEOUT
         while len(got) < expected and time.monotonic() < deadline:
             packet = client.recv()
             if packet.kind == PacketKind.PUSH and packet.route == "chat.message":
@@ -69,16 +70,21 @@ def test_dynamic_binding_sends_routes_to_the_bound_instance_only(edge):
     client.login("alice", "pw-alice")
     spread = Counter(client.request("echo.whoami").value for _ in range(30))
     assert set(spread) == {"echo-1", "echo-2"}
+
+    def serving(session: RawClient, times: int = 30) -> set[str]:
+        """The instances that answer ``times`` echo.whoami of ``session``."""
+        return {session.request("echo.whoami").value for _ in range(times)}
+
     bound = client.request("echo.stick").value
-    time.sleep(0.2)  # the bind travels beside the reply
-    assert {client.request("echo.whoami").value for _ in range(30)} == {bound}
+    # The bind travels beside the reply, on another path: wait until it took effect.
+    wait_until(lambda: serving(client, 10) == {bound}, what="echo.* bound to one instance")
+    assert serving(client) == {bound}
     # Another session is not affected.
     other = RawClient(edge.ports[1])
     other.login("bob", "pw-bob")
-    assert len({other.request("echo.whoami").value for _ in range(30)}) == 2
+    assert len(serving(other)) == 2
     client.request("echo.unstick")
-    time.sleep(0.2)
-    assert len({client.request("echo.whoami").value for _ in range(30)}) == 2
+    wait_until(lambda: len(serving(client)) == 2, what="echo.* routed by load again")
     client.close()
     other.close()
 
@@ -121,7 +127,7 @@ def test_mmo_chat_talks_and_refuses_a_bad_login(edge):
     assert result.returncode == 0, result.stderr
     assert "hello from the terminal" in result.stdout
     heard = []
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + POLL_TIMEOUT
     while time.monotonic() < deadline and not any("terminal" in h for h in heard):
         packet = watcher.recv()
         if packet.kind == PacketKind.PUSH and packet.route == "chat.message":

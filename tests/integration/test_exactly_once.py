@@ -22,7 +22,7 @@ from mmo.logic import Directory
 from mmo.testing.rawclient import RawClient
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
-from .conftest import sleep
+from .conftest import until
 from .edge import EdgeCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -63,7 +63,9 @@ def test_a_request_resent_on_another_broker_runs_once(
 ) -> Any:
     directory = directory_factory([edge.yellow])
     key = uuid.uuid4().hex
-    body = {"seconds": 0.5, "key": key}
+    # Long enough for the resume and the resend below to come while the first run still
+    # sleeps, on a busy machine too (and short of the broker's 5 s request-timeout).
+    body = {"seconds": 3.0, "key": key}
     first = RawClient(edge.ports[0])
     login = first.login("alice", "pw-alice")
     first.send(PacketKind.REQUEST, "echo.slow_note", body, seq=1000)
@@ -100,8 +102,13 @@ def test_the_sdk_resends_a_request_caught_by_a_broker_kill_and_it_runs_once(
     yield client.login(user="bob", password="pw-bob")
     key = uuid.uuid4().hex
     try:
-        d = client.request("echo.slow_note", {"seconds": 1.0, "key": key}, timeout=15)
-        yield sleep(0.3)
+        # 4 s: the kill below catches it running, short of the broker's 5 s request-timeout.
+        d = client.request("echo.slow_note", {"seconds": 4.0, "key": key}, timeout=30)
+        yield until(
+            lambda: notes_with(directory, key).addCallback(lambda n: n == 1),
+            what="the request running on a worker",
+        )
+        assert not d.called  # in flight: its reply is still to come
         port = int(str(client.broker_address).rpartition(":")[2])
         edge.processes[f"broker-{edge.ports.index(port) + 1}"].kill()
         assert (yield d) == 1

@@ -38,10 +38,15 @@ retried, and counted as:
   **outage** how long the server was away.
 
 Each scenario prints one ``FAULTS`` line (``pytest -s``); docs/reliability.md records them.
+The tests assert what a player would notice (nothing lost, nothing twice, clear errors, and
+what caused each outcome: a DOWN because the registry expired a silent instance, a resume
+of the same session...), never how many seconds something took: the timings are figures,
+printed, because the machine running the tests may be slow and busy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import signal
@@ -58,12 +63,11 @@ from twisted.internet import defer, reactor, threads
 from mmo.client import Client
 from mmo.client.errors import ClientException, ClientRequestError, ClientTimeout
 from mmo.client.session import http_fetcher, parse_brokerlist
-from mmo.logic import Directory
 from mmo.registry import Change
 from mmo.testing import TwistdProcess
 from mmo.testing.data import ThrowawayPostgres, ThrowawayRedis
 
-from .conftest import instances, sleep, wait_instances
+from .conftest import downs, instances, next_change, sleep, until, wait_instances
 from .edge import EdgeCluster
 
 USERS = ("alice", "bob", "carol", "dave")
@@ -72,12 +76,13 @@ SENDERS = ("alice", "bob")
 ROOM = "faults"
 #: Deadline of one logical echo call, retries included (seconds).
 CALL_DEADLINE = 8.0
-#: A call slower than this is abnormal (the machine is a noisy 2-core VM: keep it loose).
+#: A call slower than this counts as abnormal in the recovery figure.
 SLOW = 1.0
-#: How late a call may end past its deadline (timer and scheduling slack).
+#: How late a call may end past its deadline before the over-deadline figure counts it.
 DEADLINE_SLACK = 0.5
-#: Registry detection bound: 3 missed 1 s heartbeats + the 0.2 s sweep, with slack.
-DETECT_BOUND = 4.0
+#: How long the load may take to end once stopped, past a call's deadline: it bounds a hang
+#: (a call that never ends), it is not a figure.
+STOP_MARGIN = 30.0
 #: Players each client plays in the data scenarios (their loops run beside the echo load).
 DATA_PLAYERS = 2
 #: Average seconds a player waits between two cycles of data requests (keeps each client
@@ -85,10 +90,11 @@ DATA_PLAYERS = 2
 DATA_PAUSE = 0.15
 #: How long a data server stays down in the data scenarios (seconds).
 OUTAGE = 2.0
-#: Every data request succeeds again within this many seconds of the server being back.
-DATA_RECOVERY_BOUND = 5.0
 #: Seconds the load goes on once data requests succeed again (late failures would show).
 AFTER_RECOVERY = 3.0
+#: Answered echo calls (and, with a data workload, answered data requests) before a fault
+#: is injected: the load is running for certain, however slow the machine.
+WARM = 100
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -150,21 +156,23 @@ class DataWorkload:
         cycle: the requests of a player's n-th cycle, ``(route, body)``; a cycle stops at
             its first failure.
         write: the route of the request that adds 1 to the counter.
+        reaches: a route whose every success means the server answered (unlike a save
+            acknowledged in memory): its first success after a restart is the recovery.
         counter: the counter in a ``player.load`` reply.
         server: ``host:port`` of the data server; a clear failure names it.
-        clear_errors: the service error types that are a clear failure of the data layer.
-        fail_within: seconds within which a failed request has failed (its data-layer
-            deadline, with slack): nothing waits for the server to come back.
+        clear_errors: the service error types that are a clear failure of the data layer
+            (raised by the data layer, within its own deadline: a request that waited for
+            the server would fail with the broker's ``TIMEOUT`` or the client's deadline).
         home: routes called with ``player_id`` before the read-back to bring a player's
             state to the player service (``NotHere``: it is there already).
     """
 
     cycle: Callable[[str, int], list[tuple[str, dict[str, Any]]]]
     write: str
+    reaches: str
     counter: Callable[[dict[str, Any]], int]
     server: str
     clear_errors: frozenset[str]
-    fail_within: float
     home: tuple[str, ...] = ()
 
     def outcome(self, error: ClientException) -> str:
@@ -194,6 +202,8 @@ class DataFigures:
         dup: writes applied beyond those acknowledged or lost (applied twice, or applied
             although they failed).
         recovery: seconds from the server being back until the last failed request ended.
+        relapses: failed requests sent after the server answered again (the first success
+            of a :attr:`DataWorkload.reaches` request sent once it was back).
         error_types: failed requests by error type.
     """
 
@@ -208,6 +218,7 @@ class DataFigures:
     missing: int
     dup: int
     recovery: float
+    relapses: int
     error_types: dict[str, int]
 
     def line(self) -> str:
@@ -219,7 +230,8 @@ class DataFigures:
             f" data_over_deadline={self.over_deadline}"
             f" slowest_failure={self.slowest_failure:.2f}s"
             f" acked_in_outage={self.acked_in_outage} acked_missing={self.missing}"
-            f" data_dup={self.dup} data_recovery={self.recovery:.2f}s errors_by_type={types}"
+            f" data_dup={self.dup} data_recovery={self.recovery:.2f}s"
+            f" data_relapses={self.relapses} errors_by_type={types}"
         )
 
 
@@ -240,12 +252,16 @@ class Figures:
     recovery: float
     detect: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
     data: DataFigures | None = None
 
     def line(self) -> str:
         """One line for the log and the docs."""
         detect = "-" if self.detect is None else f"{self.detect:.2f}s"
-        extra = " ".join(f"{k}={v:.2f}s" for k, v in self.extra.items())
+        extra = " ".join(
+            [f"{k}={v:.2f}s" for k, v in self.extra.items()]
+            + [f"{k}={v}" for k, v in self.counts.items()]
+        )
         data = "" if self.data is None else self.data.line()
         echo = (
             f"FAULTS {self.scenario}: calls={self.calls} lost={self.lost} errors={self.errors}"
@@ -287,6 +303,8 @@ class Traffic:
         self.calls: list[Call] = []
         self.sent: dict[str, float] = {}
         self.heard: Counter[tuple[str, str]] = Counter()
+        #: When each (member, chat message) was first delivered.
+        self.heard_at: dict[tuple[str, str], float] = {}
         #: The data players, by id, with the client each plays through.
         self.players = {
             f"{user}-{i}": client
@@ -302,6 +320,7 @@ class Traffic:
     def _heard(self, user: str, route: str, body: Any) -> None:
         if isinstance(body, dict) and isinstance(body.get("content"), str):
             self.heard[(user, body["content"])] += 1
+            self.heard_at.setdefault((user, body["content"]), reactor.seconds())
 
     def start(self) -> None:
         """Start every loop."""
@@ -314,12 +333,42 @@ class Traffic:
         for player_id, client in self.players.items():
             self._done.append(self._data_loop(player_id, client))
 
+    def answered(self) -> int:
+        """Echo calls answered so far."""
+        return sum(1 for c in self.calls if c.ok)
+
+    def data_answered(self) -> int:
+        """Data requests answered so far."""
+        return sum(1 for c in self.data_calls if c.outcome == OK)
+
+    def warm(self) -> defer.Deferred[Any]:
+        """Fire once :data:`WARM` echo calls (and data requests, if any) were answered."""
+        return until(
+            lambda: self.answered() >= WARM and (self.data is None or self.data_answered() >= WARM),
+            what=f"{WARM} calls answered",
+        )
+
+    def last_sent(self) -> list[str]:
+        """The last chat message of each sender."""
+        last: dict[str, tuple[int, str]] = {}
+        for content in self.sent:
+            sender, _, n = content.rpartition(":")
+            last[sender] = max(last.get(sender, (0, "")), (int(n), content))
+        return [content for _, content in last.values()]
+
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        """Stop the loops, wait for them, then give the last pushes time to arrive."""
+        """Stop the loops and wait for them to end (a call that hangs past its deadline
+        fails this), then for each sender's last chat message to reach every member."""
         self.running = False
-        yield defer.gatherResults(self._done)
-        yield sleep(1.0)
+        yield defer.gatherResults(self._done).addTimeout(CALL_DEADLINE + STOP_MARGIN, reactor)
+        last = self.last_sent()
+        # What never comes is counted by missed(), and shown in the figures.
+        with contextlib.suppress(AssertionError):
+            yield until(
+                lambda: all(self.heard[(u, c)] for u in self.clients for c in last),
+                what="the last chat messages delivered",
+            )
 
     @defer.inlineCallbacks
     def _echo_loop(self, name: str, client: Client) -> Any:
@@ -388,9 +437,19 @@ class Traffic:
                     break
             yield sleep(rng.uniform(0.0, 2 * DATA_PAUSE))
 
-    def data_ok_since(self, since: float) -> bool:
-        """Whether a data request sent at ``since`` or later has succeeded."""
-        return any(c.outcome == OK and c.start >= since for c in self.data_calls)
+    def reached_since(self, since: float) -> float | None:
+        """When the first request to the server (:attr:`DataWorkload.reaches`) sent at
+        ``since`` or later that succeeded was sent; None if none has yet."""
+        assert self.data is not None
+        route = self.data.reaches
+        return min(
+            (
+                c.start
+                for c in self.data_calls
+                if c.route == route and c.outcome == OK and c.start >= since
+            ),
+            default=None,
+        )
 
     def first_data_failure(self, since: float) -> float | None:
         """When the first data request that failed after ``since`` ended."""
@@ -433,6 +492,7 @@ class Traffic:
         calls = self.data_calls
         assert all(c.end for c in calls)
         failures = [c for c in calls if c.outcome != OK]
+        recovered_at = self.reached_since(back_at)
         missing = dup = 0
         for player_id in self.players:
             writes = [c for c in calls if c.player_id == player_id and c.route == self.data.write]
@@ -456,6 +516,9 @@ class Traffic:
             missing=missing,
             dup=dup,
             recovery=max([0.0, *(c.end - back_at for c in failures)]),
+            relapses=sum(
+                1 for c in failures if recovered_at is not None and c.start >= recovered_at
+            ),
             error_types=dict(Counter(c.kind for c in failures)),
         )
 
@@ -469,6 +532,36 @@ class Traffic:
             for user in self.clients
             if not self.heard[(user, content)]
         )
+
+    def missed_runs(self) -> dict[tuple[str, str], list[list[str]]]:
+        """For each (member, sender), the runs of consecutive messages of that sender the
+        member never got (in the order they were sent); only pairs that missed some."""
+        streams: dict[str, list[tuple[int, str]]] = {}
+        for content in self.sent:
+            sender, _, n = content.rpartition(":")
+            streams.setdefault(sender, []).append((int(n), content))
+        runs: dict[tuple[str, str], list[list[str]]] = {}
+        for sender, stream in streams.items():
+            for member in self.clients:
+                pair: list[list[str]] = []
+                previous_missed = False
+                for _, content in sorted(stream):
+                    missed = not self.heard[(member, content)]
+                    if missed and not previous_missed:
+                        pair.append([])
+                    if missed:
+                        pair[-1].append(content)
+                    previous_missed = missed
+                if pair:
+                    runs[(member, sender)] = pair
+        return runs
+
+    def after(self, content: str) -> str | None:
+        """The sender's next message after ``content`` (None if it was the last)."""
+        sender, _, n = content.rpartition(":")
+        later = [int(c.rpartition(":")[2]) for c in self.sent if c.rpartition(":")[0] == sender]
+        later = [m for m in later if m > int(n)]
+        return f"{sender}:{min(later)}" if later else None
 
     def figures(self, scenario: str, fault_at: float, detect: float | None = None) -> Figures:
         """Count what happened to the load since it started."""
@@ -501,12 +594,12 @@ def report(figures: Figures) -> None:
 
 
 def assert_no_loss(figures: Figures, traffic: Traffic) -> None:
-    """The bounds every scenario keeps: no idempotent call lost, none past its deadline,
-    no chat message delivered twice, and a load that really ran."""
+    """What every scenario keeps: no idempotent call lost, no chat message delivered twice,
+    and a load that really ran. (No call hung past its deadline: :meth:`Traffic.stop`
+    waited for every call to end.)"""
     assert figures.lost == 0, [c.errors for c in traffic.calls if not c.ok][:5]
-    assert figures.over_deadline == 0
     assert figures.dup == 0
-    assert figures.calls > 100, figures
+    assert figures.calls >= WARM, figures
 
 
 class FaultCluster(EdgeCluster):
@@ -580,52 +673,35 @@ def close_clients(clients: dict[str, Client]) -> Any:
     yield defer.gatherResults([c.close() for c in clients.values()], consumeErrors=True)
 
 
-def change_time(directory: Directory, instance_id: str, change: int) -> defer.Deferred[float]:
-    """A Deferred firing with the reactor time at which ``instance_id`` next goes ``change``."""
-    d: defer.Deferred[float] = defer.Deferred()
-
-    def listener(what: int, instance: Any, reason: str) -> None:
-        if what == change and instance.instance_id == instance_id and not d.called:
-            d.callback(reactor.seconds())
-
-    directory.view.listen(listener)
-    return d
-
-
 @defer.inlineCallbacks
-def run_with_load(edge: EdgeCluster, warmup: float = 2.0, data: DataWorkload | None = None) -> Any:
+def run_with_load(edge: EdgeCluster, data: DataWorkload | None = None) -> Any:
     """Connect the clients and start the load (with ``data``'s players, if given); fires
-    with ``(clients, traffic)``."""
+    with ``(clients, traffic)`` once the load is running (:meth:`Traffic.warm`)."""
     clients = yield connect_clients(edge)
     traffic = Traffic(clients, data=data)
     traffic.start()
-    yield sleep(warmup)
+    try:
+        yield traffic.warm()
+    except BaseException:
+        traffic.running = False
+        yield close_clients(clients)
+        raise
     return clients, traffic
-
-
-@defer.inlineCallbacks
-def until(predicate: Callable[[], bool], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` every 50 ms; fire with the time it held, or fail after ``timeout``."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        yield sleep(0.05)
-    return reactor.seconds()
 
 
 @pytest_twisted.inlineCallbacks
 def test_worker_kill(edge: FaultCluster, directory_factory: Any) -> Any:
-    """kill -9 of an echo worker: no call lost or refused, DOWN in the registry within 4 s."""
+    """kill -9 of an echo worker: no call lost or refused; the registry expires it (a killed
+    process cannot deregister) and the load goes on without it."""
     directory = directory_factory([edge.yellow])
     yield wait_instances(directory, "echo", {"echo-1", "echo-2"})
     clients, traffic = yield run_with_load(edge)
     try:
-        gone = change_time(directory, "echo-1", Change.DOWN)
+        gone = next_change(directory, "echo-1", Change.DOWN)
         fault_at = reactor.seconds()
         edge.processes["echo-1"].kill()
-        down_at = yield gone.addTimeout(10, reactor)
-        yield sleep(3.0)
+        down_at, reason = yield gone.addTimeout(30, reactor)
+        yield sleep(3.0)  # the load goes on without the worker: nothing may be lost meanwhile
         yield traffic.stop()
     finally:
         yield close_clients(clients)
@@ -634,28 +710,30 @@ def test_worker_kill(edge: FaultCluster, directory_factory: Any) -> Any:
     assert_no_loss(figures, traffic)
     assert figures.errors == 0
     assert figures.missed == 0
-    assert figures.detect is not None and figures.detect <= DETECT_BOUND
+    assert reason == "expired"
     assert instances(directory, "echo") == {"echo-2"}
 
 
 @pytest_twisted.inlineCallbacks
 def test_worker_sigstop(edge: FaultCluster, directory_factory: Any) -> Any:
-    """A worker hung 10 s (SIGSTOP): its calls move on within 4 s, none lost; it rejoins."""
+    """A worker hung 10 s (SIGSTOP): the calls caught on it move on without it (none lost,
+    none failed), the registry expires it, and it rejoins once it runs again."""
     directory = directory_factory([edge.yellow])
     yield wait_instances(directory, "echo", {"echo-1", "echo-2"})
     clients, traffic = yield run_with_load(edge)
     victim = edge.processes["echo-1"]
     try:
-        gone = change_time(directory, "echo-1", Change.DOWN)
+        gone = next_change(directory, "echo-1", Change.DOWN)
         fault_at = reactor.seconds()
         victim.signal(signal.SIGSTOP)
-        down_at = yield gone.addTimeout(10, reactor)
-        yield sleep(10.0 - (reactor.seconds() - fault_at))
-        back = change_time(directory, "echo-1", Change.UP)
+        down_at, reason = yield gone.addTimeout(30, reactor)
+        # The hang under test: 10 s, longer than a call's 8 s deadline.
+        yield sleep(max(0.0, 10.0 - (reactor.seconds() - fault_at)))
+        back = next_change(directory, "echo-1", Change.UP)
         resumed_at = reactor.seconds()
         victim.signal(signal.SIGCONT)
-        up_at = yield back.addTimeout(10, reactor)
-        yield sleep(2.0)
+        up_at, _ = yield back.addTimeout(30, reactor)
+        yield sleep(2.0)  # the load goes on with the worker back
         yield traffic.stop()
     finally:
         victim.signal(signal.SIGCONT)
@@ -666,22 +744,24 @@ def test_worker_sigstop(edge: FaultCluster, directory_factory: Any) -> Any:
     assert_no_loss(figures, traffic)
     assert figures.errors == 0
     assert figures.missed == 0
-    assert figures.detect is not None and figures.detect <= DETECT_BOUND
-    # The calls caught on the hung worker moved on when its link's heartbeat timed out.
-    assert figures.max_latency <= DETECT_BOUND + SLOW
-    assert figures.recovery <= DETECT_BOUND + SLOW
-    assert figures.extra["rejoin"] <= 3.0
+    assert reason == "expired"
+    # The calls in flight when it hung were answered before it ran again: they moved on
+    # (when the link's heartbeat timed out), not waiting for it nor for their deadline.
+    caught = [c for c in traffic.calls if c.start <= fault_at <= c.end]
+    assert caught and all(c.ok and c.end < resumed_at for c in caught), caught
     assert instances(directory, "echo") == {"echo-1", "echo-2"}
 
 
 @pytest_twisted.inlineCallbacks
 def test_broker_kill(edge: FaultCluster) -> Any:
-    """kill -9 of a broker: its clients resume on the other; no call lost, no message twice."""
+    """kill -9 of a broker: its clients resume their sessions on the other; no call lost,
+    no message twice, and messages are missed only around the failover."""
     clients, traffic = yield run_with_load(edge)
     victim_address = f"127.0.0.1:{edge.ports[0]}"
     victims = [u for u, c in clients.items() if c.broker_address == victim_address]
     assert victims
-    fetch = http_fetcher(reactor, timeout=1.0)
+    sessions = {u: clients[u].session_id for u in victims}
+    fetch = http_fetcher(reactor, timeout=10.0)
     resumed: dict[str, defer.Deferred[float]] = {u: defer.Deferred() for u in victims}
     for u in victims:
         clients[u].on_resumed(
@@ -690,52 +770,71 @@ def test_broker_kill(edge: FaultCluster) -> Any:
     try:
         fault_at = reactor.seconds()
         edge.processes["broker-1"].kill()
-        delisted_at = None
-        while delisted_at is None and reactor.seconds() - fault_at < 10:
-            listed = parse_brokerlist((yield fetch(edge.brokerlist_url)))
-            if victim_address not in listed:
-                delisted_at = reactor.seconds()
-            else:
-                yield sleep(0.05)
-        resumed_at = yield defer.gatherResults(
-            [d.addTimeout(20, reactor) for d in resumed.values()]
+        yield until(
+            lambda: fetch(edge.brokerlist_url).addCallback(
+                lambda body: victim_address not in parse_brokerlist(body)
+            ),
+            what="the killed broker out of the brokerlist",
         )
-        yield sleep(3.0)
+        delisted_at = reactor.seconds()
+        resumed_at = yield defer.gatherResults(
+            [d.addTimeout(30, reactor) for d in resumed.values()]
+        )
+        yield sleep(3.0)  # the load goes on after the failover
         yield traffic.stop()
     finally:
         yield close_clients(clients)
-    assert delisted_at is not None
+    last_resume = max(resumed_at)
     figures = traffic.figures("broker kill -9", fault_at, detect=delisted_at - fault_at)
-    figures.extra["all_resumed"] = max(resumed_at) - fault_at
+    figures.extra["all_resumed"] = last_resume - fault_at
+    figures.counts["missed_outside_1s"] = traffic.missed(
+        outside=(fault_at - 1.0, last_resume + 1.0)
+    )
     report(figures)
     assert_no_loss(figures, traffic)
-    assert figures.detect is not None and figures.detect <= DETECT_BOUND
-    assert figures.extra["all_resumed"] <= 10.0
-    assert figures.recovery <= 10.0
-    # Pushes to a session while it is offline are not kept (docs/protocol.md 5.7.2), nor
-    # what the dead broker held: only messages sent around the failover may be missed.
-    window = (fault_at - 1.0, max(resumed_at) + 1.0)
-    assert traffic.missed(outside=window) == 0
     for u in victims:
+        # The same session, on the other broker: resumed within its grace.
+        assert clients[u].session_id == sessions[u]
         assert clients[u].broker_address == f"127.0.0.1:{edge.ports[1]}"
+    # Once everyone was back, no call failed.
+    late = [c.errors for c in traffic.calls if c.start >= last_resume and (c.errors or not c.ok)]
+    assert not late, late[:5]
+    # Pushes to a session while it is offline are not kept (docs/protocol.md 5.7.2), nor
+    # what the dead broker held: each member may miss one run of each sender's messages,
+    # around the failover only: the run began before the last client resumed, the member
+    # heard the sender before it, and after it from a message delivered after the kill.
+    for (member, sender), runs in traffic.missed_runs().items():
+        assert len(runs) == 1, (member, sender, runs)
+        (run,) = runs
+        first, after = run[0], traffic.after(run[-1])
+        assert traffic.sent[first] <= last_resume, (member, run)
+        assert traffic.heard[(member, f"{sender}:1")], (member, run)
+        assert after is not None and traffic.heard_at.get((member, after), 0.0) >= fault_at, (
+            member,
+            run,
+        )
 
 
 @pytest_twisted.inlineCallbacks
 def test_yellow_kill_and_restart(edge: FaultCluster, directory_factory: Any) -> Any:
-    """kill -9 and restart of yellow: traffic goes on untouched; the new yellow knows all in 4 s."""
+    """kill -9 and restart of yellow: traffic goes on untouched; the new yellow knows every
+    instance before the callers' settling period ends (a caller drops none)."""
+    caller = directory_factory([edge.yellow])
+    yield wait_instances(caller, "echo", {"echo-1", "echo-2"})
+    dropped = downs(caller)
     clients, traffic = yield run_with_load(edge)
     try:
         fault_at = reactor.seconds()
         edge.processes["yellow"].kill()
-        yield sleep(3.0)
+        yield sleep(3.0)  # the outage under test: yellow stays down 3 s
         restarted_at = reactor.seconds()
         edge.restart("yellow")
         fresh = directory_factory([edge.yellow])
         everyone = {"echo-1", "echo-2"}
-        yield wait_instances(fresh, "echo", everyone, timeout=10)
-        yield fresh.view.wait_for(lambda: len(fresh.view.get("broker")) == 2, 10)
+        yield wait_instances(fresh, "echo", everyone)
+        yield fresh.view.wait_for(lambda: len(fresh.view.get("broker")) == 2, 30)
         known_at = reactor.seconds()
-        yield sleep(5.0)  # past the callers' 4 s settling period: nothing was dropped
+        yield sleep(5.0)  # watching past the callers' 4 s settling period: nothing dropped
         yield traffic.stop()
     finally:
         yield close_clients(clients)
@@ -744,15 +843,32 @@ def test_yellow_kill_and_restart(edge: FaultCluster, directory_factory: Any) -> 
     assert_no_loss(figures, traffic)
     assert figures.errors == 0
     assert figures.missed == 0
-    assert figures.recovery == 0.0
-    assert figures.detect is not None and figures.detect <= DETECT_BOUND
+    assert dropped == []
+    assert instances(caller, "echo") == {"echo-1", "echo-2"}
 
 
 @pytest_twisted.inlineCallbacks
 def test_roles_started_in_reverse_order(tmp_path: Path) -> Any:
-    """brokerlist, brokers, workers, yellow last (1 s apart): all serve within 10 s of yellow."""
+    """brokerlist, brokers, workers, yellow last (1 s apart): all find each other and serve,
+    no process giving up on the way."""
     edge = FaultCluster(tmp_path, hold=True)
     clients: dict[str, Client] = {}
+
+    @defer.inlineCallbacks
+    def served() -> Any:
+        """Log every user in and make one request each: the clients, or none if not yet."""
+        nonlocal clients
+        try:
+            clients = yield connect_clients(edge)
+            yield defer.gatherResults(
+                [c.request("echo.echo", {"ready": 1}, timeout=2) for c in clients.values()],
+                consumeErrors=True,
+            )
+        except (ClientException, defer.FirstError):
+            yield close_clients(clients)
+            clients = {}
+        return clients
+
     try:
         order = list(reversed(edge.processes))
         assert order[0] == "brokerlist" and order[-1] == "yellow"
@@ -760,24 +876,16 @@ def test_roles_started_in_reverse_order(tmp_path: Path) -> Any:
             edge.processes[name].start()
             yellow_at = reactor.seconds()
             if name != "yellow":
-                yield sleep(1.0)
-        ready_at = None
-        while ready_at is None and reactor.seconds() - yellow_at < 30:
-            try:
-                clients = yield connect_clients(edge)
-                yield defer.gatherResults(
-                    [c.request("echo.echo", {"ready": 1}, timeout=2) for c in clients.values()]
-                )
-                ready_at = reactor.seconds()
-            except ClientException:
-                yield close_clients(clients)
-                clients = {}
-                yield sleep(0.2)
-        assert ready_at is not None, edge.logs()
+                yield sleep(1.0)  # the scenario: one role a second, yellow last
+        yield until(served, timeout=60, what="every user served", interval=0.2)
+        ready_at = reactor.seconds()
+        # They found each other by themselves: no process gave up (and none was restarted).
+        assert all(p.alive() for p in edge.processes.values()), edge.logs()
         traffic = Traffic(clients)
         fault_at = reactor.seconds()
         traffic.start()
-        yield sleep(4.0)
+        yield sleep(4.0)  # the load runs 4 s...
+        yield traffic.warm()  # ...and until it made its calls, however slow the machine
         yield traffic.stop()
     finally:
         yield close_clients(clients)
@@ -788,7 +896,6 @@ def test_roles_started_in_reverse_order(tmp_path: Path) -> Any:
     assert figures.errors == 0
     missed = {u for c in traffic.sent for u in traffic.clients if not traffic.heard[(u, c)]}
     assert figures.missed == 0, f"missed by {missed}\n{edge.logs()}"
-    assert figures.detect is not None and figures.detect <= 10.0
 
 
 # -- data servers restarted ----------------------------------------------------------
@@ -864,15 +971,14 @@ def restart_under_load(
         fault_at = reactor.seconds()
         # In a thread: the load goes on while the server stops and starts.
         yield threads.deferToThread(server.stop)
-        yield sleep(max(0.0, fault_at + OUTAGE - reactor.seconds()))
+        yield sleep(max(0.0, fault_at + OUTAGE - reactor.seconds()))  # the outage under test
         yield threads.deferToThread(server.start)
         back_at = reactor.seconds()
         yield until(
-            lambda: traffic.data_ok_since(back_at),
-            DATA_RECOVERY_BOUND,
-            "a data request succeeding after the restart",
+            lambda: traffic.reached_since(back_at) is not None,
+            what="a data request reaching the server after the restart",
         )
-        yield sleep(AFTER_RECOVERY)
+        yield sleep(AFTER_RECOVERY)  # the load goes on: a late failure would show
         yield traffic.stop()
         stored = yield traffic.read_back()
     finally:
@@ -887,30 +993,25 @@ def restart_under_load(
     return figures, traffic
 
 
-def assert_data_bounds(
-    figures: Figures, traffic: Traffic, workload: DataWorkload, workers: list[TwistdProcess]
-) -> None:
-    """The bounds of a data server's restart: echo and chat untouched; data requests
-    failed clearly, within their data-layer deadline, while the server was away, none
-    lost or past its deadline; all succeed again within :data:`DATA_RECOVERY_BOUND` of it
-    being back, in the same worker processes; no acknowledged write lost, none applied
-    twice."""
+def assert_data_bounds(figures: Figures, traffic: Traffic, workers: list[TwistdProcess]) -> None:
+    """What a data server's restart keeps: echo and chat untouched; data requests failed
+    clearly (the data layer's own error naming the server, so within its own deadline:
+    none waited for the server to come back) while it was away; once one succeeded again,
+    all did, in the same worker processes; no acknowledged write lost, none applied twice."""
     assert_no_loss(figures, traffic)
     assert figures.errors == 0
     assert figures.missed == 0
-    assert figures.recovery == 0.0
     data = figures.data
     assert data is not None
     unclear = [
         (c.route, c.outcome, c.error) for c in traffic.data_calls if c.outcome in (LOST, OTHER)
     ]
     assert data.lost == 0 and data.other == 0, unclear[:5]
-    assert data.over_deadline == 0
     # The outage was noticed while it lasted: requests failed rather than waited.
     assert figures.detect is not None and figures.detect <= figures.extra["outage"]
-    assert data.ok > 100, data
-    assert data.slowest_failure <= workload.fail_within
-    assert data.recovery <= DATA_RECOVERY_BOUND
+    assert data.ok > WARM, data
+    # Recovered for good: once the server answered again, no request failed.
+    assert data.relapses == 0, data
     assert data.missing == 0
     assert data.dup == 0
     assert all(worker.alive() for worker in workers)  # recovered by themselves
@@ -921,8 +1022,8 @@ def test_postgres_restart(
     postgres: ThrowawayPostgres, edge: FaultCluster, directory_factory: Any
 ) -> Any:
     """PostgreSQL restarted under load: player calls fail clearly meanwhile, all work again
-    within 5 s of it being back in the same worker, no acknowledged save is lost, and echo
-    and chat are untouched."""
+    once it is back, in the same worker, no acknowledged save is lost, and echo and chat are
+    untouched."""
     player = edge.start_worker(
         "player-1",
         PLAYER,
@@ -932,13 +1033,13 @@ def test_postgres_restart(
     workload = DataWorkload(
         cycle=save_and_leave,
         write="player.save",
+        reaches="player.leave",  # written now (a save may be acknowledged in memory)
         counter=lambda loaded: int(loaded["version"]),  # each save adds 1
         server=f"127.0.0.1:{postgres.port}",
         clear_errors=frozenset({"DatabaseUnavailable", "DatabaseTimeout"}),
-        fail_within=2.0 + SLOW,  # the 2 s operation deadline, with the machine's slack
     )
     figures, traffic = yield restart_under_load(edge, postgres, workload, "PostgreSQL restart")
-    assert_data_bounds(figures, traffic, workload, [player])
+    assert_data_bounds(figures, traffic, [player])
     # Saves were acknowledged while PostgreSQL was away (held in memory, written behind):
     # the read-back above found every one of them in the database.
     assert figures.data is not None and figures.data.acked_in_outage > 0
@@ -948,9 +1049,9 @@ def test_postgres_restart(
 def test_redis_restart(
     redis: ThrowawayRedis, edge: FaultCluster, directory_factory: Any, tmp_path: Path
 ) -> Any:
-    """Redis restarted under load: map entries fail clearly with CacheUnavailable within
-    the cache's deadline meanwhile, all work again within 5 s of it being back in the same
-    worker, no acknowledged move is lost, and echo and chat are untouched."""
+    """Redis restarted under load: map entries fail clearly with CacheUnavailable meanwhile,
+    all work again once it is back, in the same worker, no acknowledged move is lost, and
+    echo and chat are untouched."""
     player = edge.start_worker(
         "player-1", PLAYER, ("--database", f"sqlite:///{tmp_path / 'players.db'}")
     )
@@ -963,11 +1064,11 @@ def test_redis_restart(
     workload = DataWorkload(
         cycle=visit_map,
         write="map.move",
+        reaches="map.enter",  # takes the hand-off from the cache
         counter=lambda loaded: int(loaded["state"].get("coins", 0)),  # each move adds 1
         server=f"127.0.0.1:{redis.port}",
         clear_errors=frozenset({"CacheUnavailable"}),
-        fail_within=0.5 + SLOW,  # the cache's 0.5 s deadline, with the machine's slack
         home=("map.leave",),
     )
     figures, traffic = yield restart_under_load(edge, redis, workload, "Redis restart")
-    assert_data_bounds(figures, traffic, workload, [player, maps])
+    assert_data_bounds(figures, traffic, [player, maps])

@@ -18,6 +18,7 @@ from mmo.testing import TwistdProcess
 from mmo.testing.rawclient import RawClient, Received
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
+from .conftest import POLL_TIMEOUT, wait_until
 from .edge import EdgeCluster
 
 MMO = [sys.executable, "-c", "from mmo.cli import main; main()"]
@@ -92,19 +93,17 @@ def fights_status(yellow: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def wait_pool(yellow: str, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
-    """Poll `mmo fights` until ``predicate(status)`` holds."""
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+def wait_pool(yellow: str, predicate: Any, timeout: float = POLL_TIMEOUT) -> dict[str, Any]:
+    """Poll `mmo fights` until ``predicate(status)`` holds; that status."""
+
+    def matching() -> dict[str, Any] | None:
         try:
             status = fights_status(yellow)
-            if predicate(status):
-                return status
         except subprocess.CalledProcessError:
-            pass  # the dispatcher is not registered yet
-        time.sleep(0.2)
-    raise AssertionError(f"pool never matched: {status}")
+            return None  # the dispatcher is not registered yet
+        return status if predicate(status) else None
+
+    return wait_until(matching, timeout, "the fight pool's status", interval=0.2)
 
 
 def ready_count(status: dict[str, Any]) -> int:
@@ -113,9 +112,11 @@ def ready_count(status: dict[str, Any]) -> int:
 
 
 def matchmake(one: Player, two: Player) -> dict[str, Any]:
-    """Both players ask for a fight of two; both get the same one, then fight.start."""
+    """Both players ask for a fight of two; both get the same one, then fight.start.
+
+    Whichever request the dispatcher gets first waits for the other; that player has the
+    first turn (``players`` is in turn order)."""
     seq = one.send("fight.matchmake", {"size": 2})
-    time.sleep(0.1)  # one waits first
     second = two.request("fight.matchmake", {"size": 2})
     first = one.reply(seq)
     assert first.kind == PacketKind.RESPONSE, first
@@ -151,41 +152,43 @@ def edge(tmp_path: Path):
         cluster.stop()
 
 
-def test_players_fight_and_are_told_within_5s_when_their_fight_process_dies(edge):
+def test_players_fight_and_are_told_when_their_fight_process_dies(edge):
     """Two players on two brokers matchmake, join and take turns on their bound fight process;
-    after kill -9 of it both get fight.lost within 5 s, and a new fight starts at once."""
+    after kill -9 of it both get fight.lost saying it died (its exit seen, not a registry
+    timeout), and a new fight starts at once, on the spare that was ready."""
     alice = Player(edge.ports[0], "alice")
     bob = Player(edge.ports[1], "bob")
+    players = {"alice": alice, "bob": bob}
     fight = matchmake(alice, bob)
     instance = fight["instance"]
+    first, second = fight["players"]
     assert alice.request("fight.join", {"fight_id": fight["fight_id"]})["turn"] is None
     state = bob.request("fight.join", {"fight_id": fight["fight_id"]})
-    assert state["turn"] == "alice" and state["joined"] == ["alice", "bob"]
+    assert state["turn"] == first and state["joined"] == ["alice", "bob"]
     for player in (alice, bob):
-        assert player.push("fight.turn")["turn"] == "alice"
-    hit = alice.request("fight.attack")
-    assert hit["by"] == "alice" and hit["target"] == "bob" and hit["turn"] == "bob"
-    assert bob.push("fight.turn")["damage"] == hit["damage"]
-    # Only the bound process knows the fight: bob's state comes from it.
-    assert bob.request("fight.state")["hp"]["bob"] == 100 - hit["damage"]
+        assert player.push("fight.turn")["turn"] == first
+    hit = players[first].request("fight.attack")
+    assert hit["by"] == first and hit["target"] == second and hit["turn"] == second
+    assert players[second].push("fight.turn")["damage"] == hit["damage"]
+    # Only the bound process knows the fight: the state comes from it.
+    assert players[second].request("fight.state")["hp"][second] == 100 - hit["damage"]
 
     status = wait_pool(edge.yellow, lambda s: ready_count(s) == 2)
     victim = next(p for p in status["processes"] if p["instance"] == instance)
+    (spare,) = (p["instance"] for p in status["processes"] if p["instance"] != instance)
     assert victim["load"] == 2
-    killed_at = time.monotonic()
     os.kill(victim["pid"], signal.SIGKILL)  # a child of the dispatcher this test started
     for player in (alice, bob):
-        lost = player.push("fight.lost", timeout=5)
+        lost = player.push("fight.lost", timeout=POLL_TIMEOUT)
         assert lost["fight_id"] == fight["fight_id"] and "signal 9" in lost["reason"]
-    assert time.monotonic() - killed_at < 5
 
-    started = time.monotonic()
+    # At once: on the spare that was ready before the kill, without waiting for a new one.
     again = matchmake(alice, bob)
-    assert again["instance"] != instance
-    assert time.monotonic() - started < 2.0
+    assert again["instance"] == spare
+    first = again["players"][0]
     alice.request("fight.join", {"fight_id": again["fight_id"]})
-    assert bob.request("fight.join", {"fight_id": again["fight_id"]})["turn"] == "alice"
-    assert alice.request("fight.attack")["by"] == "alice"
+    assert bob.request("fight.join", {"fight_id": again["fight_id"]})["turn"] == first
+    assert players[first].request("fight.attack")["by"] == first
     status = fights_status(edge.yellow)
     assert instance not in {p["instance"] for p in status["processes"]}
     assert status["counts"]["crashed"] == 1 and status["counts"]["lost"] == 1
@@ -202,7 +205,7 @@ def test_a_finished_fight_is_released_and_its_result_kept(edge):
     carol.request("fight.join", {"fight_id": fight["fight_id"]})
     dave.request("fight.join", {"fight_id": fight["fight_id"]})
     players = {"carol": carol, "dave": dave}
-    turn, end = "carol", None
+    turn, end = fight["players"][0], None
     for _ in range(20):
         event = players[turn].request("fight.attack")
         if "winner" in event:
@@ -212,7 +215,7 @@ def test_a_finished_fight_is_released_and_its_result_kept(edge):
     assert end is not None
     for player in (carol, dave):
         assert player.push("fight.end")["winner"] == end["winner"]
-    status = wait_pool(edge.yellow, lambda s: s["fights"] == 0, timeout=5)
+    status = wait_pool(edge.yellow, lambda s: s["fights"] == 0)
     assert status["counts"]["released"] == 1
     out = subprocess.run(
         [*MMO, "call", "--yellow", edge.yellow, "fight.results", "{}"],

@@ -10,7 +10,7 @@ from twisted.internet import defer
 
 from mmo.errors import BadRequest, DeadlineExceeded, NoLiveInstance, RemoteError, UnknownMethod
 
-from .conftest import instances, sleep, wait_instances, wait_links
+from .conftest import instances, until, wait_instances, wait_links
 
 
 @pytest.fixture
@@ -90,12 +90,17 @@ def test_missing_service_is_no_live_instance(two_echoes):
 
 @pytest_twisted.inlineCallbacks
 def test_deadline_passes(two_echoes):
-    """A call slower than its deadline fails with DeadlineExceeded after the deadline."""
+    """A call slower than its deadline fails with DeadlineExceeded when its deadline passes:
+    not before, and without waiting for the late reply."""
     echo = two_echoes.get_service("echo", "REP", timeout=0.3)
     started = two_echoes.clock.seconds()
+    # The same slow call with a long deadline: its reply marks when the first one's would come.
+    twin = echo.call("sleep", {"seconds": 2}, timeout=30)
     with pytest.raises(DeadlineExceeded, match=r"0\.3s"):
         yield echo.sleep(seconds=2)
-    assert 0.25 <= two_echoes.clock.seconds() - started < 1.5
+    assert two_echoes.clock.seconds() - started >= 0.25  # not before its deadline
+    assert not twin.called  # nor when the reply came
+    assert (yield twin) == 2
     # Per-call override on the same proxy.
     assert (yield echo.call("sleep", {"seconds": 0.5}, timeout=2)) == 0.5
 
@@ -113,14 +118,17 @@ def test_push_and_subscribe(two_echoes):
 
     two_echoes.get_service("echo", "PUB").subscribe("noted", on_event)
     pusher = two_echoes.get_service("echo", "PULL")
+    numbers = iter(range(1_000_000))
+
+    @defer.inlineCallbacks
+    def push_then_count():
+        yield pusher.note(n=next(numbers))
+        return len(seen) >= 10
+
     # Subscriptions connect asynchronously (PUB drops what no subscriber holds yet):
-    # push until the subscriber has seen ten notes, bounded in count and time.
-    for n in range(200):
-        yield pusher.note(n=n)
-        if len(seen) >= 10:
-            break
-        yield sleep(0.02)
-    yield got_all.addTimeout(5, two_echoes.clock)
+    # push until the subscriber has seen ten notes.
+    yield until(push_then_count, what="ten notes seen by the subscriber", interval=0.02)
+    yield got_all.addTimeout(30, two_echoes.clock)
     assert all(p["by"] in {"echo-a", "echo-b"} for p in seen)
     # Each instance publishes the notes it got in the order they were pushed.
     for who in {"echo-a", "echo-b"}:

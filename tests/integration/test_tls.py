@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from mmo.testing import free_port
 from mmo.testing.rawclient import RawClient
 from mmo.wire import WireError
 
-from .conftest import sleep
+from .conftest import until, wait_until
 from .edge import EdgeCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -80,17 +79,18 @@ def edge(tmp_path_factory: pytest.TempPathFactory, ca: dict[str, Path]) -> Itera
             [*common, "--instance-id", "broker-ssl", "--listen", endpoint],
             {},
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def listed() -> bool:
             try:
                 listing = cluster.brokerlist()
-                if len(listing["brokerList"]) == 2 and listing["websocketList"]:
-                    break
             except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"brokers not listed\n{cluster.logs()}")
+                return False  # not serving yet
+            return len(listing["brokerList"]) == 2 and bool(listing["websocketList"])
+
+        try:
+            wait_until(listed, what="both brokers listed", interval=0.2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{cluster.logs()}") from None
         yield cluster
     finally:
         cluster.stop()
@@ -129,9 +129,7 @@ def test_the_sdk_logs_in_over_tls_and_wss_checking_the_ca(
             client.on("chat.message", lambda route, body, n=n: heard[n].append(body["content"]))
             yield client.request("chat.join", {"room": "secure"})
         clients[0].notify("chat.send", {"content": "over tls"})
-        deadline = reactor.seconds() + 10
-        while not all(heard) and reactor.seconds() < deadline:
-            yield sleep(0.05)
+        yield until(lambda: all(heard), what="both players hearing the message")
         assert heard == [["over tls"], ["over tls"]]
     finally:
         for client in clients:
