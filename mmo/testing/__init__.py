@@ -4,7 +4,8 @@
   ``worker_factory`` idea); :func:`call` calls its methods as a worker does;
   :func:`result_of` and :func:`failure_of` read an already-fired Deferred.
 * :class:`FakeDirectory` stands in for a worker's directory: scripted services, a
-  registry the test plays. :class:`FakeZmqContext` stands in for the ZeroMQ context:
+  registry the test plays; :class:`FakeRegistration` records what a role publishes
+  about itself. :class:`FakeZmqContext` stands in for the ZeroMQ context:
   sockets that record what is sent and take what the test delivers.
 * :class:`FakeDatabase` and :func:`fake_cache` are the data layer without servers;
   :mod:`mmo.testing.data` starts throwaway PostgreSQL and Redis servers.
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         FakeCall,
         FakeDirectory,
         FakeLink,
+        FakeRegistration,
         FakeRegistryView,
         FakeSend,
         FakeSubscription,
@@ -52,6 +54,7 @@ _HOMES = {
     "FakeCall": "mmo.testing.directory",
     "FakeDirectory": "mmo.testing.directory",
     "FakeLink": "mmo.testing.directory",
+    "FakeRegistration": "mmo.testing.directory",
     "FakeRegistryView": "mmo.testing.directory",
     "FakeSend": "mmo.testing.directory",
     "FakeSubscription": "mmo.testing.directory",
@@ -77,6 +80,7 @@ __all__ = [
     "FakeDatabase",
     "FakeDirectory",
     "FakeLink",
+    "FakeRegistration",
     "FakeRegistryView",
     "FakeRuntime",
     "FakeSend",

@@ -44,6 +44,7 @@ __all__ = [
     "FakeCall",
     "FakeDirectory",
     "FakeLink",
+    "FakeRegistration",
     "FakeRegistryView",
     "FakeSend",
     "FakeSubscription",
@@ -166,6 +167,19 @@ class FakeRegistryView(RegistryView):
         """Record ``instance`` up or down and tell the listeners, as an UPDATE would."""
         self.synced = True
         self._apply(change, instance, reason)
+
+
+class FakeRegistration:
+    """Stands in for a role's :class:`~mmo.registry.Registration` (a broker's, a fight
+    dispatcher's): it registers nowhere and records each metadata update (the load a
+    broker or a dispatcher publishes), as ``(now, meta)``."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[bool, dict[str, Any]]] = []
+
+    def update_meta(self, now: bool = True, **meta: Any) -> None:
+        """Record the update."""
+        self.updates.append((now, meta))
 
 
 #: What a scripted service does with a call: its answer, a Deferred of it, or a raise.

@@ -6,9 +6,11 @@ import json
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from mmo.testing import TwistdProcess, free_port
-from mmo.testing.rawclient import RawClient
+from mmo.testing.rawclient import RawClient, Received
+from mmo.wire.gen.mmo.ttypes import PacketKind
 
 ACCOUNTS = ",".join(f"{u}:pw-{u}" for u in ["alice", "bob", "carol", "dave", "erin", "frank"])
 WORKERS = {
@@ -136,3 +138,58 @@ class EdgeCluster:
         """Stop everything (brokers first)."""
         for name in reversed(list(self.processes)):
             self.processes[name].stop(timeout=10)
+
+
+class Player:
+    """A logged-in client that keeps the pushes it reads while waiting for replies."""
+
+    def __init__(self, port: int, user: str) -> None:
+        self.user = user
+        self.client = RawClient(port)
+        self.client.login(user, f"pw-{user}")
+        self.pushes: list[Received] = []
+
+    def send(self, route: str, body: Any = None) -> int:
+        """Send a request without waiting; its seq."""
+        return self.client.send(PacketKind.REQUEST, route, body if body is not None else {})
+
+    def reply(self, seq: int, timeout: float = 8.0) -> Received:
+        """The RESPONSE or ERROR to request ``seq`` (pushes read meanwhile are kept)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            packet = self.client.recv()
+            if packet.kind == PacketKind.PUSH:
+                self.pushes.append(packet)
+            elif packet.seq == seq and packet.kind in (PacketKind.RESPONSE, PacketKind.ERROR):
+                return packet
+        raise AssertionError(f"{self.user}: no reply to {seq} in {timeout}s")
+
+    def request(self, route: str, body: Any = None) -> Any:
+        """Send a request and return its reply's value (fail on an ERROR)."""
+        packet = self.reply(self.send(route, body))
+        assert packet.kind == PacketKind.RESPONSE, (self.user, route, packet)
+        return packet.value
+
+    def push(self, route: str, timeout: float = 5.0) -> Any:
+        """The body of the first push on ``route`` (kept or arriving within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, packet in enumerate(self.pushes):
+                if packet.route == route:
+                    return self.pushes.pop(i).value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.user}: no push {route} in {timeout}s")
+            self.client.sock.settimeout(left)
+            try:
+                packet = self.client.recv()
+            except TimeoutError:
+                continue
+            finally:
+                self.client.sock.settimeout(5.0)
+            if packet.kind == PacketKind.PUSH:
+                self.pushes.append(packet)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.close()

@@ -31,8 +31,7 @@ from mmo.logic import Directory, connect
 from mmo.wire.gen.mmo.ttypes import ClientError, PacketKind
 
 from .conftest import wait_instances, wait_links
-from .edge import ACCOUNTS, EdgeCluster
-from .test_fight_edge import Player
+from .edge import ACCOUNTS, EdgeCluster, Player
 
 pytestmark = pytest.mark.timeout(120)
 

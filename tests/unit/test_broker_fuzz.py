@@ -24,7 +24,7 @@ from mmo.broker.connection import TCPClientProtocol, WebSocketClientProtocol
 from mmo.broker.core import Broker
 from mmo.broker.table import peer_host
 from mmo.errors import RemoteError
-from mmo.testing import FakeDirectory, FakeZmqContext
+from mmo.testing import FakeDirectory, FakeRegistration, FakeZmqContext
 from mmo.types import Clock
 from mmo.wire import decode, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Packet, PacketKind
@@ -38,13 +38,6 @@ ROUTES = ["sso.login", "session.resume", "echo.echo", "nosuch.thing", "noroute",
 CODES = set(ClientError._VALUES_TO_NAMES)
 #: A frame the broker answers with before closing, or as the close.
 ENDINGS = (PacketKind.ERROR, PacketKind.KICK)
-
-
-class FakeRegistration:
-    """Takes the broker's load updates."""
-
-    def update_meta(self, now: bool = True, **meta: Any) -> None:
-        """Ignore them."""
 
 
 def scripted_directory(clock: Clock | None = None) -> FakeDirectory:

@@ -15,21 +15,11 @@ from twisted.internet import task
 from mmo.fight.config import FightConfig
 from mmo.fight.pool import READY, STARTING, STOPPING, Fight, FightPool
 from mmo.fight.service import PoolService
-from mmo.testing import FakeDirectory, result_of
+from mmo.testing import FakeDirectory, FakeRegistration, result_of
 
 from .test_fight_pool import FakeSpawner, Recorder
 
 WORKERS = "fight-worker"
-
-
-class FakeRegistration:
-    """The dispatcher's registration: records each meta update."""
-
-    def __init__(self) -> None:
-        self.updates: list[tuple[bool, dict[str, Any]]] = []
-
-    def update_meta(self, now: bool = True, **meta: Any) -> None:
-        self.updates.append((now, meta))
 
 
 class Rig:
