@@ -60,8 +60,19 @@ class RawClient:
         """Write bytes as they are."""
         self.sock.sendall(data)
 
+    def frame(self, kind: int, route: str | None = None, body: Any = None, **fields: Any) -> bytes:
+        """A packet framed for the wire, not sent (REQUESTs take the next seq, as in
+        :meth:`send`): to write several in one go with :meth:`send_bytes`, so the broker
+        reads them together."""
+        return self._framed(kind, route, body, **fields)[1]
+
     def send(self, kind: int, route: str | None = None, body: Any = None, **fields: Any) -> int:
         """Frame and send a packet; return its seq (REQUESTs get the next one)."""
+        seq, data = self._framed(kind, route, body, **fields)
+        self.sock.sendall(data)
+        return seq
+
+    def _framed(self, kind: int, route: str | None, body: Any, **fields: Any) -> tuple[int, bytes]:
         seq = fields.pop("seq", None)
         if seq is None and kind == PacketKind.REQUEST:
             self.seq += 1
@@ -75,8 +86,7 @@ class RawClient:
                 **fields,
             )
         )
-        self.sock.sendall(struct.pack(">I", len(data)) + data)
-        return seq or 0
+        return seq or 0, struct.pack(">I", len(data)) + data
 
     def _read(self, n: int) -> bytes:
         out = b""

@@ -504,8 +504,14 @@ def test_a_resume_cut_short_leaves_no_session_online_without_a_connection(
 
     yield until(offline, what="the session offline")
     cut = RawClient(edge.ports[1], source="127.0.0.92")
-    cut.send(PacketKind.REQUEST, "session.resume", {"session_id": sid, "token": login["token"]})
-    cut.send(PacketKind.REQUEST, "echo.echo", {"too": "soon"})
+    # Both in one write: the broker reads the second while the resume is pending, however
+    # slow this process is.
+    cut.send_bytes(
+        cut.frame(
+            PacketKind.REQUEST, "session.resume", {"session_id": sid, "token": login["token"]}
+        )
+        + cut.frame(PacketKind.REQUEST, "echo.echo", {"too": "soon"})
+    )
     assert cut.recv().code == ClientError.NOT_LOGGED_IN and cut.closed()
     # The resume went on (the record names broker-2); it must end offline.
     yield until(lambda: offline("broker-2"), what="the resumed session offline", interval=0.2)
