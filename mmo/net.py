@@ -19,6 +19,7 @@ from mmo.config import ConfigError
 __all__ = [
     "LOOPBACK",
     "WILDCARDS",
+    "addresses",
     "advertised_host",
     "bind_address",
     "interface_address",
@@ -69,7 +70,15 @@ def bind_address(bind: str | None, advertise: str | None) -> str:
 
 
 def advertised_host(bind: str | None, advertise: str | None, key: str = "advertise-host") -> str:
-    """The host a role tells others to connect to.
+    """The host a role tells others to connect to (see :func:`addresses`)."""
+    return addresses(bind, advertise, key)[1]
+
+
+def addresses(
+    bind: str | None, advertise: str | None, key: str = "advertise-host"
+) -> tuple[str, str]:
+    """``(bind host, advertised host)`` of a role: the interface it binds
+    (:func:`bind_address`) and the host it tells others to connect to.
 
     Args:
         bind: what it was told to bind (None: see :func:`bind_address`).
@@ -78,7 +87,8 @@ def advertised_host(bind: str | None, advertise: str | None, key: str = "adverti
         key: the setting named in errors.
 
     Raises:
-        ConfigError: a wildcard would be advertised.
+        ConfigError: only a host name is advertised (see :func:`bind_address`), or a
+            wildcard would be advertised.
     """
     bind_host = bind_address(bind, advertise)
     chosen = advertise if advertise is not None else bind_host
@@ -92,8 +102,8 @@ def advertised_host(bind: str | None, advertise: str | None, key: str = "adverti
         # ZeroMQ binds an interface by name too: advertise its address, never its name.
         address = interface_address(chosen)
         if address is not None:
-            return address
-    return chosen
+            return bind_host, address
+    return bind_host, chosen
 
 
 def with_host(endpoint: str, host: str) -> str:

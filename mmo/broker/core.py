@@ -79,7 +79,7 @@ class Broker(Service):
         self.registration = registration
         self.counters = Counters()
         self.in_flight = InFlight()
-        self.routes = RouteTable(config.routes)
+        self.routes = RouteTable(directory.view, config.routes)
         self.tcp_routes = RoutePatterns(config.listen_routes)
         self.websocket_routes = RoutePatterns(config.websocket_routes)
         self.table = SessionTable(config, self.counters)
@@ -99,7 +99,7 @@ class Broker(Service):
         self.internal = InternalEndpoint(config, context, self.table, self.gate, self.counters)
         self.accepting = False
         self._sweeper: task.LoopingCall | None = None
-        directory.view.listen(self.routes.changed)
+        self._published_sessions = 0
         directory.on_one_way_error = self.forwarder.notify_failed
 
     # -- lifecycle -------------------------------------------------------------
@@ -141,8 +141,7 @@ class Broker(Service):
             elif conn.logged_in and now - conn.last_seen > config.idle_timeout:
                 self.count("idle_kicks")
                 conn.kick(ClientError.IDLE, "no packet within the idle timeout")
-        if self.table.load_changed:
-            self.table.load_changed = False
+        if len(self.table.sessions) != self._published_sessions:
             self.registration.update_meta(now=False, **self.load_meta())
         self.internal.prune(now)
 
@@ -165,8 +164,8 @@ class Broker(Service):
         }
 
     def load_meta(self) -> dict[str, Any]:
-        """The registry metadata describing this broker's load."""
-        sessions = len(self.table.sessions)
+        """The registry metadata describing this broker's load (what it publishes)."""
+        sessions = self._published_sessions = len(self.table.sessions)
         return {
             "sessions": sessions,
             "capacity": self.config.capacity,

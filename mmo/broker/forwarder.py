@@ -92,7 +92,7 @@ class Forwarder:
         target = self._route(conn, packet)
         if target is None:
             return
-        service, method, bound = target
+        _, service, method, bound = target
         self.forward(conn, packet, service, method, Origin.CLIENT, bound)
 
     def forward(
@@ -134,22 +134,29 @@ class Forwarder:
         target = self._route(conn, packet)
         if target is None:
             return
-        service, method, bound = target
-        route = packet.route or ""
-        prefix = route.partition(".")[0]
+        prefix, service, method, bound = target
+        route = packet.route
         instance = bound or conn.sticky.get(prefix)
         body = packet.body or b""
-        # Marked as a player's, with the route: a failure comes back as an ERROR for them.
-        header = {
-            "session": conn.session(),
-            "origin": Origin.CLIENT,
-            "peer": conn.host,
-            "route": route,
-        }
-        sent = self.directory.send(service, method, body, instance=instance, **header)
+        session = conn.session()
+
+        def send(instance: str | None) -> str | None:
+            # Marked as a player's, with the route: a failure comes back as an ERROR for them.
+            return self.directory.send(
+                service,
+                method,
+                body,
+                instance=instance,
+                session=session,
+                origin=Origin.CLIENT,
+                peer=conn.host,
+                route=route,
+            )
+
+        sent = send(instance)
         if sent is None and instance is not None and bound is None:
             conn.sticky.pop(prefix, None)
-            sent = self.directory.send(service, method, body, **header)
+            sent = send(None)
         if sent is None:
             conn.error(None, ClientError.UNAVAILABLE, f"{route}: no live instance serves it")
             return
@@ -170,9 +177,11 @@ class Forwarder:
             if conn is not None:
                 conn.error(None, code, message)
 
-    def _route(self, conn: ClientConnection, packet: Packet) -> tuple[str, str, str | None] | None:
-        """Where a logged-in player's packet goes: ``(service, method, bound instance)``,
-        or None (refused, as a route that does not exist)."""
+    def _route(
+        self, conn: ClientConnection, packet: Packet
+    ) -> tuple[str, str, str, str | None] | None:
+        """Where a logged-in player's packet goes: ``(prefix, service, method, bound
+        instance)``, or None (refused, as a route that does not exist)."""
         route = packet.route or ""
         target = self.routes.target(route)
         if target is None or not conn.routes.accepts(route):
@@ -180,7 +189,7 @@ class Forwarder:
             conn.error(packet.seq, ClientError.UNKNOWN_ROUTE, unknown_route(packet.route))
             return None
         prefix, service, method = target
-        return service, method, conn.bindings.get(prefix)
+        return prefix, service, method, conn.bindings.get(prefix)
 
     def _answered(self, body: bytes, conn: ClientConnection, seq: int | None) -> None:
         conn.respond(seq, body)

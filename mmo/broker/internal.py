@@ -22,7 +22,7 @@ from mmo.broker.limits import Buckets
 from mmo.broker.login import LoginGate
 from mmo.broker.table import SessionTable
 from mmo.logic.sessions import ALL
-from mmo.net import advertised_host, bind_address, with_host
+from mmo.net import addresses, with_host
 from mmo.wire import WireError, decode, decode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Header, Kind, PacketKind
 from mmo.zmq import ZmqContext, ZmqSocket
@@ -74,13 +74,8 @@ class InternalEndpoint:
             self._socket = self.context.socket(
                 zmq.ROUTER, self.received, options={zmq.MAXMSGSIZE: MAX_MESSAGE}
             )
-            config = self.config
-            bound = self._socket.bind(
-                f"tcp://{bind_address(config.bind_host, config.advertise_host)}:*"
-            )
-            self.endpoint = with_host(
-                bound, advertised_host(config.bind_host, config.advertise_host)
-            )
+            bind_host, advertise_host = addresses(self.config.bind_host, self.config.advertise_host)
+            self.endpoint = with_host(self._socket.bind(f"tcp://{bind_host}:*"), advertise_host)
         return self.endpoint
 
     def close(self) -> None:
@@ -124,16 +119,16 @@ class InternalEndpoint:
 
     def _push(self, header: Header, body: bytes) -> None:
         frame = packet_bytes(PacketKind.PUSH, None, route=header.route, body=body)
-        for conn in self.table.targets(header.targets or ()):
+        targets = self.table.targets(header.targets or ())
+        for conn in targets:
             conn.send(frame)
-            self.counters.count("pushes")
+        self.counters.count("pushes", len(targets))
 
     def _broadcast(self, header: Header, body: bytes) -> None:
         channel = header.channel or ""
         members = self.table.members(channel)
         if not members:
             return
-        frame = packet_bytes(PacketKind.PUSH, None, route=header.route, body=body)
         now = self.clock.seconds()
         sender = header.session.id if header.session is not None else None
         if sender is not None and not self._sender_budget.take(sender, 1, now):
@@ -143,6 +138,7 @@ class InternalEndpoint:
                 sender=sender,
             )
             return
+        frame = packet_bytes(PacketKind.PUSH, None, route=header.route, body=body)
         if not self._channel_budget.take(channel, len(frame) * len(members), now):
             self.counters.count_and_log(
                 "broadcasts_over_channel_budget",

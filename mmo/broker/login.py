@@ -150,8 +150,7 @@ class LoginGate:
                 # The body does not fit the login method: the client is wrong, not the
                 # password (and nothing reached the handler, so no login failed).
                 code = ClientError.BAD_REQUEST
-            message = f"{e.type}: {e.message}" if isinstance(e, RemoteError) else str(e)
-            conn.error(packet.seq, code, message)
+            conn.error(packet.seq, code, _error_text(e))
             return
         conn.logging_in = False
         if conn.closed:
@@ -193,8 +192,7 @@ class LoginGate:
         except (MmoError, WireError) as e:
             conn.logging_in = False
             self.counters.count("resume_failures")
-            message = f"{e.type}: {e.message}" if isinstance(e, RemoteError) else str(e)
-            conn.error(packet.seq, ClientError.RESUME_FAILED, message)
+            conn.error(packet.seq, ClientError.RESUME_FAILED, _error_text(e))
             return
         conn.logging_in = False
         if conn.closed:
@@ -282,3 +280,9 @@ class LoginGate:
         self.directory.send(
             SESSION_SERVICE, "track", encode_value({"session_id": conn.session_id, **change})
         )
+
+
+def _error_text(e: Exception) -> str:
+    """What a refused login or resume tells the player: ``Type: message`` for an error a
+    service raised, the error's own text for the broker's."""
+    return f"{e.type}: {e.message}" if isinstance(e, RemoteError) else str(e)

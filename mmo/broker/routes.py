@@ -16,27 +16,18 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 
-from mmo.registry import Change, Instance
-from mmo.wire import from_value
+from mmo.registry import Instance, RegistryView, meta_names
 
-__all__ = ["RoutePatterns", "RouteTable", "declared"]
+__all__ = ["RoutePatterns", "RouteTable"]
 
 _NONE: frozenset[str] = frozenset()
-
-
-def declared(instance: Instance, key: str) -> frozenset[str]:
-    """The method names an instance's registry metadata lists under ``key``."""
-    value = (instance.meta or {}).get(key)
-    names = from_value(value) if value is not None else None
-    if not isinstance(names, list):
-        return _NONE
-    return frozenset(n for n in names if isinstance(n, str))
 
 
 class RouteTable:
     """The routes players may call, kept current from the registry.
 
     Args:
+        view: the registry view it follows (it listens to it from the start).
         routes: route prefix -> service name, where they differ (``[broker] routes``).
 
     Attributes:
@@ -48,10 +39,11 @@ class RouteTable:
             declared for players.
     """
 
-    def __init__(self, routes: Mapping[str, str] | None = None) -> None:
+    def __init__(self, view: RegistryView, routes: Mapping[str, str] | None = None) -> None:
+        self.view = view
         self.routes = dict(routes or {})
         self.client: dict[str, frozenset[str]] = {}
-        self._instances: dict[str, dict[str, Instance]] = {}
+        view.listen(self.changed)
 
     def service_of(self, prefix: str) -> str:
         """The service a route prefix names."""
@@ -68,18 +60,14 @@ class RouteTable:
         return prefix, service, method
 
     def changed(self, change: int, instance: Instance, reason: str = "") -> None:
-        """Registry listener: an instance came up, changed or went down."""
+        """Registry listener: an instance came up, changed or went down (the view has
+        applied it already)."""
         service = instance.service_name
-        instances = self._instances.setdefault(service, {})
-        if change == Change.UP:
-            instances[instance.instance_id] = instance
-        else:
-            instances.pop(instance.instance_id, None)
+        instances = self.view.instances.get(service)
         if not instances:
             # Down, not gone: keep what it declared (bounded by the services ever seen).
-            del self._instances[service]
             return
-        client = frozenset().union(*(declared(i, "client") for i in instances.values()))
+        client = frozenset().union(*(meta_names(i, "client") for i in instances.values()))
         if client:
             self.client[service] = client
         else:

@@ -40,7 +40,6 @@ class SessionTable:
         sessions: session id -> the connection holding it.
         channels: channel -> the connections in it (a channel without members is no key).
         per_address: client host -> connections open from it.
-        load_changed: sessions came or went since the broker last published its load.
     """
 
     log = Logger()
@@ -52,7 +51,6 @@ class SessionTable:
         self.sessions: dict[str, ClientConnection] = {}
         self.channels: dict[str, set[ClientConnection]] = defaultdict(set)
         self.per_address: Counter[str] = Counter()
-        self.load_changed = False
 
     # -- connections -----------------------------------------------------------
 
@@ -99,7 +97,6 @@ class SessionTable:
         del self.sessions[sid]
         for channel in conn.channels:
             self._drop_member(channel, conn)
-        self.load_changed = True
         return sid
 
     # -- sessions --------------------------------------------------------------
@@ -111,14 +108,12 @@ class SessionTable:
             self.replace(old)
         conn.session_id, conn.user_id, conn.token = sid, user_id, token
         self.sessions[sid] = conn
-        self.load_changed = True
 
     def forget(self, conn: ClientConnection) -> None:
         """Detach a connection from its session (losing it then tells no one)."""
         sid = conn.session_id
         if sid is not None and self.sessions.get(sid) is conn:
             del self.sessions[sid]
-            self.load_changed = True
         for channel in conn.channels:
             self._drop_member(channel, conn)
         conn.session_id = None

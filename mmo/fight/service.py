@@ -26,7 +26,7 @@ from mmo.fight.spawner import ProcessSpawner
 from mmo.logic.client import Directory
 from mmo.logic.runtime import WorkerRuntime, WorkerService
 from mmo.logic.server import HandlerServer
-from mmo.net import advertised_host, bind_address
+from mmo.net import addresses
 from mmo.registry import Change, Instance, Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
 from mmo.wire import from_value
@@ -148,11 +148,12 @@ def make_fight_service(
         handler,
     )
     handler.pool = pool
+    bind_host, advertise_host = addresses(config.bind_host, config.advertise_host)
     server = HandlerServer(
         ctx,
         handler,
-        bind_host=bind_address(config.bind_host, config.advertise_host),
-        advertise_host=advertised_host(config.bind_host, config.advertise_host),
+        bind_host=bind_host,
+        advertise_host=advertise_host,
     )
     runtime.server = server
     instance = make_instance(

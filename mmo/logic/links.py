@@ -17,8 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import zmq
 
-from mmo.registry import Change, Instance, RegistryView
-from mmo.wire import from_value
+from mmo.registry import Change, Instance, RegistryView, meta_names
 from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, ZmqContext, ZmqSocket
 
 __all__ = ["Link", "Pool", "Pools"]
@@ -34,14 +33,6 @@ _LINK_OPTIONS = {
     zmq.SNDHWM: 0,
     zmq.RCVHWM: 0,
 }
-
-
-def _meta_set(instance: Instance, key: str) -> frozenset[str]:
-    value = (instance.meta or {}).get(key)
-    if value is None:
-        return frozenset()
-    items = from_value(value)
-    return frozenset(items) if isinstance(items, list) else frozenset()
 
 
 def _rendezvous(key: str, instance_id: str) -> bytes:
@@ -80,7 +71,7 @@ class Link(Generic[C]):
         self.draining = False
         self.outstanding: dict[int, C] = {}
         self.sent = 0
-        self.idempotent = _meta_set(instance, "idempotent")
+        self.idempotent = meta_names(instance, "idempotent")
         assert instance.endpoints is not None
         self.socket: ZmqSocket | None = context.socket(
             zmq.DEALER, self._received, options=_LINK_OPTIONS
@@ -91,7 +82,7 @@ class Link(Generic[C]):
     def update(self, instance: Instance) -> None:
         """The instance's record changed (same endpoint)."""
         self.instance = instance
-        self.idempotent = _meta_set(instance, "idempotent")
+        self.idempotent = meta_names(instance, "idempotent")
 
     def send(self, frames: list[bytes]) -> None:
         """Send one message (raises ``zmq.ZMQError`` if it cannot)."""

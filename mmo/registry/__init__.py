@@ -26,11 +26,18 @@ from typing_extensions import override
 
 from mmo.errors import DeadlineExceeded
 from mmo.types import DelayedCall
-from mmo.wire import WireError, decode, encode, to_value
+from mmo.wire import WireError, decode, encode, from_value, to_value
 from mmo.wire.gen.mmo.ttypes import Change, Instance, RegistryMessage, RegistryOp
 from mmo.zmq import ZmqContext, ZmqSocket
 
-__all__ = ["Change", "Instance", "Registration", "RegistryView", "YellowLink"]
+__all__ = [
+    "Change",
+    "Instance",
+    "Registration",
+    "RegistryView",
+    "YellowLink",
+    "meta_names",
+]
 
 log = Logger()
 
@@ -141,6 +148,16 @@ def make_instance(
         meta={k: to_value(v) for k, v in meta.items()},
         ttl_ms=int(heartbeat * 3000),
     )
+
+
+def meta_names(instance: Instance, key: str) -> frozenset[str]:
+    """The names an instance's metadata lists under ``key`` (the methods its handler
+    declares ``client``, ``idempotent``...); none if the key is missing or not a list."""
+    value = (instance.meta or {}).get(key)
+    names = from_value(value) if value is not None else None
+    if not isinstance(names, list):
+        return frozenset()
+    return frozenset(n for n in names if isinstance(n, str))
 
 
 def default_instance_id(service: str) -> str:

@@ -16,7 +16,7 @@ from mmo.logic.handler import ServiceHandler
 from mmo.logic.memo import ReplyMemo
 from mmo.logic.runtime import WorkerRuntime, WorkerService, handler_settings, load_handler
 from mmo.logic.server import HandlerServer
-from mmo.net import advertised_host, bind_address
+from mmo.net import addresses
 from mmo.registry import Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
 from mmo.worker.config import WorkerConfig
@@ -68,11 +68,12 @@ def make_worker_service(
         if config.memo_ttl
         else None
     )
+    bind_host, advertise_host = addresses(config.bind_host, config.advertise_host)
     server = HandlerServer(
         ctx,
         handler,
-        bind_host=bind_address(config.bind_host, config.advertise_host),
-        advertise_host=advertised_host(config.bind_host, config.advertise_host),
+        bind_host=bind_host,
+        advertise_host=advertise_host,
         drain_timeout=config.drain_timeout,
         memo=memo,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 from mmo.broker.limits import Buckets
 from mmo.broker.routes import RoutePatterns, RouteTable
@@ -15,7 +16,7 @@ from mmo.errors import BadRequest, Forbidden, UnknownMethod
 from mmo.logic import Context, ServiceHandler, callers, client_method, login_method
 from mmo.logic.handler import Origin
 from mmo.registry import Change, make_instance
-from mmo.testing import call, handler_factory
+from mmo.testing import FakeRegistryView, call, handler_factory
 from mmo.testing.handlers import ClientEcho
 from mmo.wire.gen.mmo.ttypes import Session
 
@@ -188,18 +189,19 @@ def instance(service: str, iid: str, client: list[str]) -> Any:
 
 def test_route_table_follows_the_registry() -> None:
     """A route is callable while a live instance of its service declares the method."""
-    table = RouteTable({"fight": "fight-worker"})
-    table.changed(Change.UP, instance("chat", "chat-1", ["join", "send"]))
-    table.changed(Change.UP, instance("fight-worker", "f-1", ["attack"]))
-    table.changed(Change.UP, instance("session", "session-1", []))
+    view = FakeRegistryView(Clock(), ["tcp://127.0.0.1:1"])
+    table = RouteTable(view, {"fight": "fight-worker"})
+    view.apply(Change.UP, instance("chat", "chat-1", ["join", "send"]), "registered")
+    view.apply(Change.UP, instance("fight-worker", "f-1", ["attack"]), "registered")
+    view.apply(Change.UP, instance("session", "session-1", []), "registered")
     assert table.target("chat.join") == ("chat", "chat", "join")
     assert table.target("fight.attack") == ("fight", "fight-worker", "attack")
     for route in ("chat.members", "session.open", "nosuch.x", "chat", ".join", "chat.", ""):
         assert table.target(route) is None, route
     # Its last instance gone, a service's routes stay: a request is then UNAVAILABLE.
-    table.changed(Change.DOWN, instance("chat", "chat-1", []))
+    view.apply(Change.DOWN, instance("chat", "chat-1", []), "deregistered")
     assert table.target("chat.join") == ("chat", "chat", "join")
-    table.changed(Change.UP, instance("chat", "chat-2", ["join"]))
+    view.apply(Change.UP, instance("chat", "chat-2", ["join"]), "registered")
     assert table.target("chat.send") is None
 
 
@@ -207,11 +209,12 @@ def test_route_table_takes_the_union_of_instances() -> None:
     """During a rolling upgrade a method one instance declares is a route (the worker
     that does not declare it refuses it itself); it goes with the last live instance
     declaring it."""
-    table = RouteTable()
-    table.changed(Change.UP, instance("chat", "old", ["join"]))
-    table.changed(Change.UP, instance("chat", "new", ["join", "react"]))
+    view = FakeRegistryView(Clock(), ["tcp://127.0.0.1:1"])
+    table = RouteTable(view)
+    view.apply(Change.UP, instance("chat", "old", ["join"]), "registered")
+    view.apply(Change.UP, instance("chat", "new", ["join", "react"]), "registered")
     assert table.target("chat.react") is not None
-    table.changed(Change.DOWN, instance("chat", "new", []))
+    view.apply(Change.DOWN, instance("chat", "new", []), "deregistered")
     assert table.target("chat.react") is None and table.target("chat.join") is not None
 
 
