@@ -93,6 +93,13 @@ class Call:
         timeout: float,
         deadline: float,
         session: Session | None,
+        *,
+        instance: str | None,
+        client_seq: int | None,
+        origin: int | None,
+        peer: str | None,
+        raw: bool,
+        on_cancel: Callable[[Call], None],
     ) -> None:
         self.call_id = call_id
         self.service = service
@@ -101,15 +108,15 @@ class Call:
         self.timeout = timeout
         self.deadline = deadline
         self.session = session
-        self.client_seq: int | None = None
-        self.origin: int | None = None
-        self.peer: str | None = None
+        self.instance = instance
+        self.client_seq = client_seq
+        self.origin = origin
+        self.peer = peer
+        self.raw = raw
         self.attempts = 0
-        self.instance: str | None = None
-        self.raw = False
         self.link: Link[Call] | None = None
         self.timer: DelayedCall | None = None
-        self.d: defer.Deferred[Any] = defer.Deferred()
+        self.d: defer.Deferred[Any] = defer.Deferred(lambda _: on_cancel(self))
 
 
 class Calls:
@@ -194,13 +201,13 @@ class Calls:
             timeout,
             self.clock.seconds() + timeout,
             session,
+            instance=instance,
+            client_seq=client_seq,
+            origin=origin,
+            peer=peer,
+            raw=raw_body is not None,
+            on_cancel=self._cancelled,
         )
-        call.instance = instance
-        call.client_seq = client_seq
-        call.origin = origin
-        call.peer = peer
-        call.raw = raw_body is not None
-        call.d = defer.Deferred(lambda _: self._cancelled(call))
         call.timer = self.clock.callLater(timeout, self._expired, call)
         if self.view.synced:
             self._dispatch(call)
@@ -340,7 +347,8 @@ class Calls:
             self._finish(call, result=result)
         else:
             error = from_wire(header.error_code, header.error_type, header.error_message)
-            if isinstance(error, Unavailable) and call.instance is None and call.attempts < 3:
+            movable = call.instance is None and call.attempts < MAX_ATTEMPTS
+            if isinstance(error, Unavailable) and movable:
                 # The instance is stopping and ran nothing: safe to send anywhere else.
                 link.draining = True
                 self._dispatch(call, exclude={link.instance_id})
@@ -360,9 +368,7 @@ class Calls:
 
     def _expired(self, call: Call) -> None:
         call.timer = None
-        if call.link is not None:
-            call.link.outstanding.pop(call.call_id, None)
-            self.pools.release(call.link)
+        self._detach(call)
         if call.link is not None:
             where = f" (on {call.link.instance_id})"
         elif not self.view.synced:
@@ -381,6 +387,10 @@ class Calls:
     def _cancelled(self, call: Call) -> None:
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
+        self._detach(call)
+
+    def _detach(self, call: Call) -> None:
+        """Take a call that will not be answered off its link."""
         if call.link is not None:
             call.link.outstanding.pop(call.call_id, None)
             self.pools.release(call.link)
