@@ -138,8 +138,9 @@ class ServerSet:
         """
         yellow = f"tcp://127.0.0.1:{free_port()}"
         port = free_port()
-        # A fresh token signing key per run, shared by sso and the broker; fresh CURVE
-        # keys too unless the caller gives some (the links are measured as deployed).
+        # A fresh token signing key per run, shared by sso and the broker; CURVE keys made
+        # by the first run of the process unless the caller gives some (the links are
+        # measured as deployed).
         env = {"MMO_AUTH_KEY": secrets.token_urlsafe(24)}
         sso_config = self.log_dir / "sso.toml"
         sso_config.write_text(f"[worker.settings]\naccounts = {json.dumps(accounts)}\n")

@@ -58,7 +58,7 @@ def call_once(
     """
     from mmo.logic import connect
 
-    directory = connect(yellows(yellow), reactor=reactor, caller_id=f"mmo-cli-{os.getpid()}")
+    directory = connect(yellow, reactor=reactor, caller_id=f"mmo-cli-{os.getpid()}")
     try:
         return (yield directory.call(service, method, kwargs, timeout=timeout))
     except RemoteError as e:

@@ -55,7 +55,7 @@ from mmo.client.protocol import (
     Listeners,
     PushCallback,
 )
-from mmo.client.transports import split_url
+from mmo.client.transports import split_address, split_url
 from mmo.types import Clock, DelayedCall, InlineCallbacks
 from mmo.wire.gen.mmo.ttypes import ClientError
 
@@ -78,19 +78,6 @@ CLOSED = "closed"
 
 
 # -- brokers ---------------------------------------------------------------------
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """Split ``"host:port"`` (the brokerlist's keys) into host and port.
-
-    Raises:
-        ValueError: not ``host:port`` with a port in 1..65535.
-    """
-    host, colon, port_text = address.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host, int(port_text)
 
 
 @dataclass(frozen=True)

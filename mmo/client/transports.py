@@ -22,7 +22,7 @@ from zope.interface import alsoProvides
 from mmo.client.errors import ClientConnectError
 from mmo.client.protocol import ClientProtocol
 
-__all__ = ["SCHEMES", "broker_url", "connector", "split_url", "trust_root"]
+__all__ = ["SCHEMES", "broker_url", "connector", "split_address", "split_url", "trust_root"]
 
 #: The schemes a broker URL may have: transport and whether it is inside TLS.
 SCHEMES = {
@@ -44,12 +44,24 @@ def split_url(url: str) -> tuple[str, str, int]:
         scheme, rest = "tcp", url
     if scheme not in SCHEMES:
         raise ValueError(f"unknown broker scheme {scheme!r} in {url!r}: use {', '.join(SCHEMES)}")
-    address = rest.split("/", 1)[0]
-    host, colon, port = address.rpartition(":")
+    try:
+        host, port = split_address(rest.split("/", 1)[0])
+    except ValueError:
+        raise ValueError(f"expected host:port in {url!r}") from None
+    return scheme, host, port
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (the brokerlist's keys) into host and port.
+
+    Raises:
+        ValueError: not ``host:port`` with a port in 1..65535.
+    """
+    host, colon, port_text = address.rpartition(":")
     host = host.strip("[]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port in {url!r}")
-    return scheme, host, int(port)
+    if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host, int(port_text)
 
 
 def broker_url(address: str, transport: str, tls: bool) -> str:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from twisted.internet import defer
+
 from mmo.errors import BadRequest, Forbidden, UnknownMethod
 from mmo.types import Clock
 from mmo.wire.gen.mmo.ttypes import Origin, Session
@@ -373,7 +375,8 @@ class ServiceHandler:
         raise UnknownMethod(f"service {ctx.service!r} has no method {ctx.method!r}")
 
     def dispatch(self, ctx: Context, kwargs: dict[str, Any]) -> Any:
-        """Call the method ``ctx.method`` with ``kwargs``; return its result or Deferred.
+        """Call the method ``ctx.method`` with ``kwargs``; return its result or Deferred
+        (an ``async def`` method's coroutine runs as one).
 
         Raises:
             UnknownMethod: no such method (and ``on_unknown`` not overridden), or a
@@ -388,7 +391,7 @@ class ServiceHandler:
             if method is None or not (method.login if origin == Origin.LOGIN else method.client):
                 raise UnknownMethod(f"service {ctx.service!r} has no method {ctx.method!r}")
         elif method is None:
-            return self.on_unknown(ctx, kwargs)
+            return _started(self.on_unknown(ctx, kwargs))
         elif method.roles is not None and ctx.caller_role not in method.roles:
             raise Forbidden(
                 f"{ctx.service}.{ctx.method} is for {', '.join(sorted(method.roles))} only, "
@@ -397,4 +400,9 @@ class ServiceHandler:
         wrong = method.check(kwargs)
         if wrong is not None:
             raise BadRequest(f"{ctx.service}.{ctx.method}: {wrong}")
-        return method.function(self, ctx, **kwargs)
+        return _started(method.function(self, ctx, **kwargs))
+
+
+def _started(result: Any) -> Any:
+    """A method's result, with a coroutine (``async def``) started as a Deferred."""
+    return defer.ensureDeferred(result) if inspect.iscoroutine(result) else result

@@ -18,7 +18,6 @@ the repeats, so that no player can flood the log; errors the caller caused
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import zmq
@@ -346,10 +345,7 @@ class HandlerServer(Service):
             origin=header.origin or Origin.MEMBER,
             peer=header.peer,
         )
-        result = self.handler.dispatch(ctx, kwargs)
-        if inspect.iscoroutine(result):
-            return defer.ensureDeferred(result)
-        return result
+        return self.handler.dispatch(ctx, kwargs)
 
     def _done(self, result: Any) -> Any:
         self.in_flight -= 1

@@ -7,7 +7,6 @@ one of its methods the way a worker does (through the handler's dispatch table, 
 
 from __future__ import annotations
 
-import inspect
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -303,10 +302,7 @@ def call(
         origin=origin,
         peer=peer,
     )
-    result = handler.dispatch(ctx, {**(arguments or {}), **kwargs})
-    if inspect.iscoroutine(result):
-        return defer.ensureDeferred(result)
-    return result
+    return handler.dispatch(ctx, {**(arguments or {}), **kwargs})
 
 
 def as_player(session: Session, *, peer: str | None = None) -> dict[str, Any]:
