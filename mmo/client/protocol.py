@@ -226,6 +226,9 @@ class ClientProtocol(Int32StringReceiver):
             clock = cast(Clock, reactor)
         self.clock: Clock = clock
         self.listeners = listeners if listeners is not None else Listeners()
+        #: Writes one encoded packet: framed by its length over TCP; a WebSocket carrier
+        #: sends it as one binary message instead.
+        self.send_frame: Callable[[bytes], None] = self.sendString
         self.kicked: ClientRequestError | None = None
         self.last_error: ClientRequestError | None = None
         self.heartbeat_interval: float | None = None
@@ -416,8 +419,8 @@ class ClientProtocol(Int32StringReceiver):
             self.send_packet(Packet(kind=PacketKind.HEARTBEAT))
 
     def send_packet(self, packet: Packet) -> None:
-        """Frame and send one packet."""
-        self.sendString(encode(packet))
+        """Encode and send one packet."""
+        self.send_frame(encode(packet))
 
     def close(self) -> defer.Deferred[ClientDisconnected]:
         """Close the connection; the Deferred fires once it is lost."""

@@ -10,7 +10,6 @@ the broker's certificate against a CA file, or the system's trust store, and its
 
 from __future__ import annotations
 
-import struct
 from typing import Any, cast
 
 from twisted.internet import defer, ssl
@@ -103,7 +102,9 @@ class _WebSocketCarrier:
         self.transport = transport
 
     def negotiationFinished(self) -> None:
-        """The WebSocket is open: connect the client protocol to it."""
+        """The WebSocket is open: connect the client protocol to it, one packet per
+        binary message."""
+        self.inner.send_frame = self.transport.sendBytesMessage
         self.inner.makeConnection(_WebSocketTransport(self.transport))
         if not self.ready.called:
             self.ready.callback(self.inner)
@@ -131,18 +132,13 @@ class _WebSocketCarrier:
 
 
 class _WebSocketTransport:
-    """The transport a WebSocket-carried :class:`ClientProtocol` sees: each frame it
-    writes (4-byte length + packet, as over TCP) goes out as one binary message."""
+    """The transport a WebSocket-carried :class:`ClientProtocol` sees: it closes the
+    WebSocket and names the peer (packets go out through ``send_frame``)."""
 
     disconnecting = False
 
     def __init__(self, websocket: Any) -> None:
         self.websocket = websocket
-
-    def write(self, data: bytes) -> None:
-        """A length-prefixed frame (what ``Int32StringReceiver`` writes): send its packet."""
-        (length,) = struct.unpack(">I", data[:4])
-        self.websocket.sendBytesMessage(data[4 : 4 + length])
 
     def loseConnection(self) -> None:
         """Close the WebSocket."""
