@@ -37,7 +37,8 @@ retried, and counted as:
   request ended; **detect** is the time from the stop to the first failed data request,
   **outage** how long the server was away.
 
-Each scenario prints one ``FAULTS`` line (``pytest -s``); docs/reliability.md records them.
+Each scenario (the ``test_*.py`` beside this module) prints one ``FAULTS`` line (``pytest
+-s``); docs/reliability.md records them.
 The tests assert what a player would notice (nothing lost, nothing twice, clear errors, and
 what caused each outcome: a DOWN because the registry expired a silent instance, a resume
 of the same session...), never how many seconds something took: the timings are figures,
@@ -49,26 +50,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import defer, reactor, threads
 
 from mmo.client import Client
 from mmo.client.errors import ClientException, ClientRequestError, ClientTimeout
-from mmo.client.session import http_fetcher, parse_brokerlist
-from mmo.registry import Change
 from mmo.testing import TwistdProcess
-from mmo.testing.data import ThrowawayPostgres, ThrowawayRedis
 
-from .conftest import downs, instances, next_change, sleep, until, wait_instances
-from .edge import EdgeCluster
+from ..conftest import sleep, until
+from ..edge import EdgeCluster
 
 USERS = ("alice", "bob", "carol", "dave")
 #: The chat senders: one on each broker.
@@ -626,25 +622,6 @@ class FaultCluster(EdgeCluster):
         return self.processes[name].start()
 
 
-@pytest.fixture
-def edge(tmp_path: Path) -> Iterator[FaultCluster]:
-    """A fresh, ready edge cluster (each scenario breaks it its own way)."""
-    cluster = FaultCluster(tmp_path / "1")
-    try:
-        try:
-            cluster.wait_ready()
-        except AssertionError:
-            if "Address already in use" not in cluster.logs():
-                raise
-            # free_port() races with the workers' system-picked ZeroMQ ports: once, rarely.
-            cluster.stop()
-            cluster = FaultCluster(tmp_path / "2")
-            cluster.wait_ready()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 @defer.inlineCallbacks
 def connect_clients(edge: EdgeCluster) -> Any:
     """Log in :data:`USERS` (half on each broker) and put them all in :data:`ROOM`."""
@@ -689,215 +666,6 @@ def run_with_load(edge: EdgeCluster, data: DataWorkload | None = None) -> Any:
     return clients, traffic
 
 
-@pytest_twisted.inlineCallbacks
-def test_worker_kill(edge: FaultCluster, directory_factory: Any) -> Any:
-    """kill -9 of an echo worker: no call lost or refused; the registry expires it (a killed
-    process cannot deregister) and the load goes on without it."""
-    directory = directory_factory([edge.yellow])
-    yield wait_instances(directory, "echo", {"echo-1", "echo-2"})
-    clients, traffic = yield run_with_load(edge)
-    try:
-        gone = next_change(directory, "echo-1", Change.DOWN)
-        fault_at = reactor.seconds()
-        edge.processes["echo-1"].kill()
-        down_at, reason = yield gone.addTimeout(30, reactor)
-        yield sleep(3.0)  # the load goes on without the worker: nothing may be lost meanwhile
-        yield traffic.stop()
-    finally:
-        yield close_clients(clients)
-    figures = traffic.figures("worker kill -9", fault_at, detect=down_at - fault_at)
-    report(figures)
-    assert_no_loss(figures, traffic)
-    assert figures.errors == 0
-    assert figures.missed == 0
-    assert reason == "expired"
-    assert instances(directory, "echo") == {"echo-2"}
-
-
-@pytest_twisted.inlineCallbacks
-def test_worker_sigstop(edge: FaultCluster, directory_factory: Any) -> Any:
-    """A worker hung 10 s (SIGSTOP): the calls caught on it move on without it (none lost,
-    none failed), the registry expires it, and it rejoins once it runs again."""
-    directory = directory_factory([edge.yellow])
-    yield wait_instances(directory, "echo", {"echo-1", "echo-2"})
-    clients, traffic = yield run_with_load(edge)
-    victim = edge.processes["echo-1"]
-    try:
-        gone = next_change(directory, "echo-1", Change.DOWN)
-        fault_at = reactor.seconds()
-        victim.signal(signal.SIGSTOP)
-        down_at, reason = yield gone.addTimeout(30, reactor)
-        # The hang under test: 10 s, longer than a call's 8 s deadline.
-        yield sleep(max(0.0, 10.0 - (reactor.seconds() - fault_at)))
-        back = next_change(directory, "echo-1", Change.UP)
-        resumed_at = reactor.seconds()
-        victim.signal(signal.SIGCONT)
-        up_at, _ = yield back.addTimeout(30, reactor)
-        yield sleep(2.0)  # the load goes on with the worker back
-        yield traffic.stop()
-    finally:
-        victim.signal(signal.SIGCONT)
-        yield close_clients(clients)
-    figures = traffic.figures("worker SIGSTOP 10 s", fault_at, detect=down_at - fault_at)
-    figures.extra["rejoin"] = up_at - resumed_at
-    report(figures)
-    assert_no_loss(figures, traffic)
-    assert figures.errors == 0
-    assert figures.missed == 0
-    assert reason == "expired"
-    # The calls in flight when it hung were answered before it ran again: they moved on
-    # (when the link's heartbeat timed out), not waiting for it nor for their deadline.
-    caught = [c for c in traffic.calls if c.start <= fault_at <= c.end]
-    assert caught and all(c.ok and c.end < resumed_at for c in caught), caught
-    assert instances(directory, "echo") == {"echo-1", "echo-2"}
-
-
-@pytest_twisted.inlineCallbacks
-def test_broker_kill(edge: FaultCluster) -> Any:
-    """kill -9 of a broker: its clients resume their sessions on the other; no call lost,
-    no message twice, and messages are missed only around the failover."""
-    clients, traffic = yield run_with_load(edge)
-    victim_address = f"127.0.0.1:{edge.ports[0]}"
-    victims = [u for u, c in clients.items() if c.broker_address == victim_address]
-    assert victims
-    sessions = {u: clients[u].session_id for u in victims}
-    fetch = http_fetcher(reactor, timeout=10.0)
-    resumed: dict[str, defer.Deferred[float]] = {u: defer.Deferred() for u in victims}
-    for u in victims:
-        clients[u].on_resumed(
-            lambda _reply, d=resumed[u]: d.called or d.callback(reactor.seconds())
-        )
-    try:
-        fault_at = reactor.seconds()
-        edge.processes["broker-1"].kill()
-        yield until(
-            lambda: fetch(edge.brokerlist_url).addCallback(
-                lambda body: victim_address not in parse_brokerlist(body)
-            ),
-            what="the killed broker out of the brokerlist",
-        )
-        delisted_at = reactor.seconds()
-        resumed_at = yield defer.gatherResults(
-            [d.addTimeout(30, reactor) for d in resumed.values()]
-        )
-        yield sleep(3.0)  # the load goes on after the failover
-        yield traffic.stop()
-    finally:
-        yield close_clients(clients)
-    last_resume = max(resumed_at)
-    figures = traffic.figures("broker kill -9", fault_at, detect=delisted_at - fault_at)
-    figures.extra["all_resumed"] = last_resume - fault_at
-    figures.counts["missed_outside_1s"] = traffic.missed(
-        outside=(fault_at - 1.0, last_resume + 1.0)
-    )
-    report(figures)
-    assert_no_loss(figures, traffic)
-    for u in victims:
-        # The same session, on the other broker: resumed within its grace.
-        assert clients[u].session_id == sessions[u]
-        assert clients[u].broker_address == f"127.0.0.1:{edge.ports[1]}"
-    # Once everyone was back, no call failed.
-    late = [c.errors for c in traffic.calls if c.start >= last_resume and (c.errors or not c.ok)]
-    assert not late, late[:5]
-    # Pushes to a session while it is offline are not kept (docs/protocol.md 5.7.2), nor
-    # what the dead broker held: each member may miss one run of each sender's messages,
-    # around the failover only: the run began before the last client resumed, the member
-    # heard the sender before it, and after it from a message delivered after the kill.
-    for (member, sender), runs in traffic.missed_runs().items():
-        assert len(runs) == 1, (member, sender, runs)
-        (run,) = runs
-        first, after = run[0], traffic.after(run[-1])
-        assert traffic.sent[first] <= last_resume, (member, run)
-        assert traffic.heard[(member, f"{sender}:1")], (member, run)
-        assert after is not None and traffic.heard_at.get((member, after), 0.0) >= fault_at, (
-            member,
-            run,
-        )
-
-
-@pytest_twisted.inlineCallbacks
-def test_yellow_kill_and_restart(edge: FaultCluster, directory_factory: Any) -> Any:
-    """kill -9 and restart of yellow: traffic goes on untouched; the new yellow knows every
-    instance before the callers' settling period ends (a caller drops none)."""
-    caller = directory_factory([edge.yellow])
-    yield wait_instances(caller, "echo", {"echo-1", "echo-2"})
-    dropped = downs(caller)
-    clients, traffic = yield run_with_load(edge)
-    try:
-        fault_at = reactor.seconds()
-        edge.processes["yellow"].kill()
-        yield sleep(3.0)  # the outage under test: yellow stays down 3 s
-        restarted_at = reactor.seconds()
-        edge.restart("yellow")
-        fresh = directory_factory([edge.yellow])
-        everyone = {"echo-1", "echo-2"}
-        yield wait_instances(fresh, "echo", everyone)
-        yield fresh.view.wait_for(lambda: len(fresh.view.get("broker")) == 2, 30)
-        known_at = reactor.seconds()
-        yield sleep(5.0)  # watching past the callers' 4 s settling period: nothing dropped
-        yield traffic.stop()
-    finally:
-        yield close_clients(clients)
-    figures = traffic.figures("yellow kill -9 + restart", fault_at, detect=known_at - restarted_at)
-    report(figures)
-    assert_no_loss(figures, traffic)
-    assert figures.errors == 0
-    assert figures.missed == 0
-    assert dropped == []
-    assert instances(caller, "echo") == {"echo-1", "echo-2"}
-
-
-@pytest_twisted.inlineCallbacks
-def test_roles_started_in_reverse_order(tmp_path: Path) -> Any:
-    """brokerlist, brokers, workers, yellow last (1 s apart): all find each other and serve,
-    no process giving up on the way."""
-    edge = FaultCluster(tmp_path, hold=True)
-    clients: dict[str, Client] = {}
-
-    @defer.inlineCallbacks
-    def served() -> Any:
-        """Log every user in and make one request each: the clients, or none if not yet."""
-        nonlocal clients
-        try:
-            clients = yield connect_clients(edge)
-            yield defer.gatherResults(
-                [c.request("echo.echo", {"ready": 1}, timeout=2) for c in clients.values()],
-                consumeErrors=True,
-            )
-        except (ClientException, defer.FirstError):
-            yield close_clients(clients)
-            clients = {}
-        return clients
-
-    try:
-        order = list(reversed(edge.processes))
-        assert order[0] == "brokerlist" and order[-1] == "yellow"
-        for name in order:
-            edge.processes[name].start()
-            yellow_at = reactor.seconds()
-            if name != "yellow":
-                yield sleep(1.0)  # the scenario: one role a second, yellow last
-        yield until(served, timeout=60, what="every user served", interval=0.2)
-        ready_at = reactor.seconds()
-        # They found each other by themselves: no process gave up (and none was restarted).
-        assert all(p.alive() for p in edge.processes.values()), edge.logs()
-        traffic = Traffic(clients)
-        fault_at = reactor.seconds()
-        traffic.start()
-        yield sleep(4.0)  # the load runs 4 s...
-        yield traffic.warm()  # ...and until it made its calls, however slow the machine
-        yield traffic.stop()
-    finally:
-        yield close_clients(clients)
-        edge.stop()
-    figures = traffic.figures("reverse start order", fault_at, detect=ready_at - yellow_at)
-    report(figures)
-    assert_no_loss(figures, traffic)
-    assert figures.errors == 0
-    missed = {u for c in traffic.sent for u in traffic.clients if not traffic.heard[(u, c)]}
-    assert figures.missed == 0, f"missed by {missed}\n{edge.logs()}"
-
-
 # -- data servers restarted ----------------------------------------------------------
 
 PLAYER = "mmo.testing.handlers:ClientPlayer"
@@ -914,26 +682,6 @@ class DataServer(Protocol):
 
     def start(self) -> object:
         """Start the server and return once it answers."""
-
-
-@pytest.fixture
-def postgres() -> Iterator[ThrowawayPostgres]:
-    """A PostgreSQL server of the test's own (never the machine's shared one)."""
-    server = ThrowawayPostgres().init().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    """A Redis server of the test's own (never the machine's shared one)."""
-    server = ThrowawayRedis(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def save_and_leave(player_id: str, n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -1021,60 +769,3 @@ def assert_data_bounds(figures: Figures, traffic: Traffic, workers: list[TwistdP
     assert data.missing == 0
     assert data.dup == 0
     assert all(worker.alive() for worker in workers)  # recovered by themselves
-
-
-@pytest_twisted.inlineCallbacks
-def test_postgres_restart(
-    postgres: ThrowawayPostgres, edge: FaultCluster, directory_factory: Any
-) -> Any:
-    """PostgreSQL restarted under load: player calls fail clearly meanwhile, all work again
-    once it is back, in the same worker, no acknowledged save is lost, and echo and chat are
-    untouched."""
-    player = edge.start_worker(
-        "player-1",
-        PLAYER,
-        ("--database", f"{postgres.url}?max_size=4&timeout=2", "--set", "flush-interval=0.5"),
-    )
-    yield wait_instances(directory_factory([edge.yellow]), "player", {"player-1"})
-    workload = DataWorkload(
-        cycle=save_and_leave,
-        write="player.save",
-        reaches="player.leave",  # written now (a save may be acknowledged in memory)
-        counter=lambda loaded: int(loaded["version"]),  # each save adds 1
-        server=f"127.0.0.1:{postgres.port}",
-        clear_errors=frozenset({"DatabaseUnavailable", "DatabaseTimeout"}),
-    )
-    figures, traffic = yield restart_under_load(edge, postgres, workload, "PostgreSQL restart")
-    assert_data_bounds(figures, traffic, [player])
-    # Saves were acknowledged while PostgreSQL was away (held in memory, written behind):
-    # the read-back above found every one of them in the database.
-    assert figures.data is not None and figures.data.acked_in_outage > 0
-
-
-@pytest_twisted.inlineCallbacks
-def test_redis_restart(
-    redis: ThrowawayRedis, edge: FaultCluster, directory_factory: Any, tmp_path: Path
-) -> Any:
-    """Redis restarted under load: map entries fail clearly with CacheUnavailable meanwhile,
-    all work again once it is back, in the same worker, no acknowledged move is lost, and
-    echo and chat are untouched."""
-    player = edge.start_worker(
-        "player-1", PLAYER, ("--database", f"sqlite:///{tmp_path / 'players.db'}")
-    )
-    maps = edge.start_worker(
-        "map-1", MAP, ("--cache", f"{redis.url}?timeout=0.5", "--set", f"maps={MAP_ID}=map-1")
-    )
-    directory = directory_factory([edge.yellow])
-    yield wait_instances(directory, "player", {"player-1"})
-    yield wait_instances(directory, "map", {"map-1"})
-    workload = DataWorkload(
-        cycle=visit_map,
-        write="map.move",
-        reaches="map.enter",  # takes the hand-off from the cache
-        counter=lambda loaded: int(loaded["state"].get("coins", 0)),  # each move adds 1
-        server=f"127.0.0.1:{redis.port}",
-        clear_errors=frozenset({"CacheUnavailable"}),
-        home=("map.leave",),
-    )
-    figures, traffic = yield restart_under_load(edge, redis, workload, "Redis restart")
-    assert_data_bounds(figures, traffic, [player, maps])
