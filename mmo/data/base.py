@@ -10,7 +10,8 @@ when parameters are given); the SQLite implementation translates them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import builtins
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias
 
 from twisted.internet import defer
@@ -102,7 +103,12 @@ class Cache(Protocol):
     """A key-value cache with TTLs: Redis (:class:`~mmo.data.redis.RedisCache`) or in-process
     (:class:`~mmo.data.memory.MemoryCache`).
 
-    Keys and values are strings (JSON is the usual value). TTLs are in seconds.
+    Keys and values are strings (JSON is the usual value). TTLs are in seconds. Besides
+    plain values a key may hold a hash (field -> string: ``hset``...) or a set of strings
+    (``sadd``...): each operation changes one key atomically, so processes sharing the
+    cache can update one record's fields, or a set's members, without losing each other's
+    changes, and the one whose ``hdel``/``srem`` removed a member knows it was the one.
+    An operation on a key of the other kind fails with ``CacheError``.
 
     Attributes:
         shared: whether other processes see the same entries (False for the in-process
@@ -139,4 +145,36 @@ class Cache(Protocol):
 
     def expire(self, key: str, ttl: float) -> defer.Deferred[bool]:
         """Make ``key`` expire after ``ttl`` seconds; whether the key exists."""
+        ...
+
+    def persist(self, key: str) -> defer.Deferred[bool]:
+        """Make ``key`` never expire; whether it had a ttl."""
+        ...
+
+    def hset(self, key: str, fields: Mapping[str, str]) -> defer.Deferred[int]:
+        """Set fields of the hash under ``key``; how many of them are new."""
+        ...
+
+    def hget(self, key: str, field: str) -> defer.Deferred[str | None]:
+        """One field of the hash under ``key``, or None."""
+        ...
+
+    def hgetall(self, key: str) -> defer.Deferred[dict[str, str]]:
+        """Every field of the hash under ``key`` (empty if absent)."""
+        ...
+
+    def hdel(self, key: str, *fields: str) -> defer.Deferred[int]:
+        """Remove fields of the hash under ``key``; how many there were."""
+        ...
+
+    def sadd(self, key: str, *members: str) -> defer.Deferred[int]:
+        """Add members to the set under ``key``; how many were not in it."""
+        ...
+
+    def srem(self, key: str, *members: str) -> defer.Deferred[int]:
+        """Remove members from the set under ``key``; how many were in it."""
+        ...
+
+    def smembers(self, key: str) -> defer.Deferred[builtins.set[str]]:
+        """The members of the set under ``key`` (empty if absent)."""
         ...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import builtins
+from collections.abc import Mapping
+from typing import Any, TypeAlias
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -11,6 +13,12 @@ from mmo.data.errors import CacheError, CacheUnavailable
 from mmo.types import Clock
 
 __all__ = ["MemoryCache"]
+
+_KIND_NAMES: dict[type, str] = {str: "string", dict: "hash", set: "set"}
+
+
+#: What a key holds: a string, a hash (field -> string) or a set of strings.
+Value: TypeAlias = str | dict[str, str] | set[str]
 
 
 def _check_ttl(ttl: float | None) -> None:
@@ -41,7 +49,7 @@ class MemoryCache(Service):
         assert clock is not None
         self.clock: Clock = clock
         self.prefix = prefix
-        self._data: dict[str, tuple[str, float | None]] = {}
+        self._data: dict[str, tuple[Value, float | None]] = {}
         self._swept_at_size = 64
 
     def __repr__(self) -> str:
@@ -67,7 +75,7 @@ class MemoryCache(Service):
 
     def delete(self, key: str) -> defer.Deferred[bool]:
         """Remove ``key``; whether it existed."""
-        return self._do(lambda k: self._pop(k) is not None, key)
+        return self._do(self._delete, key)
 
     def take(self, key: str) -> defer.Deferred[str | None]:
         """Get and remove ``key`` in one step."""
@@ -81,6 +89,38 @@ class MemoryCache(Service):
         """Make ``key`` expire after ``ttl`` seconds; whether it exists."""
         return self._do(self._expire, key, ttl)
 
+    def persist(self, key: str) -> defer.Deferred[bool]:
+        """Make ``key`` never expire; whether it had a ttl."""
+        return self._do(self._persist, key)
+
+    def hset(self, key: str, fields: Mapping[str, str]) -> defer.Deferred[int]:
+        """Set fields of the hash under ``key``; how many of them are new."""
+        return self._do(self._hset, key, fields)
+
+    def hget(self, key: str, field: str) -> defer.Deferred[str | None]:
+        """One field of the hash under ``key``, or None."""
+        return self._do(lambda k, f: self._held(k, dict).get(f), key, field)
+
+    def hgetall(self, key: str) -> defer.Deferred[dict[str, str]]:
+        """Every field of the hash under ``key`` (empty if absent)."""
+        return self._do(lambda k: dict(self._held(k, dict)), key)
+
+    def hdel(self, key: str, *fields: str) -> defer.Deferred[int]:
+        """Remove fields of the hash under ``key``; how many there were."""
+        return self._do(self._remove, key, dict, fields)
+
+    def sadd(self, key: str, *members: str) -> defer.Deferred[int]:
+        """Add members to the set under ``key``; how many were not in it."""
+        return self._do(self._sadd, key, members)
+
+    def srem(self, key: str, *members: str) -> defer.Deferred[int]:
+        """Remove members from the set under ``key``; how many were in it."""
+        return self._do(self._remove, key, set, members)
+
+    def smembers(self, key: str) -> defer.Deferred[builtins.set[str]]:
+        """The members of the set under ``key`` (empty if absent)."""
+        return self._do(lambda k: set(self._held(k, set)), key)
+
     # -- internals -------------------------------------------------------------------
 
     def _do(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
@@ -91,7 +131,7 @@ class MemoryCache(Service):
         except CacheError as e:
             return defer.fail(e)
 
-    def _live(self, key: str) -> tuple[str, float | None] | None:
+    def _live(self, key: str) -> tuple[Value, float | None] | None:
         entry = self._data.get(self.prefix + key)
         if entry is None:
             return None
@@ -101,9 +141,18 @@ class MemoryCache(Service):
             return None
         return entry
 
+    def _held(self, key: str, kind: type) -> Any:
+        """What ``key`` holds if it is a ``kind`` (an empty one if absent)."""
+        entry = self._live(key)
+        if entry is None:
+            return kind()
+        if not isinstance(entry[0], kind):
+            raise CacheError(f"{key!r} does not hold a {_KIND_NAMES[kind]}")
+        return entry[0]
+
     def _get(self, key: str) -> str | None:
         entry = self._live(key)
-        return None if entry is None else entry[0]
+        return None if entry is None else self._held(key, str)
 
     def _set(self, key: str, value: str, ttl: float | None) -> None:
         if not isinstance(value, str):
@@ -121,17 +170,64 @@ class MemoryCache(Service):
         return True
 
     def _pop(self, key: str) -> str | None:
+        value = self._get(key)
+        if value is not None:
+            del self._data[self.prefix + key]
+        return value
+
+    def _delete(self, key: str) -> bool:
+        return self._live(key) is not None and self._data.pop(self.prefix + key) is not None
+
+    def _store(self, key: str, kind: type, change: Any) -> int:
+        """Apply ``change`` to what ``key`` holds (a ``kind``, made if absent, keeping its
+        ttl; dropped once empty); its result."""
         entry = self._live(key)
-        if entry is None:
-            return None
-        del self._data[self.prefix + key]
-        return entry[0]
+        held = self._held(key, kind)
+        result = change(held)
+        if held:
+            self._data[self.prefix + key] = (held, None if entry is None else entry[1])
+        else:
+            self._data.pop(self.prefix + key, None)
+        return int(result)
+
+    def _hset(self, key: str, fields: Mapping[str, str]) -> int:
+        if not fields or not all(isinstance(v, str) for v in fields.values()):
+            raise CacheError("hset needs at least one field, every value a string")
+
+        def change(held: dict[str, str]) -> int:
+            new = len(fields.keys() - held.keys())
+            held.update(fields)
+            return new
+
+        return self._store(key, dict, change)
+
+    def _sadd(self, key: str, members: tuple[str, ...]) -> int:
+        if not members or not all(isinstance(m, str) for m in members):
+            raise CacheError("sadd needs at least one member, each a string")
+
+        def change(held: set[str]) -> int:
+            new = len(set(members) - held)
+            held.update(members)
+            return new
+
+        return self._store(key, set, change)
+
+    def _remove(self, key: str, kind: type, names: tuple[str, ...]) -> int:
+        def change(held: Any) -> int:
+            present = [n for n in set(names) if n in held]
+            for name in present:
+                held.discard(name) if kind is set else held.pop(name)
+            return len(present)
+
+        return self._store(key, kind, change)
 
     def _incr(self, key: str, amount: int) -> int:
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise CacheError(f"incr needs an integer amount, got {amount!r}")
         entry = self._live(key)
         value, expires = entry if entry is not None else ("0", None)
+        if not isinstance(value, str):
+            raise CacheError(f"{key!r} does not hold a string")
         try:
             number = int(value) + amount
         except ValueError:
@@ -145,6 +241,13 @@ class MemoryCache(Service):
         if entry is None:
             return False
         self._data[self.prefix + key] = (entry[0], self.clock.seconds() + ttl)
+        return True
+
+    def _persist(self, key: str) -> bool:
+        entry = self._live(key)
+        if entry is None or entry[1] is None:
+            return False
+        self._data[self.prefix + key] = (entry[0], None)
         return True
 
     def _sweep(self) -> None:

@@ -12,7 +12,9 @@ the same in every process given the same servers.
 from __future__ import annotations
 
 import bisect
+import builtins
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import txredisapi
@@ -305,6 +307,49 @@ class RedisCache(Service):
         except CacheError as e:
             return defer.fail(e)
         return self._command(key, "PEXPIRE", ms).addCallback(lambda n: int(n) == 1)
+
+    def persist(self, key: str) -> defer.Deferred[bool]:
+        """``PERSIST``; whether the key had a ttl."""
+        return self._command(key, "PERSIST").addCallback(lambda n: int(n) == 1)
+
+    def hset(self, key: str, fields: Mapping[str, str]) -> defer.Deferred[int]:
+        """``HSET``; how many fields are new."""
+        if not fields or not all(isinstance(v, str) for v in fields.values()):
+            return defer.fail(CacheError("hset needs at least one field, every value a string"))
+        pairs = [x for item in fields.items() for x in item]
+        return self._command(key, "HSET", *pairs).addCallback(int)
+
+    def hget(self, key: str, field: str) -> defer.Deferred[str | None]:
+        """``HGET``."""
+        return self._command(key, "HGET", field)
+
+    def hgetall(self, key: str) -> defer.Deferred[dict[str, str]]:
+        """``HGETALL``, as a dict."""
+        return self._command(key, "HGETALL").addCallback(
+            lambda r: dict(zip(r[::2], r[1::2], strict=True))
+        )
+
+    def hdel(self, key: str, *fields: str) -> defer.Deferred[int]:
+        """``HDEL``; how many fields there were."""
+        if not fields:
+            return defer.succeed(0)
+        return self._command(key, "HDEL", *fields).addCallback(int)
+
+    def sadd(self, key: str, *members: str) -> defer.Deferred[int]:
+        """``SADD``; how many members are new."""
+        if not members or not all(isinstance(m, str) for m in members):
+            return defer.fail(CacheError("sadd needs at least one member, each a string"))
+        return self._command(key, "SADD", *members).addCallback(int)
+
+    def srem(self, key: str, *members: str) -> defer.Deferred[int]:
+        """``SREM``; how many members there were."""
+        if not members:
+            return defer.succeed(0)
+        return self._command(key, "SREM", *members).addCallback(int)
+
+    def smembers(self, key: str) -> defer.Deferred[builtins.set[str]]:
+        """``SMEMBERS``."""
+        return self._command(key, "SMEMBERS").addCallback(builtins.set)
 
     # -- internals ---------------------------------------------------------------
 

@@ -240,6 +240,37 @@ def test_cache_operations(cache: Any) -> None:
 
 
 @pytest_twisted.inlineCallbacks
+def test_cache_hashes_and_sets(cache: Any) -> None:
+    """Hashes and sets behave the same on Redis and in memory: counts of what changed, an
+    emptied one is gone, a key of the other kind is refused, persist clears a ttl."""
+    assert (yield cache.hset("h", {"a": "1", "b": "2"})) == 2
+    assert (yield cache.hset("h", {"b": "3", "c": "4"})) == 1
+    assert (yield cache.hget("h", "b")) == "3"
+    assert (yield cache.hget("h", "nope")) is None
+    assert (yield cache.hgetall("h")) == {"a": "1", "b": "3", "c": "4"}
+    assert (yield cache.hdel("h", "a", "nope")) == 1
+    assert (yield cache.hdel("h")) == 0
+    assert (yield cache.hdel("h", "b", "c")) == 2
+    assert (yield cache.hgetall("h")) == {}
+    assert (yield cache.get("h")) is None  # emptied: gone
+    assert (yield cache.sadd("s", "x", "y")) == 2
+    assert (yield cache.sadd("s", "y", "z")) == 1
+    assert (yield cache.smembers("s")) == {"x", "y", "z"}
+    # Of concurrent removals of one member, exactly one sees it removed: a claim.
+    removed = yield defer.gatherResults([cache.srem("s", "x") for _ in range(10)])
+    assert sorted(removed) == [0] * 9 + [1]
+    assert (yield cache.smembers("missing")) == set()
+    yield cache.set("text", "v")
+    for wrong in (cache.sadd("text", "m"), cache.hgetall("text"), cache.get("s")):
+        with pytest.raises(CacheError):
+            yield wrong
+    assert (yield cache.expire("s", 600)) is True
+    assert (yield cache.persist("s")) is True
+    assert (yield cache.persist("s")) is False  # no ttl left to clear
+    assert (yield cache.persist("missing")) is False
+
+
+@pytest_twisted.inlineCallbacks
 def test_cache_ttls_expire(cache: Any) -> None:
     """Keys set with a ttl, or given one by expire, are gone once it passes (in seconds:
     one with a long ttl and one with none are kept)."""

@@ -125,3 +125,20 @@ def test_memory_cache_is_not_shared_and_prefixes_keys(clock: task.Clock) -> None
     value(c.set("k", "v"))
     assert c.shared is False
     assert list(c._data) == ["game1:k"]
+
+
+def test_hashes_and_sets_keep_their_ttl_and_expire(cache: MemoryCache, clock: task.Clock) -> None:
+    """A hash or set changed after expire keeps its ttl and is gone (empty) once it passes."""
+    value(cache.hset("h", {"a": "1"}))
+    value(cache.sadd("s", "m"))
+    assert value(cache.expire("h", 5.0)) and value(cache.expire("s", 5.0))
+    value(cache.hset("h", {"b": "2"}))
+    value(cache.sadd("s", "n"))
+    clock.advance(4.9)
+    assert value(cache.hgetall("h")) == {"a": "1", "b": "2"}
+    assert value(cache.smembers("s")) == {"m", "n"}
+    clock.advance(0.2)
+    assert value(cache.hgetall("h")) == {}
+    assert value(cache.smembers("s")) == set()
+    with pytest.raises(CacheError):
+        value(cache.hset("h", {}))
