@@ -59,6 +59,12 @@ class MemoryCache(Service):
         """How many keys are held (expired ones included until swept)."""
         return len(self._data)
 
+    def live_keys(self) -> list[str]:
+        """The keys held and not expired, without the prefix, sorted (to look inside)."""
+        now = self.clock.seconds()
+        n = len(self.prefix)
+        return sorted(k[n:] for k, (_, exp) in self._data.items() if exp is None or exp > now)
+
     # -- the Cache interface -------------------------------------------------------
 
     def get(self, key: str) -> defer.Deferred[str | None]:

@@ -7,11 +7,14 @@ stays offline longer than :attr:`SessionService.grace`. Each step is published
 on the service's PUB socket (topics ``enter``, ``offline``, ``online``,
 ``leave``; payload ``{"session_id", "user_id", "broker", "reason"}``).
 
-Records live in memory (one instance per cluster, as ``docs/edge.md`` says):
-a record is deleted when its session leaves, so memory is bounded by the live
-sessions plus those within their grace period. A record lives only while its
-broker does: when the broker leaves the registry (or was never in it) its
-sessions go offline, and end after their grace.
+Records live in the cache (:class:`~mmo.sessions.store.SessionStore`): the worker's
+``--cache`` (Redis, shared: run several instances, any answers for any session, and
+one killed loses nothing), else an in-process cache of the instance's own (the
+embedded default: one instance). A record is deleted when its session leaves, so the
+cache holds the live sessions plus those within their grace period. A record lives
+only while its broker does: when the broker leaves the registry (or was never in it)
+its sessions go offline, and end after their grace. Each event is published by one
+instance only (the store's claims decide which).
 
 Only brokers call ``open``, ``resume``, ``refresh``, ``closed``, ``logout`` and
 ``track`` (:func:`~mmo.logic.callers`), and the broker a call is about is the
@@ -36,26 +39,27 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from typing_extensions import override
 
 from mmo.config import ConfigError
 from mmo.data import tokens
+from mmo.data.memory import MemoryCache
 from mmo.errors import BadRequest, MmoError
 from mmo.logic import Context, ServiceHandler, callers, idempotent
 from mmo.logic.sessions import BROKER_SERVICE, RESUME_PURPOSE
 from mmo.registry import Change, Instance
+from mmo.sessions.store import SessionStore, StoredSession
 from mmo.types import DelayedCall
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
 
 __all__ = [
     "RESUME_PURPOSE",
     "ResumeFailed",
-    "SessionRecord",
     "SessionService",
     "SessionSettings",
     "TooManySessions",
@@ -123,39 +127,6 @@ class ResumeFailed(MmoError):
     code = ErrorCode.REMOTE
 
 
-@dataclass(slots=True)
-class SessionRecord:
-    """What the service knows of one session.
-
-    Attributes:
-        session_id: the session's id (random, URL-safe).
-        user_id: the user it belongs to.
-        broker: the instance id of the broker that holds (or last held) it.
-        token: the secret that resumes it (replaced at every resume).
-        online: whether a connection holds it now.
-        props: its properties (restored on resume).
-        channels: the channels it is in (restored on resume).
-        bindings: route prefix -> instance id it is bound to (restored on resume).
-        timer: while offline, the call that ends it when the grace period is over.
-    """
-
-    session_id: str
-    user_id: str
-    broker: str
-    token: str
-    online: bool = True
-    props: dict[str, Any] = field(default_factory=dict)
-    channels: set[str] = field(default_factory=set)
-    bindings: dict[str, str] = field(default_factory=dict)
-    timer: DelayedCall | None = field(default=None, repr=False)
-
-    def cancel_timer(self) -> None:
-        """Stop the grace timer, if one runs."""
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-
 def _text(method: str, name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest(f"session.{method}: {name} must be a non-empty string")
@@ -193,12 +164,15 @@ def _strings(method: str, name: str, value: Any) -> list[str]:
 class SessionService(ServiceHandler):
     """The ``session`` service: open, resume, close, end and describe client sessions.
 
+    Every method reads and writes the records in :attr:`store`; several instances sharing
+    one cache serve the same sessions.
+
     Attributes:
         settings: a :class:`SessionSettings`.
         grace: seconds an offline session may be resumed before it ends.
         token_ttl: seconds a resume token is valid.
         key: the key resume tokens are signed with (:func:`mmo.data.tokens.load_key`).
-        records: the sessions by id.
+        store: the records (:class:`~mmo.sessions.store.SessionStore`).
         counters: ``replaced`` (sessions ended by a newer login), ``refused`` (logins
             refused as one too many), ``orphaned`` (sessions whose broker was gone).
     """
@@ -212,10 +186,18 @@ class SessionService(ServiceHandler):
         self.grace = self.settings.grace
         self.token_ttl = self.settings.token_ttl
         self.key = tokens.load_key()
-        self.records: dict[str, SessionRecord] = {}
+        cache = self.cache
+        if cache is None:
+            # The embedded default: the records in this process (one instance).
+            cache = MemoryCache(self.clock)
+            cache.startService()
+        elif not cache.shared:
+            log.info("sessions: records in this process's cache: run one session instance")
+        self.store = SessionStore(cache)
         self.counters = {"replaced": 0, "refused": 0, "orphaned": 0}
-        # user id -> its session ids (a dict as an insertion-ordered set).
-        self._by_user: dict[str, dict[str, None]] = {}
+        # session id -> the call that ends it when its grace is over (in the instance
+        # that took it offline; the sweep of any instance ends it otherwise).
+        self._timers: dict[str, DelayedCall] = {}
         self._sweeper: task.LoopingCall | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -223,63 +205,78 @@ class SessionService(ServiceHandler):
     @override
     def start(self) -> None:
         """Watch the registry, so that the sessions of a lost broker go offline, and
-        sweep for sessions held by a broker the registry does not list."""
+        sweep for sessions held by a broker the registry does not list and for sessions
+        whose grace ended unseen (their instance died)."""
         directory = getattr(self.runtime, "directory", None)
         if directory is None:
             return
         directory.view.listen(self.registry_changed)
-        self._sweeper = task.LoopingCall(self.sweep, directory.view)
+        self._sweeper = task.LoopingCall(self._sweep_logged, directory.view)
         self._sweeper.clock = self.clock  # type: ignore[assignment]
         self._sweeper.start(self.settings.sweep_interval, now=False)
 
     @override
     def stop(self) -> None:
-        """Cancel the timers (records live in memory and end with the process)."""
+        """Cancel the timers (the records stay in the cache)."""
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
-        for record in self.records.values():
-            record.cancel_timer()
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
 
-    def sweep(self, view: Any) -> int:
+    def _sweep_logged(self, view: Any) -> defer.Deferred[Any]:
+        return self.sweep(view).addErrback(lambda f: log.failure("sessions: sweep failed", f))
+
+    @defer.inlineCallbacks
+    def sweep(self, view: Any) -> Any:
         """Set offline every online session whose broker the registry does not list
-        (a broker that died unseen, or never was); return how many. Done only while
-        the registry view is complete (``view.warm``)."""
+        (a broker that died unseen, or never was), and end every session whose grace
+        is over; fire with how many went offline. Done only while the registry view is
+        complete (``view.warm``)."""
         if not view.warm:
             return 0
         live = view.instances.get(BROKER_SERVICE, {})
-        orphans = [r for r in self.records.values() if r.online and r.broker not in live]
-        for record in orphans:
-            self._go_offline(record, REASON_BROKER_LOST)
-        if orphans:
-            self.counters["orphaned"] += len(orphans)
+        orphaned = 0
+        for broker in (yield self.store.brokers()) - set(live):
+            orphaned += yield self.broker_lost(broker)
+            if not (yield self.store.online_at(broker)):
+                yield self.store.forget_broker(broker)
+        if orphaned:
+            self.counters["orphaned"] += orphaned
             log.warn(
                 "sessions: {n} sessions held by brokers the registry does not list went offline",
-                n=len(orphans),
+                n=orphaned,
             )
-        return len(orphans)
+        for session_id in (yield self.store.overdue(self.clock.seconds())):
+            yield self._expired(session_id)
+        return orphaned
 
     def registry_changed(self, change: int, instance: Instance, reason: str) -> None:
         """Registry listener: a broker that went DOWN (for any reason) loses its sessions."""
         if change == Change.DOWN and instance.service_name == BROKER_SERVICE:
-            self.broker_lost(instance.instance_id)
-
-    def broker_lost(self, broker: str) -> int:
-        """Set every online session held by ``broker`` offline; return how many."""
-        lost = [r for r in self.records.values() if r.online and r.broker == broker]
-        for record in lost:
-            self._go_offline(record, REASON_BROKER_LOST)
-        if lost:
-            log.info(
-                "sessions: broker {broker} lost; {n} sessions offline", broker=broker, n=len(lost)
+            self.broker_lost(instance.instance_id).addErrback(
+                lambda f: log.failure("sessions: broker {b} lost", f, b=instance.instance_id)
             )
-        return len(lost)
+
+    @defer.inlineCallbacks
+    def broker_lost(self, broker: str) -> Any:
+        """Set every online session held by ``broker`` offline; fire with how many (this
+        instance did: the others, told the same, did the rest)."""
+        lost = 0
+        for session_id in (yield self.store.online_at(broker)):
+            record = yield self.store.get(session_id)
+            if record is not None and (yield self._go_offline(record, REASON_BROKER_LOST)):
+                lost += 1
+        if lost:
+            log.info("sessions: broker {broker} lost; {n} sessions offline", broker=broker, n=lost)
+        return lost
 
     # -- service methods ---------------------------------------------------------
 
     @callers(BROKER_SERVICE)
-    def on_open(
-        self, ctx: Context, user_id: Any, props: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    @defer.inlineCallbacks
+    def on_open(self, ctx: Context, user_id: Any, props: dict[str, Any] | None = None) -> Any:
         """Open a session for ``user_id`` held by the calling broker; publish ``enter``.
 
         A user at :attr:`SessionSettings.max_sessions_per_user` loses their oldest
@@ -295,18 +292,19 @@ class SessionService(ServiceHandler):
         user = _user_id("open", user_id)
         broker = _broker(ctx)
         props = dict(_map("open", "props", props))
-        self._make_room(user)
+        # 96 random bits: a collision is not worth a round trip to rule out.
         session_id = secrets.token_urlsafe(12)
-        while session_id in self.records:
-            session_id = secrets.token_urlsafe(12)
-        record = SessionRecord(session_id, user, broker, self._token(session_id), props=props)
-        self.records[session_id] = record
-        self._by_user.setdefault(user, {})[session_id] = None
-        self._event("enter", record, REASON_LOGIN)
-        return {"session_id": session_id, "token": record.token, "token_ttl": self.token_ttl}
+        token = self._token(session_id)
+        yield self.store.create(session_id, user, broker, token, self.clock.seconds(), props)
+        # Counted after the session is stored, so that logins at once on two instances
+        # see each other.
+        yield self._make_room(user, session_id, broker)
+        self._event("enter", session_id, user, broker, REASON_LOGIN)
+        return {"session_id": session_id, "token": token, "token_ttl": self.token_ttl}
 
     @callers(BROKER_SERVICE)
-    def on_resume(self, ctx: Context, session_id: str, token: str) -> dict[str, Any]:
+    @defer.inlineCallbacks
+    def on_resume(self, ctx: Context, session_id: str, token: str) -> Any:
         """Resume a session on the calling broker with its token; publish ``online``.
 
         The token is replaced (the old one no longer works). A connection still
@@ -321,26 +319,28 @@ class SessionService(ServiceHandler):
                 session's latest, or one that is forged or expired.
         """
         broker = _broker(ctx)
-        record = self._checked(session_id, token)
+        record = yield self._checked(session_id, token)
         if record.online and record.broker != broker:
             self.sessions.kick(Session(id=record.session_id, broker=record.broker), KICK_REPLACED)
-        record.cancel_timer()
-        record.online = True
-        record.broker = broker
-        record.token = self._token(record.session_id)
-        self._event("online", record, REASON_RESUMED)
+        new_token = self._token(record.session_id)
+        yield self.store.bring_online(record.session_id, record.broker, broker, new_token)
+        self._cancel_timer(record.session_id)
+        whole = yield self.store.get(record.session_id, whole=True)
+        self._event("online", record.session_id, record.user_id, broker, REASON_RESUMED)
         return {
             "session_id": record.session_id,
             "user_id": record.user_id,
-            "token": record.token,
+            "token": new_token,
             "token_ttl": self.token_ttl,
-            "props": dict(record.props),
-            "channels": sorted(record.channels),
-            "bindings": dict(record.bindings),
+            "props": whole.props if whole else {},
+            "channels": sorted(whole.channels) if whole else [],
+            "bindings": whole.bindings if whole else {},
         }
 
     @callers(BROKER_SERVICE)
-    def on_refresh(self, ctx: Context, session_id: str) -> dict[str, Any]:
+    @idempotent
+    @defer.inlineCallbacks
+    def on_refresh(self, ctx: Context, session_id: str) -> Any:
         """A new resume token for the session the calling broker holds online (the
         old one stops working): a client refreshes before :attr:`token_ttl` runs out.
 
@@ -350,26 +350,30 @@ class SessionService(ServiceHandler):
         Raises:
             ResumeFailed: no such session online on this broker.
         """
-        record = self._lookup(session_id)
+        record = yield self._lookup(session_id)
         if record is None or not record.online or record.broker != ctx.caller:
             raise ResumeFailed("no such session online on this broker")
-        record.token = self._token(record.session_id)
-        return {"token": record.token, "token_ttl": self.token_ttl}
+        token = self._token(record.session_id)
+        yield self.store.set_token(record.session_id, token)
+        return {"token": token, "token_ttl": self.token_ttl}
 
     @callers(BROKER_SERVICE)
-    def on_closed(self, ctx: Context, session_id: str) -> None:
-        """(one-way) The calling broker lost the session's connection: offline, publish
-        ``offline``.
+    @idempotent
+    @defer.inlineCallbacks
+    def on_closed(self, ctx: Context, session_id: str) -> Any:
+        """The calling broker lost the session's connection: offline, publish ``offline``.
 
         The session ends after :attr:`grace` seconds unless resumed. Nothing happens
         if that broker no longer holds the session or it is already offline.
         """
-        record = self._lookup(session_id)
+        record = yield self._lookup(session_id)
         if record is not None and record.online and record.broker == ctx.caller:
-            self._go_offline(record, REASON_CLOSED)
+            yield self._go_offline(record, REASON_CLOSED)
 
     @callers(BROKER_SERVICE)
-    def on_logout(self, ctx: Context, session_id: str, reason: str = REASON_LOGOUT) -> bool:
+    @idempotent
+    @defer.inlineCallbacks
+    def on_logout(self, ctx: Context, session_id: str, reason: str = REASON_LOGOUT) -> Any:
         """End the session the calling broker holds at once; publish ``leave``.
 
         Args:
@@ -379,13 +383,14 @@ class SessionService(ServiceHandler):
         Returns:
             Whether a session was ended (False: unknown, or held by another broker).
         """
-        record = self._lookup(session_id)
+        record = yield self._lookup(session_id)
         if record is None or record.broker != ctx.caller:
             return False
-        self._end(record, str(reason) or REASON_LOGOUT)
-        return True
+        return (yield self._end(record, str(reason) or REASON_LOGOUT))
 
     @callers(BROKER_SERVICE)
+    @idempotent
+    @defer.inlineCallbacks
     def on_track(
         self,
         ctx: Context,
@@ -395,80 +400,90 @@ class SessionService(ServiceHandler):
         props: dict[str, Any] | None = None,
         bound: dict[str, str] | None = None,
         unbound: list[str] | None = None,
-    ) -> None:
-        """(one-way) Record what a resume restores, as told by the broker holding it.
+    ) -> Any:
+        """Record what a resume restores, as told by the broker holding it.
 
         ``joined`` channels are added, then ``left`` ones removed; ``props`` are
         merged (a ``None`` value deletes the property); ``bound`` prefixes are set,
         then ``unbound`` ones removed. Ignored unless the calling broker holds it.
         """
-        record = self._lookup(session_id)
+        change = (
+            _strings("track", "joined", joined),
+            _strings("track", "left", left),
+            _map("track", "props", props),
+            {
+                p: _text("track", "bound instance", i)
+                for p, i in _map("track", "bound", bound).items()
+            },
+            _strings("track", "unbound", unbound),
+        )
+        record = yield self._lookup(session_id)
         if record is None or record.broker != ctx.caller:
             return
-        record.channels.update(_strings("track", "joined", joined))
-        record.channels.difference_update(_strings("track", "left", left))
-        for key, value in _map("track", "props", props).items():
-            if value is None:
-                record.props.pop(key, None)
-            else:
-                record.props[key] = value
-        for prefix, instance_id in _map("track", "bound", bound).items():
-            record.bindings[prefix] = _text("track", "bound instance", instance_id)
-        for prefix in _strings("track", "unbound", unbound):
-            record.bindings.pop(prefix, None)
+        yield self.store.track(record.session_id, *change)
 
     @idempotent
-    def on_get(self, ctx: Context, session_id: str) -> dict[str, Any] | None:
+    @defer.inlineCallbacks
+    def on_get(self, ctx: Context, session_id: str) -> Any:
         """The session's record, or None if there is no such session.
 
         Returns:
             ``{"user_id", "broker", "online", "props", "channels", "bindings"}``
             (never the token).
         """
-        record = self._lookup(session_id)
+        record = yield self._lookup(session_id, whole=True)
         if record is None:
             return None
         return {
             "user_id": record.user_id,
             "broker": record.broker,
             "online": record.online,
-            "props": dict(record.props),
+            "props": record.props,
             "channels": sorted(record.channels),
-            "bindings": dict(record.bindings),
+            "bindings": record.bindings,
         }
 
     @idempotent
-    def on_find(self, ctx: Context, user_id: Any) -> list[dict[str, Any]]:
+    @defer.inlineCallbacks
+    def on_find(self, ctx: Context, user_id: Any) -> Any:
         """The sessions of ``user_id``, oldest first: ``[{"session_id", "broker", "online"}]``."""
-        user = _user_id("find", user_id)
-        return [
-            {"session_id": sid, "broker": record.broker, "online": record.online}
-            for sid in self._by_user.get(user, {})
-            for record in (self.records[sid],)
-        ]
+        found = []
+        for session_id in (yield self.store.of_user(_user_id("find", user_id))):
+            record = yield self.store.get(session_id)
+            if record is not None:
+                found.append(
+                    {"session_id": session_id, "broker": record.broker, "online": record.online}
+                )
+        return found
 
     # -- internals -------------------------------------------------------------
 
-    def _make_room(self, user: str) -> None:
-        """Before ``user`` opens one more session: end their oldest or refuse."""
-        held = self._by_user.get(user)
-        extra = len(held) - self.settings.max_sessions_per_user + 1 if held else 0
-        if extra <= 0:
+    @defer.inlineCallbacks
+    def _make_room(self, user: str, own: str, broker: str) -> Any:
+        """After ``user`` opened session ``own``: end their oldest beyond the limit, or
+        refuse ``own``."""
+        held = yield self.store.of_user(user)
+        limit = self.settings.max_sessions_per_user
+        if len(held) <= limit:
             return
-        assert held is not None
         if self.settings.when_full == "refuse":
+            if own not in held[limit:]:
+                return  # a login at the same moment is the one too many
+            yield self.store.remove(own, user, broker)
             self.counters["refused"] += 1
-            log.info("sessions: {user} holds {n} sessions; login refused", user=user, n=len(held))
-            raise TooManySessions(
-                f"{user!r} already holds {len(held)} session(s), the most allowed"
-            )
-        for session_id in list(held)[:extra]:
-            record = self.records[session_id]
+            log.info("sessions: {user} holds {n} sessions; login refused", user=user, n=limit)
+            raise TooManySessions(f"{user!r} already holds {limit} session(s), the most allowed")
+        for session_id in held[:-limit]:
+            record = yield self.store.get(session_id)
+            if session_id == own or record is None:
+                continue  # a newer login at the same moment replaces this one
             if record.online:
                 self.sessions.kick(
                     Session(id=record.session_id, broker=record.broker),
                     "logged in elsewhere: this session was replaced by a newer login",
                 )
+            if not (yield self._end(record, REASON_REPLACED)):
+                continue
             self.counters["replaced"] += 1
             if self.counters["replaced"] % 100 == 1:
                 log.info(
@@ -479,58 +494,80 @@ class SessionService(ServiceHandler):
                     broker=record.broker,
                     n=self.counters["replaced"],
                 )
-            self._end(record, REASON_REPLACED)
 
-    def _lookup(self, session_id: Any) -> SessionRecord | None:
-        return self.records.get(session_id) if isinstance(session_id, str) else None
+    def _lookup(self, session_id: Any, *, whole: bool = False) -> defer.Deferred[Any]:
+        if not isinstance(session_id, str) or not session_id:
+            return defer.succeed(None)
+        return self.store.get(session_id, whole=whole)
 
     def _token(self, session_id: str) -> str:
         return tokens.issue(session_id, self.key, ttl=self.token_ttl, purpose=RESUME_PURPOSE)
 
-    def _checked(self, session_id: Any, token: Any) -> SessionRecord:
-        """The session ``token`` resumes: signed for it, unexpired, and its latest."""
+    @defer.inlineCallbacks
+    def _checked(self, session_id: Any, token: Any) -> Any:
+        """The session ``token`` resumes: signed for it, unexpired, and its latest;
+        claimed, so that of two resumes at once with it only one goes on."""
         try:
             subject = tokens.verify(token, self.key, purpose=RESUME_PURPOSE)
         except tokens.TokenError as e:
             raise ResumeFailed(f"bad resume token: {e}") from None
-        record = self._lookup(session_id)
+        record = yield self._lookup(session_id)
         if (
             record is None
             or subject != session_id
             or not hmac.compare_digest(record.token.encode(), token.encode())
+            or (record.deadline is not None and record.deadline <= self.clock.seconds())
+            or not (yield self.store.claim_token(record.session_id))
         ):
             raise ResumeFailed("unknown or expired session, or not its latest token")
         return record
 
-    def _go_offline(self, record: SessionRecord, reason: str) -> None:
-        record.online = False
-        record.cancel_timer()
-        record.timer = self.clock.callLater(self.grace, self._expired, record.session_id)
-        self._event("offline", record, reason)
+    @defer.inlineCallbacks
+    def _go_offline(self, record: StoredSession, reason: str) -> Any:
+        """Take the session offline (if its broker still holds it: the claim); whether
+        this instance did."""
+        deadline = self.clock.seconds() + self.grace
+        if not (yield self.store.take_offline(record.session_id, record.broker, deadline)):
+            return False
+        self._cancel_timer(record.session_id)
+        self._timers[record.session_id] = self.clock.callLater(
+            self.grace, self._expired_logged, record.session_id
+        )
+        self._event("offline", record.session_id, record.user_id, record.broker, reason)
+        return True
 
-    def _expired(self, session_id: str) -> None:
-        record = self._lookup(session_id)
-        if record is not None and not record.online:
-            record.timer = None
-            self._end(record, REASON_EXPIRED)
+    def _cancel_timer(self, session_id: str) -> None:
+        timer = self._timers.pop(session_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
-    def _end(self, record: SessionRecord, reason: str) -> None:
-        record.cancel_timer()
-        del self.records[record.session_id]
-        sessions = self._by_user.get(record.user_id)
-        if sessions is not None:
-            sessions.pop(record.session_id, None)
-            if not sessions:
-                del self._by_user[record.user_id]
-        self._event("leave", record, reason)
+    def _expired_logged(self, session_id: str) -> None:
+        self._timers.pop(session_id, None)
+        self._expired(session_id).addErrback(
+            lambda f: log.failure("sessions: ending {sid}", f, sid=session_id)
+        )
 
-    def _event(self, topic: str, record: SessionRecord, reason: str) -> None:
+    @defer.inlineCallbacks
+    def _expired(self, session_id: str) -> Any:
+        """End the session if it is still offline past its grace."""
+        record = yield self.store.get(session_id)
+        if record is None or record.online:
+            yield self.store.unmark_overdue(session_id)
+        elif record.deadline is None or record.deadline <= self.clock.seconds():
+            yield self._end(record, REASON_EXPIRED)
+
+    @defer.inlineCallbacks
+    def _end(self, record: StoredSession, reason: str) -> Any:
+        """Delete the session and publish ``leave``, if this instance is the one that
+        deleted it; whether it was."""
+        self._cancel_timer(record.session_id)
+        if not (yield self.store.remove(record.session_id, record.user_id, record.broker)):
+            return False
+        self._event("leave", record.session_id, record.user_id, record.broker, reason)
+        return True
+
+    def _event(self, topic: str, session_id: str, user_id: str, broker: str, reason: str) -> None:
         self.publish(
             topic,
-            {
-                "session_id": record.session_id,
-                "user_id": record.user_id,
-                "broker": record.broker,
-                "reason": reason,
-            },
+            {"session_id": session_id, "user_id": user_id, "broker": broker, "reason": reason},
         )

@@ -14,12 +14,14 @@ import pytest
 from twisted.internet import task
 
 from mmo.config import ConfigError
+from mmo.data import MemoryCache
 from mmo.data.tokens import issue, verify
 from mmo.errors import BadRequest, Forbidden, MmoError, UnknownMethod
 from mmo.registry import Change, Instance
 from mmo.sessions import ResumeFailed, SessionService
 from mmo.sessions.service import RESUME_PURPOSE, TooManySessions
-from mmo.testing import FakeDirectory, as_player, call, handler_factory
+from mmo.testing import FakeDirectory, as_player, handler_factory, result_of
+from mmo.testing import call as call_handler
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Session
 
 GRACE = 30.0
@@ -36,6 +38,17 @@ def clock() -> task.Clock:
 def svc(clock: task.Clock) -> SessionService:
     """A session service on a fake runtime (grace: the class default, 30 s)."""
     return handler_factory(SessionService, clock=clock)
+
+
+def call(*args: Any, **kwargs: Any) -> Any:
+    """``mmo.testing.call``'s result (the service's methods read and write the in-process
+    cache: their Deferreds have fired when they return)."""
+    return result_of(call_handler(*args, **kwargs))
+
+
+def stored(svc: SessionService) -> list[str]:
+    """The keys the service keeps in its cache, but for the list of brokers to sweep."""
+    return [k for k in svc.store.cache.live_keys() if k != "session:brokers"]  # type: ignore[attr-defined]
 
 
 def as_broker(instance_id: Any) -> dict[str, Any]:
@@ -139,7 +152,7 @@ def test_open_refuses_bad_arguments(
     """open raises BadRequest for an empty or non-string user, a bad broker or non-map props."""
     with pytest.raises(BadRequest):
         call(svc, "open", **kwargs, **as_broker(broker))
-    assert svc.records == {}
+    assert stored(svc) == []
 
 
 def test_find_lists_a_users_sessions_oldest_first(clock: task.Clock) -> None:
@@ -156,11 +169,14 @@ def test_find_lists_a_users_sessions_oldest_first(clock: task.Clock) -> None:
     assert call(svc, "find", user_id="carol") == []
 
 
-def test_only_get_and_find_are_idempotent() -> None:
-    """Only the read-only methods are marked safe to retry on another instance."""
+def test_what_a_broker_reports_is_retried_on_another_instance_but_open_and_resume() -> None:
+    """The reads and the broker's reports (refresh, closed, logout, track: the same effect
+    however often they run) are marked safe to retry on another instance when one dies;
+    open and resume are not (a second run would open a second session, or find the token
+    already replaced)."""
     methods = SessionService.method_names()
     assert set(methods) == {"open", "resume", "refresh", "closed", "logout", "track", "get", "find"}
-    assert {m for m, safe in methods.items() if safe} == {"get", "find"}
+    assert {m for m, safe in methods.items() if not safe} == {"open", "resume"}
 
 
 # -- closed and grace ---------------------------------------------------------------
@@ -443,7 +459,7 @@ def test_logout_ends_the_session_at_once(svc: SessionService) -> None:
         {"session_id": sid, "user_id": "alice", "broker": "b1", "reason": "logout"},
     )
     assert call(svc, "get", session_id=sid) is None
-    assert svc.records == {}
+    assert stored(svc) == []
 
 
 def test_logout_may_name_its_reason(svc: SessionService) -> None:
@@ -530,7 +546,7 @@ def test_track_refuses_badly_typed_changes(svc: SessionService, kwargs: dict[str
 def test_track_of_an_unknown_session_is_ignored(svc: SessionService) -> None:
     """track for a session that has ended does nothing (and does not fail)."""
     assert call(svc, "track", session_id="gone", **as_broker("b1"), joined=["c"]) is None
-    assert svc.records == {}
+    assert stored(svc) == []
 
 
 # -- lost brokers ------------------------------------------------------------------
@@ -565,7 +581,8 @@ def test_a_broker_going_down_sets_its_sessions_offline(
     c = open_session(svc, "carol", "b2")["session_id"]
     del published(svc)[:]
     directory.deregister("broker", "b1", reason)
-    assert published(svc) == [
+    # In no particular order: a broker's sessions are a set.
+    assert sorted(published(svc), key=lambda event: event[1]["user_id"]) == [
         ("offline", {"session_id": a, "user_id": "alice", "broker": "b1", "reason": "broker lost"}),
         ("offline", {"session_id": b, "user_id": "bob", "broker": "b1", "reason": "broker lost"}),
     ]
@@ -602,7 +619,7 @@ def test_a_lost_broker_does_not_restart_grace_of_sessions_already_offline(
     sid = open_session(svc, broker="b1")["session_id"]
     call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(GRACE / 2)
-    assert svc.broker_lost("b1") == 0
+    assert result_of(svc.broker_lost("b1")) == 0
     clock.advance(GRACE / 2)
     assert topics(svc) == ["enter", "offline", "leave"]
 
@@ -619,8 +636,7 @@ def test_memory_is_released_when_sessions_leave(svc: SessionService, clock: task
         else:
             call(svc, "closed", session_id=sid, **as_broker("b1"))
     clock.advance(GRACE)
-    assert svc.records == {}
-    assert svc._by_user == {}
+    assert stored(svc) == []
     assert clock.getDelayedCalls() == []
 
 
@@ -648,7 +664,7 @@ def test_only_brokers_may_change_sessions(
             call(svc, method, kwargs, caller="chat-1", caller_role=role)
     with pytest.raises(UnknownMethod):
         call(svc, method, kwargs, **as_player(Session(id="x", broker="b1")))
-    assert not svc.records
+    assert stored(svc) == []
 
 
 def test_the_broker_is_the_caller_never_the_body(svc: SessionService) -> None:
@@ -702,9 +718,92 @@ def test_sessions_of_a_broker_the_registry_does_not_list_go_offline_then_end(
     nothing is swept while the view is not warm (a restarted registry)."""
     kept = open_session(svc, "alice", "b1")["session_id"]
     orphan = open_session(svc, "bob", "ghost")["session_id"]
-    assert svc.sweep(SweptView("b1", warm=False)) == 0
-    assert svc.sweep(SweptView("b1")) == 1
+    assert result_of(svc.sweep(SweptView("b1", warm=False))) == 0
+    assert result_of(svc.sweep(SweptView("b1"))) == 1
     assert call(svc, "get", session_id=orphan)["online"] is False
     clock.advance(GRACE)
     assert call(svc, "get", session_id=orphan) is None
     assert call(svc, "get", session_id=kept)["online"] is True
+
+
+# -- several instances sharing one cache -------------------------------------------------
+
+
+@pytest.fixture
+def pair(clock: task.Clock) -> tuple[SessionService, SessionService]:
+    """Two session instances sharing one cache, as two processes sharing a Redis."""
+    cache = MemoryCache(clock)
+    cache.startService()
+    return (
+        handler_factory(SessionService, clock=clock, cache=cache, instance_id="session-1"),
+        handler_factory(SessionService, clock=clock, cache=cache, instance_id="session-2"),
+    )
+
+
+def test_any_instance_answers_for_a_session_another_opened(
+    pair: tuple[SessionService, SessionService],
+) -> None:
+    """Opened on one instance, tracked on the other, resumed on the first: the channels,
+    props and bindings a broker reported reach the resume whichever instance heard them."""
+    one, two = pair
+    opened = open_session(one, "alice", "b1")
+    sid = opened["session_id"]
+    call(two, "track", session_id=sid, joined=["room:a", "room:b"], **as_broker("b1"))
+    call(one, "track", session_id=sid, left=["room:a"], props={"lvl": 3}, **as_broker("b1"))
+    call(two, "track", session_id=sid, bound={"fight": "fight-2"}, **as_broker("b1"))
+    call(two, "closed", session_id=sid, **as_broker("b1"))
+    resumed = call(one, "resume", session_id=sid, token=opened["token"], **as_broker("b2"))
+    assert (resumed["channels"], resumed["props"], resumed["bindings"]) == (
+        ["room:b"],
+        {"lvl": 3},
+        {"fight": "fight-2"},
+    )
+    assert call(two, "get", session_id=sid)["broker"] == "b2"
+    assert topics(one) == ["enter", "online"] and topics(two) == ["offline"]
+
+
+def test_a_dead_instances_offline_sessions_end_at_another_instances_sweep(
+    pair: tuple[SessionService, SessionService], clock: task.Clock
+) -> None:
+    """The instance that took a session offline dies (its grace timer with it): another
+    instance's sweep ends the session once its grace is over, and publishes leave once."""
+    one, two = pair
+    sid = open_session(one, "alice", "b1")["session_id"]
+    call(one, "closed", session_id=sid, **as_broker("b1"))
+    one.stop()  # the process is gone: its timers too
+    clock.advance(GRACE - 1)
+    result_of(two.sweep(SweptView("b1")))
+    assert call(two, "get", session_id=sid) is not None  # still within its grace
+    clock.advance(1)
+    result_of(two.sweep(SweptView("b1")))
+    assert call(two, "get", session_id=sid) is None
+    assert topics(two) == ["leave"] and topics(one) == ["enter", "offline"]
+    assert stored(two) == []
+
+
+def test_a_broker_lost_is_acted_on_once_by_all_the_instances_told(
+    pair: tuple[SessionService, SessionService], clock: task.Clock
+) -> None:
+    """Every instance hears a broker go DOWN: each of its sessions goes offline once (one
+    offline event in all), and ends once."""
+    one, two = pair
+    sids = {open_session(one, f"user{i}", "b1")["session_id"] for i in range(5)}
+    assert result_of(one.broker_lost("b1")) + result_of(two.broker_lost("b1")) == 5
+    clock.advance(GRACE)
+    result_of(two.sweep(SweptView()))
+    events = published(one) + published(two)
+    assert sorted(p["session_id"] for t, p in events if t == "offline") == sorted(sids)
+    assert sorted(p["session_id"] for t, p in events if t == "leave") == sorted(sids)
+
+
+def test_a_token_resumes_once_across_instances(
+    pair: tuple[SessionService, SessionService],
+) -> None:
+    """A resume on one instance replaces the token: the same token fails on the other."""
+    one, two = pair
+    opened = open_session(one, "alice", "b1")
+    call(one, "resume", session_id=opened["session_id"], token=opened["token"], **as_broker("b2"))
+    with pytest.raises(ResumeFailed):
+        call(
+            two, "resume", session_id=opened["session_id"], token=opened["token"], **as_broker("b3")
+        )
