@@ -11,6 +11,7 @@ goes offline (``closed``), is kicked (``logout``) or changes what a resume resto
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from twisted.internet import defer
@@ -42,6 +43,10 @@ __all__ = ["LOGOUT_ROUTE", "REFRESH_ROUTE", "RESUME_ROUTE", "LoginGate"]
 RESUME_ROUTE = "session.resume"
 LOGOUT_ROUTE = "session.logout"
 REFRESH_ROUTE = "session.refresh"
+#: The errors of a call that did not reach a live instance, or got no answer in time.
+_OUT_OF_REACH = (NoLiveInstance, DeadlineExceeded, InstanceLost, Unavailable)
+#: How many times a report to the session service is sent before it is given up.
+REPORT_ATTEMPTS = 3
 
 
 class LoginGate:
@@ -80,6 +85,8 @@ class LoginGate:
         self.counters = counters
         self.in_flight = in_flight
         self.forwarder = forwarder
+        # session id -> the reports to the session service not yet acknowledged, in order.
+        self._reports: dict[str, deque[tuple[str, dict[str, Any]]]] = {}
 
     # -- before login ----------------------------------------------------------
 
@@ -144,7 +151,7 @@ class LoginGate:
             conn.logging_in = False
             self.counters.count("login_failures")
             code = ClientError.LOGIN_FAILED
-            if isinstance(e, NoLiveInstance | DeadlineExceeded | InstanceLost | Unavailable):
+            if isinstance(e, _OUT_OF_REACH):
                 code = ClientError.UNAVAILABLE
             elif isinstance(e, BadRequest) and reply is None:
                 # The body does not fit the login method: the client is wrong, not the
@@ -192,7 +199,13 @@ class LoginGate:
         except (MmoError, WireError) as e:
             conn.logging_in = False
             self.counters.count("resume_failures")
-            conn.error(packet.seq, ClientError.RESUME_FAILED, _error_text(e))
+            # The session service out of reach is not a refusal: the client tries again.
+            code = (
+                ClientError.UNAVAILABLE
+                if isinstance(e, _OUT_OF_REACH)
+                else ClientError.RESUME_FAILED
+            )
+            conn.error(packet.seq, code, _error_text(e))
             return
         conn.logging_in = False
         if conn.closed:
@@ -264,22 +277,68 @@ class LoginGate:
 
     # -- what the session service is told ------------------------------------------
 
-    def closed(self, sid: str) -> None:
+    def closed(self, sid: str | None) -> None:
         """The session's connection is gone: it is offline (it may resume)."""
-        self.directory.send(SESSION_SERVICE, "closed", encode_value({"session_id": sid}))
+        self._report(sid, "closed", {"session_id": sid})
 
     def kicked(self, sid: str | None) -> None:
         """The session was kicked: it ends (no resume)."""
-        self.directory.send(
-            SESSION_SERVICE, "logout", encode_value({"session_id": sid, "reason": "kicked"})
-        )
+        self._report(sid, "logout", {"session_id": sid, "reason": "kicked"})
 
     def track(self, conn: ClientConnection, **change: Any) -> None:
         """The session's channels, bindings or properties changed: so that a resume
         restores them."""
-        self.directory.send(
-            SESSION_SERVICE, "track", encode_value({"session_id": conn.session_id, **change})
-        )
+        self._report(conn.session_id, "track", {"session_id": conn.session_id, **change})
+
+    def _report(self, sid: str | None, method: str, body: dict[str, Any]) -> None:
+        """Tell the session service what happened to session ``sid``: in order (a report
+        waits for the one before it) and acknowledged, so that none is lost with a
+        session instance that dies (the service retries a report on another instance
+        when it sees one die, and this sends one that failed again: a report has the
+        same effect however often it runs)."""
+        if sid is None:
+            return
+        queue = self._reports.get(sid)
+        if queue is not None:
+            queue.append((method, body))
+            return
+        self._reports[sid] = deque([(method, body)])
+        self._track(self._send_reports(sid))
+
+    @defer.inlineCallbacks
+    def _send_reports(self, sid: str) -> Any:
+        queue = self._reports[sid]
+        try:
+            while queue:
+                method, body = queue[0]
+                for attempt in range(1, REPORT_ATTEMPTS + 1):
+                    try:
+                        yield self.directory.call(
+                            SESSION_SERVICE, method, body, timeout=self.config.request_timeout
+                        )
+                        break
+                    except _OUT_OF_REACH as e:
+                        if attempt == REPORT_ATTEMPTS:
+                            self.counters.count("session_reports_lost")
+                            self.log.warn(
+                                "broker: session.{method} of {sid} not recorded"
+                                " after {n} attempts: {e}",
+                                method=method,
+                                sid=sid,
+                                n=attempt,
+                                e=e,
+                            )
+                    except MmoError as e:
+                        self.log.warn(
+                            "broker: session.{method} of {sid} refused: {e}",
+                            method=method,
+                            sid=sid,
+                            e=e,
+                        )
+                        break
+                queue.popleft()
+        finally:
+            del self._reports[sid]
 
 
 def _error_text(e: Exception) -> str:

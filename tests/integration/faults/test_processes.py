@@ -6,16 +6,17 @@ import signal
 from typing import Any
 
 import pytest_twisted  # type: ignore[import-untyped]
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 
-from mmo.client.session import http_fetcher, parse_brokerlist
 from mmo.registry import Change
 
-from ..conftest import instances, next_change, sleep, until, wait_instances
+from ..conftest import instances, next_change, sleep, wait_instances
 from .load import (
     FaultCluster,
+    assert_missed_only_around_the_failover,
     assert_no_loss,
     close_clients,
+    kill_broker_1,
     report,
     run_with_load,
 )
@@ -89,34 +90,13 @@ def test_broker_kill(edge: FaultCluster) -> Any:
     """kill -9 of a broker: its clients resume their sessions on the other; no call lost,
     no message twice, and messages are missed only around the failover."""
     clients, traffic = yield run_with_load(edge)
-    victim_address = f"127.0.0.1:{edge.ports[0]}"
-    victims = [u for u, c in clients.items() if c.broker_address == victim_address]
-    assert victims
-    sessions = {u: clients[u].session_id for u in victims}
-    fetch = http_fetcher(reactor, timeout=10.0)
-    resumed: dict[str, defer.Deferred[float]] = {u: defer.Deferred() for u in victims}
-    for u in victims:
-        clients[u].on_resumed(
-            lambda _reply, d=resumed[u]: d.called or d.callback(reactor.seconds())
-        )
     try:
         fault_at = reactor.seconds()
-        edge.processes["broker-1"].kill()
-        yield until(
-            lambda: fetch(edge.brokerlist_url).addCallback(
-                lambda body: victim_address not in parse_brokerlist(body)
-            ),
-            what="the killed broker out of the brokerlist",
-        )
-        delisted_at = reactor.seconds()
-        resumed_at = yield defer.gatherResults(
-            [d.addTimeout(30, reactor) for d in resumed.values()]
-        )
+        victims, sessions, delisted_at, last_resume = yield kill_broker_1(edge, clients)
         yield sleep(3.0)  # the load goes on after the failover
         yield traffic.stop()
     finally:
         yield close_clients(clients)
-    last_resume = max(resumed_at)
     figures = traffic.figures("broker kill -9", fault_at, detect=delisted_at - fault_at)
     figures.extra["all_resumed"] = last_resume - fault_at
     figures.counts["missed_outside_1s"] = traffic.missed(
@@ -131,17 +111,4 @@ def test_broker_kill(edge: FaultCluster) -> Any:
     # Once everyone was back, no call failed.
     late = [c.errors for c in traffic.calls if c.start >= last_resume and (c.errors or not c.ok)]
     assert not late, late[:5]
-    # Pushes to a session while it is offline are not kept (docs/protocol.md 5.7.2), nor
-    # what the dead broker held: each member may miss one run of each sender's messages,
-    # around the failover only: the run began before the last client resumed, the member
-    # heard the sender before it, and after it from a message delivered after the kill.
-    for (member, sender), runs in traffic.missed_runs().items():
-        assert len(runs) == 1, (member, sender, runs)
-        (run,) = runs
-        first, after = run[0], traffic.after(run[-1])
-        assert traffic.sent[first] <= last_resume, (member, run)
-        assert traffic.heard[(member, f"{sender}:1")], (member, run)
-        assert after is not None and traffic.heard_at.get((member, after), 0.0) >= fault_at, (
-            member,
-            run,
-        )
+    assert_missed_only_around_the_failover(traffic, fault_at, last_resume)
