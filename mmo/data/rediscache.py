@@ -1,4 +1,5 @@
-"""``RedisCache``: Redis through txredisapi — one server, several shards, or a Sentinel master.
+"""``RedisCache``: Redis through txredisapi — one server, several shards, a Sentinel master,
+or a Twemproxy (``nutcracker``) front of pre-sharded servers.
 
 Each server gets a lazily connected txredisapi pool that reconnects by itself
 (backing off from 0.2 s to 2 s). An operation on a server with no live
@@ -7,12 +8,21 @@ come within the deadline fails with ``CacheUnavailable`` too (and its
 connection is reset). Keys are spread over shards by consistent hashing
 (CRC32 of ``host:port`` points on a ring; a ``{tag}`` in a key hashes only the tag),
 the same in every process given the same servers.
+
+Through Twemproxy (``twemproxy=True``) the proxy does the sharding, so this
+client sends every key to the one proxy address and keeps to commands it
+proxies: no SELECT (database 0 only), AUTH only when the proxy has a
+``redis_auth``, ``take`` as a one-key EVAL (GETDEL is unknown to nutcracker
+0.4 and older), and an error the proxy makes up for a backend it cannot reach
+(``ERR Connection refused``) is ``CacheUnavailable``, not ``CacheError``.
 """
 
 from __future__ import annotations
 
 import bisect
 import builtins
+import errno
+import os
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +41,19 @@ __all__ = ["RedisCache"]
 log = Logger()
 
 Address = tuple[str, int]
+
+#: ``take`` through Twemproxy: GET and DEL of KEYS[1] in one step (a missing key: nil).
+_TAKE_SCRIPT = (
+    "local v = redis.call('GET', KEYS[1]) if v then redis.call('DEL', KEYS[1]) end return v"
+)
+
+#: What nutcracker answers, as ``ERR <strerror>``, for a backend it cannot reach or that did
+#: not answer within its ``timeout`` (Redis itself never answers with a bare errno text).
+_PROXY_ERRORS = frozenset(os.strerror(n) for n in errno.errorcode)
+
+#: Redis errors that say "not now" rather than "never": a replica left behind by a fail-over
+#: (READONLY), a server loading its data (LOADING), a replica without its master (MASTERDOWN).
+_TRANSIENT_ERRORS = ("READONLY", "LOADING", "MASTERDOWN")
 
 
 def _ms(ttl: float) -> int:
@@ -134,7 +157,7 @@ class RedisCache(Service):
 
     Args:
         servers: ``(host, port)`` of each server; several are shards. Ignored with
-            ``sentinels``.
+            ``sentinels``. With ``twemproxy``, the one proxy.
         sentinels: ``(host, port)`` of Sentinels to ask for the master of ``master``.
         master: the Sentinel service name.
         db: the Redis database number.
@@ -142,6 +165,8 @@ class RedisCache(Service):
         prefix: prepended to every key (several games or tests may share a server).
         timeout: deadline of an operation, in seconds.
         poolsize: connections per server.
+        twemproxy: ``servers`` is one Twemproxy (nutcracker) front: send only what it
+            proxies (``db`` must be 0).
     """
 
     shared = True
@@ -157,7 +182,10 @@ class RedisCache(Service):
         prefix: str = "",
         timeout: float = 2.0,
         poolsize: int = 4,
+        twemproxy: bool = False,
     ) -> None:
+        if twemproxy and (sentinels or len(servers or []) != 1 or db != 0):
+            raise ValueError("a Twemproxy front is one address, with database 0 and no Sentinel")
         if sentinels and not master:
             raise ValueError("a Sentinel setup needs the master's name")
         if not sentinels and not servers:
@@ -170,6 +198,7 @@ class RedisCache(Service):
         self.prefix = prefix
         self.timeout = timeout
         self.poolsize = poolsize
+        self.twemproxy = twemproxy
         self._nodes: list[_Node] = []
         self._ring: _Ring | None = None
         self._sentinel: Any = None
@@ -182,6 +211,9 @@ class RedisCache(Service):
         if self.sentinels:
             hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"sentinel://{hosts}/{self.master}"
+        if self.twemproxy:
+            host, port = self.servers[0]
+            return f"twemproxy://{host}:{port}"
         return ",".join(f"{h}:{p}" for h, p in self.servers) + f"/{self.db}"
 
     # -- lifecycle -------------------------------------------------------------
@@ -211,7 +243,7 @@ class RedisCache(Service):
         else:
             self._nodes = [
                 _Node(
-                    f"{host}:{port}",
+                    self.describe() if self.twemproxy else f"{host}:{port}",
                     txredisapi.lazyConnectionPool(
                         host,
                         port,
@@ -291,7 +323,14 @@ class RedisCache(Service):
         return self._command(key, "DEL").addCallback(lambda n: int(n) > 0)
 
     def take(self, key: str) -> defer.Deferred[str | None]:
-        """``GETDEL`` (Redis >= 6.2): get and remove in one step."""
+        """``GETDEL`` (Redis >= 6.2): get and remove in one step.
+
+        Through Twemproxy, a Lua script doing GET then DEL on the one key instead
+        (as atomic: Redis runs a script alone), which nutcracker proxies to the key's
+        server whatever its version (GETDEL only from 0.5.0).
+        """
+        if self.twemproxy:
+            return self._command(key, "EVAL", lead=(_TAKE_SCRIPT, 1))
         return self._command(key, "GETDEL")
 
     def incr(self, key: str, amount: int = 1) -> defer.Deferred[int]:
@@ -361,7 +400,10 @@ class RedisCache(Service):
         hashed = key[tag_start + 1 : tag_end] if 0 <= tag_start < tag_end - 1 else key
         return self._ring(hashed)
 
-    def _command(self, key: str, command: str, *args: Any) -> defer.Deferred[Any]:
+    def _command(
+        self, key: str, command: str, *args: Any, lead: tuple[Any, ...] = ()
+    ) -> defer.Deferred[Any]:
+        """Send ``command *lead key *args`` to the key's server, with the deadline."""
         if not isinstance(key, str) or not key:
             return defer.fail(CacheError(f"cache keys are non-empty strings, got {key!r}"))
         if not self.running or not self._nodes:
@@ -373,9 +415,9 @@ class RedisCache(Service):
 
         result: defer.Deferred[Any] = defer.Deferred()
         try:
-            sent = node.handler.execute_command(command, self.prefix + key, *args)
+            sent = node.handler.execute_command(command, *lead, self.prefix + key, *args)
         except Exception as e:
-            return defer.fail(self._translate(Failure(e), node, command))
+            return defer.fail(self._translate(Failure(e), node, command, self.twemproxy))
 
         def expire() -> None:
             if not result.called:
@@ -390,7 +432,7 @@ class RedisCache(Service):
             if result.called:
                 return
             if isinstance(outcome, Failure):
-                result.errback(self._translate(outcome, node, command))
+                result.errback(self._translate(outcome, node, command, self.twemproxy))
             else:
                 result.callback(outcome)
 
@@ -398,11 +440,16 @@ class RedisCache(Service):
         return result
 
     @staticmethod
-    def _translate(failure: Failure, node: _Node, command: str) -> Failure:
+    def _translate(failure: Failure, node: _Node, command: str, proxy: bool = False) -> Failure:
         e = failure.value
         if isinstance(e, CacheError):
             return failure
         if isinstance(e, txredisapi.ResponseError):
+            text = str(e)
+            if text.startswith(_TRANSIENT_ERRORS) or (
+                proxy and text.removeprefix("ERR ") in _PROXY_ERRORS
+            ):
+                return Failure(CacheUnavailable(f"Redis {node.name}: {command}: {text}"))
             return Failure(CacheError(f"Redis {node.name}: {command}: {e}"))
         if isinstance(e, txredisapi.ConnectionError | ConnectionError):
             return Failure(CacheUnavailable(f"Redis {node.name}: {command}: {e}"))

@@ -9,7 +9,8 @@ Databases:
 
 Caches:
     ``memory://``; ``redis://[:password@]host:port[/db]``;
-    ``redis-shards://h1:p1,h2:p2[/db]``; ``sentinel://h1:p1[,h2:p2]/mastername``
+    ``redis-shards://h1:p1,h2:p2[/db]``; ``sentinel://h1:p1[,h2:p2]/mastername``;
+    ``twemproxy://[:password@]host:port`` (a Twemproxy/nutcracker front: database 0)
     (query, for all: ``prefix``, ``timeout``; Redis ones also ``poolsize``, ``db``
     for Sentinel).
 """
@@ -39,8 +40,8 @@ __all__ = [
 
 DATABASE_HELP = "use sqlite:///PATH.db, sqlite://:memory: or postgresql://USER@HOST:PORT/DB"
 CACHE_HELP = (
-    "use memory://, redis://HOST:PORT/DB, redis-shards://H1:P1,H2:P2/DB "
-    "or sentinel://H1:P1,H2:P2/MASTER"
+    "use memory://, redis://HOST:PORT/DB, redis-shards://H1:P1,H2:P2/DB, "
+    "sentinel://H1:P1,H2:P2/MASTER or twemproxy://HOST:PORT"
 )
 
 
@@ -64,8 +65,9 @@ class CacheSpec:
     """A parsed cache URL.
 
     Attributes:
-        kind: ``"memory"``, ``"redis"``, ``"redis-shards"`` or ``"sentinel"``.
-        servers: ``(host, port)`` of the servers (or of the Sentinels).
+        kind: ``"memory"``, ``"redis"``, ``"redis-shards"``, ``"sentinel"`` or
+            ``"twemproxy"``.
+        servers: ``(host, port)`` of the servers (or of the Sentinels, or the proxy).
         master: the Sentinel master's name.
         db: the Redis database number.
         password: the Redis password, if the URL has one.
@@ -169,7 +171,7 @@ def parse_cache_url(url: str, key: str = "cache") -> CacheSpec:
         if rest.strip("/"):
             raise ConfigError(key, f"memory:// takes no address, got {url!r}")
         return CacheSpec("memory", options=options)
-    if scheme not in ("redis", "redis-shards", "sentinel"):
+    if scheme not in ("redis", "redis-shards", "sentinel", "twemproxy"):
         raise ConfigError(key, f"unknown cache scheme {scheme!r}; {CACHE_HELP}")
     known["poolsize"] = int
     if scheme == "sentinel":
@@ -189,6 +191,13 @@ def parse_cache_url(url: str, key: str = "cache") -> CacheSpec:
         return CacheSpec("sentinel", servers, path, db, password, options)
     if scheme == "redis" and len(servers) != 1:
         raise ConfigError(key, "redis:// takes one server; use redis-shards:// for several")
+    if scheme == "twemproxy":
+        if len(servers) != 1:
+            raise ConfigError(key, "twemproxy:// takes one proxy address (it shards itself)")
+        if path not in ("", "0"):
+            raise ConfigError(
+                key, f"Twemproxy serves database 0 only (it refuses SELECT), got /{path}"
+            )
     if path and not path.isdigit():
         raise ConfigError(key, f"the Redis database must be a number, got {path!r}")
     return CacheSpec(scheme, servers, None, int(path or 0), password, options)
@@ -232,4 +241,10 @@ def make_cache(url: str, *, clock: Any = None) -> MemoryCache | RedisCache:
             password=spec.password,
             **common,
         )
-    return RedisCache(list(spec.servers), db=spec.db, password=spec.password, **common)
+    return RedisCache(
+        list(spec.servers),
+        db=spec.db,
+        password=spec.password,
+        twemproxy=spec.kind == "twemproxy",
+        **common,
+    )

@@ -1,8 +1,9 @@
-"""Real servers for data-layer tests: throwaway PostgreSQL and Redis, private schemas.
+"""Real servers for data-layer tests: throwaway PostgreSQL, Redis and Twemproxy, private schemas.
 
 Tests that restart a server must not touch the shared ones, so
 :class:`ThrowawayPostgres` (``initdb`` into a temporary directory, trust auth,
-127.0.0.1 on a free port) and :class:`ThrowawayRedis` (no persistence) run
+127.0.0.1 on a free port), :class:`ThrowawayRedis` (no persistence) and
+:class:`ThrowawayTwemproxy` (``nutcracker`` in front of given Redis servers) run
 their own as child processes, stopped by their pid. Tests that only need a
 server use the shared ones with a private namespace: :func:`postgres_schema`
 (a schema created and dropped around the test) and :func:`redis_prefix` (a key
@@ -37,6 +38,7 @@ __all__ = [
     "ThrowawayPostgres",
     "ThrowawayRedis",
     "ThrowawaySentinel",
+    "ThrowawayTwemproxy",
     "postgres_schema",
     "redis_command",
     "redis_prefix",
@@ -141,11 +143,21 @@ class ThrowawayRedis:
     Args:
         root: a directory for its files.
         port: the port (default: a free one).
+        replica_of: the port of a master on 127.0.0.1 to replicate (default: a master).
+        password: ``requirepass`` (default: none).
     """
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        replica_of: int | None = None,
+        password: str | None = None,
+    ) -> None:
         self.root = Path(root)
         self.port = port or free_port()
+        self.replica_of = replica_of
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -158,6 +170,11 @@ class ThrowawayRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: run scripts/ensure-servers")
+        extra = (
+            [] if self.replica_of is None else ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        )
+        if self.password is not None:
+            extra += ["--requirepass", self.password]
         return [
             binary,
             "--port",
@@ -172,18 +189,20 @@ class ThrowawayRedis:
             "no",
             "--dir",
             str(self.root),
+            *extra,
         ]
 
     def start(self, timeout: float = 10.0) -> ThrowawayRedis:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING (AUTH, with a password)."""
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"redis-{self.port}.log", "ab")  # noqa: SIM115 - child keeps it
         self.proc = subprocess.Popen(
             self.command_line(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         log.close()
+        probe = ("AUTH", self.password) if self.password else ("PING",)
         _wait(
-            lambda: redis_command("127.0.0.1", self.port, "PING", timeout=0.5) == "PONG",
+            lambda: redis_command("127.0.0.1", self.port, *probe, timeout=0.5) in ("PONG", "OK"),
             timeout,
             f"redis on port {self.port}",
         )
@@ -197,10 +216,13 @@ class ThrowawayRedis:
 class ThrowawaySentinel(ThrowawayRedis):
     """A Redis Sentinel child watching the master at ``master_port`` as ``name``."""
 
-    def __init__(self, root: Path, master_port: int, name: str = "mymaster") -> None:
+    def __init__(
+        self, root: Path, master_port: int, name: str = "mymaster", down_after: float = 5.0
+    ) -> None:
         super().__init__(root)
         self.master_port = master_port
         self.name = name
+        self.down_after = down_after
 
     @property
     def url(self) -> str:
@@ -213,12 +235,156 @@ class ThrowawaySentinel(ThrowawayRedis):
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.root}\n"
             f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} 1\n"
-            f"sentinel down-after-milliseconds {self.name} 5000\n"
+            f"sentinel down-after-milliseconds {self.name} {round(self.down_after * 1000)}\n"
+            f"sentinel failover-timeout {self.name} {round(self.down_after * 4000)}\n"
         )
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: run scripts/ensure-servers")
         return [binary, str(conf), "--sentinel"]
+
+    def master(self) -> tuple[str, int]:
+        """The master's address as this Sentinel reports it now."""
+        host, port = redis_command(
+            "127.0.0.1", self.port, "SENTINEL", "get-master-addr-by-name", self.name
+        )
+        return host, int(port)
+
+
+# -- Twemproxy -----------------------------------------------------------------------
+
+
+def _nutcracker_bin() -> str:
+    # Debian installs it in /usr/sbin, which a non-root PATH often lacks.
+    found = shutil.which("nutcracker") or shutil.which(
+        "nutcracker", path="/usr/sbin:/usr/local/sbin"
+    )
+    if found is None:
+        raise RuntimeError("nutcracker not found (apt-get install nutcracker): run ensure-servers")
+    return found
+
+
+class ThrowawayTwemproxy:
+    """A Twemproxy (``nutcracker``) child on 127.0.0.1 in front of Redis servers.
+
+    The pool is the seed layout's: ``hash: murmur`` (``fnv1a_64``, twemproxy's
+    example, puts runs of similar keys such as ``handoff:p0``...``p7`` all on one
+    server of two), ``distribution: ketama``,
+    ``hash_tag: "{}"`` (a ``{tag}`` key is placed by its tag alone) and
+    ``auto_eject_hosts: false`` (a key never moves to another server: while its
+    server is down, commands on it fail with ``ERR Connection refused``). Each
+    server is listed with a name (``s0``, ``s1``... or ``names``); ketama places
+    keys by the names, so :meth:`reconfigure` can point a name at another address
+    (a promoted replica) without moving any key. The listen and stats ports are
+    free ones; the config and the log are files in ``root``.
+
+    Args:
+        root: a directory for its files.
+        servers: ``(host, port)`` of each Redis behind it.
+        names: the servers' names in the pool (default ``s0``, ``s1``...).
+        password: ``redis_auth``: clients must AUTH with it, and it is sent to the servers.
+        timeout: ``timeout`` of a server's answer, in seconds.
+        port: the listen port (default: a free one).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        servers: list[tuple[str, int]],
+        *,
+        names: list[str] | None = None,
+        password: str | None = None,
+        timeout: float = 2.0,
+        port: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.servers = list(servers)
+        self.names = list(names or [f"s{i}" for i in range(len(servers))])
+        if len(self.names) != len(self.servers):
+            raise ValueError("one name per server")
+        self.password = password
+        self.timeout = timeout
+        self.port = port or free_port()
+        self.stats_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``twemproxy://127.0.0.1:PORT`` (with the password, if there is one)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"twemproxy://{auth}127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        """The pool's YAML."""
+        lines = [
+            "mmo:",
+            f"  listen: 127.0.0.1:{self.port}",
+            "  hash: murmur",
+            '  hash_tag: "{}"',
+            "  distribution: ketama",
+            "  redis: true",
+            "  auto_eject_hosts: false",
+            f"  timeout: {round(self.timeout * 1000)}",
+            *([f'  redis_auth: "{self.password}"'] if self.password else []),
+            "  servers:",
+            *(
+                f"    - {host}:{port}:1 {name}"
+                for (host, port), name in zip(self.servers, self.names, strict=True)
+            ),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def command_line(self) -> list[str]:
+        """Write the config file; how nutcracker is started on it."""
+        conf = self.root / f"nutcracker-{self.port}.yml"
+        conf.write_text(self.config())
+        return [
+            _nutcracker_bin(),
+            "--conf-file", str(conf),
+            "--stats-port", str(self.stats_port),
+            "--stats-addr", "127.0.0.1",
+            "--output", str(self.root / f"nutcracker-{self.port}.log"),
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 10.0) -> ThrowawayTwemproxy:
+        """Check the config, start the proxy and wait until it answers PING."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        command = self.command_line()
+        checked = subprocess.run(
+            [*command[:3], "--test-conf"], capture_output=True, timeout=30, check=False
+        )
+        if checked.returncode != 0:
+            raise RuntimeError(f"nutcracker refuses its config: {checked.stderr.decode()}")
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
+
+        def answers() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nutcracker exited with status {self.proc.returncode}")
+            if self.password:
+                # AUTH is the first thing a client must send; PING alone would be refused.
+                answer = redis_command("127.0.0.1", self.port, "AUTH", self.password, timeout=0.5)
+                return answer == "OK"
+            return redis_command("127.0.0.1", self.port, "PING", timeout=0.5) == "PONG"
+
+        _wait(answers, timeout, f"nutcracker on port {self.port}")
+        return self
+
+    def reconfigure(self, servers: list[tuple[str, int]], timeout: float = 10.0) -> None:
+        """Point the pool's names at ``servers`` and restart on the same port.
+
+        nutcracker reads its config only at start, so this is what a fail-over
+        agent does after Sentinel promotes a replica: clients see their
+        connections close and reconnect.
+        """
+        self.stop()
+        self.servers = list(servers)
+        self.start(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the proxy (by its pid) and reap it."""
+        _stop(self.proc, sig, timeout)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------

@@ -32,8 +32,8 @@ class WorkerConfig:
             see :mod:`mmo.data.urls`), or None for none; its migrations are applied
             before the handler starts.
         cache: the cache URL (``memory://``, ``redis://...``, ``redis-shards://...``,
-            ``sentinel://...``), or None: then ``memory://`` when the database is
-            SQLite (the embedded pair of one machine), else no cache.
+            ``sentinel://...``, ``twemproxy://...``), or None: then ``memory://`` when the
+            database is SQLite (the embedded pair of one machine), else no cache.
         memo_ttl: seconds the outcome of a non-idempotent client request is kept, so
             that a resend of it (same session and seq) is answered without running
             again (:mod:`mmo.logic.memo`); 0 turns the memo off.

@@ -27,7 +27,12 @@ class Options(MemberOptions):
         ["heartbeat", None, None, "Seconds between registry heartbeats."],
         ["drain-timeout", None, None, "Seconds a graceful stop waits for calls in flight."],
         ["database", None, None, "Database URL: sqlite:///PATH.db or postgresql://..."],
-        ["cache", None, None, "Cache URL: memory://, redis://HOST:PORT/DB, redis-shards://..."],
+        [
+            "cache",
+            None,
+            None,
+            "Cache URL: memory://, redis://, redis-shards://, sentinel://, twemproxy://",
+        ],
         ["memo-ttl", None, None, "Seconds replies are kept for resent client requests (0: off)."],
         ["memo-size", None, None, "Most replies kept for resent client requests."],
     ]

@@ -100,6 +100,17 @@ def test_cache_urls() -> None:
     assert (spec.kind, spec.db) == ("redis", 0)
 
 
+def test_twemproxy_url() -> None:
+    """twemproxy:// is one proxy address on database 0, with a password for redis_auth."""
+    proxy = make_cache("twemproxy://:s3cret@127.0.0.1:22121?prefix=g1:&poolsize=2&timeout=1")
+    assert isinstance(proxy, RedisCache)
+    assert (proxy.servers, proxy.db, proxy.password) == ([("127.0.0.1", 22121)], 0, "s3cret")
+    assert (proxy.twemproxy, proxy.prefix, proxy.poolsize, proxy.timeout) == (True, "g1:", 2, 1.0)
+    assert repr(proxy) == "<RedisCache twemproxy://127.0.0.1:22121>"
+    assert parse_cache_url("twemproxy://127.0.0.1:22121/0").kind == "twemproxy"
+    assert make_cache("redis://127.0.0.1:6379").twemproxy is False
+
+
 @pytest.mark.parametrize(
     ("url", "match"),
     [
@@ -111,6 +122,10 @@ def test_cache_urls() -> None:
         ("sentinel://127.0.0.1:26379", "no master name"),
         ("memory://somewhere", "takes no address"),
         ("memory://?size=3", "unknown parameter"),
+        ("twemproxy://127.0.0.1:22121/1", "database 0 only"),
+        ("twemproxy://127.0.0.1:22121,127.0.0.1:22122", "one proxy address"),
+        ("twemproxy://127.0.0.1:22121?db=0", "unknown parameter 'db'"),
+        ("twemproxy://127.0.0.1", "expected HOST:PORT"),
     ],
 )
 def test_bad_cache_urls_are_config_errors(url: str, match: str) -> None:
