@@ -15,6 +15,8 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mmo.data import CacheError, CacheUnavailable, make_cache
+from mmo.sessions import SessionService
+from mmo.testing import call, handler_factory
 from mmo.testing.data import (
     ThrowawayRedis,
     ThrowawaySentinel,
@@ -400,3 +402,27 @@ def test_map_hand_off_between_workers_through_twemproxy(
     # 40 hand-offs were taken (plus the enters' look-ups), through the proxy as EVAL.
     assert layout.command_calls("eval") >= 40
     assert layout.command_calls("getdel") == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_session_records_through_twemproxy(caches: list[Any]) -> None:
+    """Two session services, each with its own client of the proxy (as two processes):
+    a session opened on one is tracked, taken offline and resumed through the other, and
+    ended once."""
+    one, two = (
+        handler_factory(SessionService, cache=cache, instance_id=f"session-{i}")
+        for i, cache in enumerate(caches, 1)
+    )
+    broker = {"caller": "b1", "caller_role": "broker"}
+    opened = yield call(one, "open", user_id="alice", **broker)
+    sid = opened["session_id"]
+    yield call(two, "track", session_id=sid, joined=["room:a"], bound={"map": "map-1"}, **broker)
+    yield call(one, "closed", session_id=sid, **broker)
+    resumed = yield call(
+        two, "resume", session_id=sid, token=opened["token"], caller="b2", caller_role="broker"
+    )
+    assert (resumed["channels"], resumed["bindings"]) == (["room:a"], {"map": "map-1"})
+    assert (yield call(one, "get", session_id=sid))["broker"] == "b2"
+    assert (yield call(two, "logout", session_id=sid, caller="b2", caller_role="broker")) is True
+    assert (yield call(one, "logout", session_id=sid, caller="b2", caller_role="broker")) is False
+    assert (yield call(one, "find", user_id="alice")) == []
