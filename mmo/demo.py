@@ -7,9 +7,16 @@ brokerlist) as supervised child processes on 127.0.0.1 (on free ports), then:
 * part 1, the logic layer: calls through ``get_service``, load balancing, each
   kind of error, push and pub-sub, a worker killed with ``kill -9`` under load;
 * part 2, the edge: chat bots log in through the brokerlist, join a room, talk,
-  see each other's messages; a broker is killed and its bots resume their
-  sessions on the other broker, still in the room; a new player registers an
-  account (``sso.register``, stored in the sso worker's SQLite) and logs in.
+  see each other's messages; a session instance and a broker are killed and the
+  bots resume their sessions through the others, still in the room; a new player
+  registers an account (``sso.register``, stored in the sso worker's SQLite) and
+  logs in.
+
+The cluster runs on the embedded defaults (SQLite, in-process caches: no servers),
+but for the session records: when ``redis-server`` is installed the demo starts one
+of its own (a private port, no persistence, stopped at the end) and runs two session
+instances sharing their records in it, so one of them can be killed. Without it, one
+session instance keeps the records in its memory and only the broker is killed.
 
 It prints what happens, stops everything it started, and exits 0 when every
 step went as expected.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -42,8 +50,11 @@ ECHO = "mmo.examples.echo:EchoService"
 BOTS = ["alice", "bob", "carol", "dave"]
 
 
-def cluster_config(yellow: str, brokers: list[int], http: int, data: Path) -> ClusterConfig:
-    """The cluster of etc/cluster.toml, on the given ports, its SQLite file in ``data``."""
+def cluster_config(
+    yellow: str, brokers: list[int], http: int, data: Path, sessions_cache: str | None = None
+) -> ClusterConfig:
+    """The cluster of etc/cluster.toml, on the given ports, its SQLite file in ``data``;
+    with ``sessions_cache``, two session instances whose records live in that cache."""
 
     def worker(name: str, handler: str, count: int = 1, *extra: str) -> dict[str, Any]:
         args = ["--yellow", yellow, "--handler", handler, *extra]
@@ -53,7 +64,11 @@ def cluster_config(yellow: str, brokers: list[int], http: int, data: Path) -> Cl
     return ClusterConfig(
         process=(
             {"name": "yellow", "role": "mmo-yellow", "args": ["--listen", yellow]},
-            worker("session", "mmo.sessions:SessionService"),
+            (
+                worker("session", "mmo.sessions:SessionService", 2, "--cache", sessions_cache)
+                if sessions_cache
+                else worker("session", "mmo.sessions:SessionService")
+            ),
             # The embedded defaults: accounts in SQLite, an in-process cache; the bots'
             # accounts made at start.
             worker(
@@ -138,9 +153,19 @@ class Demo:
             log_file.flush()
 
         data = Path(tempfile.mkdtemp(prefix="mmo-demo-"))
-        config = cluster_config(yellow, self.brokers, self.http, data)
+        redis = None
+        if shutil.which("redis-server"):
+            from mmo.testing.data import ThrowawayRedis
+
+            redis = ThrowawayRedis(data / "redis").start()
+        self.shared_sessions = redis is not None
+        config = cluster_config(
+            yellow, self.brokers, self.http, data, redis.url if redis is not None else None
+        )
         cluster = make_cluster_service(config, reactor=self.reactor, sink=sink)
         self.say(f"mmo demo: yellow at {yellow}; process logs in {self.log_path}")
+        if redis is not None:
+            self.say(f"session records in a Redis of the demo's own at {redis.url}")
         cluster.startService()
         directory = connect(yellow, reactor=self.reactor)
         try:
@@ -155,6 +180,8 @@ class Demo:
             yield directory.stopService()
             self.say("\nstopping the cluster ...")
             yield cluster.stopService()
+            if redis is not None:
+                redis.stop()
             log_file.close()
             self.say("stopped.")
 
@@ -307,7 +334,21 @@ class Demo:
         victim = _child(cluster, "broker-1")
         on_it = [b for b, c in bots.items() if c.broker_address == f"127.0.0.1:{self.brokers[0]}"]
         sessions = {b: bots[b].session_id for b in BOTS}
-        self.say(f"\n9. kill -9 broker-1 (pid {victim.pid}); its bots {on_it} reconnect:")
+        if self.shared_sessions:
+            session = _child(cluster, "session-1")
+            self.say(
+                f"\n9. kill -9 session-1 (pid {session.pid}): session-2 answers for every"
+                " session (their records are in Redis); the bots play on:"
+            )
+            os.kill(session.pid, signal.SIGKILL)
+            bots["alice"].notify("chat.send", {"content": "did something just die?"})
+            yield self.wait_heard(heard, lambda lines: any("just die" in x for x in lines))
+            self.check(
+                "everyone heard alice", all(any("just die" in x for x in heard[b]) for b in BOTS)
+            )
+        else:
+            self.say("\n9. (no redis-server installed: one session instance, not killed)")
+        self.say(f"   kill -9 broker-1 (pid {victim.pid}); its bots {on_it} reconnect:")
         resumed: list[defer.Deferred[None]] = [defer.Deferred() for _ in on_it]
         for bot, d in zip(on_it, resumed, strict=True):
             bots[bot].on_resumed(lambda *a, d=d: None if d.called else d.callback(None))
