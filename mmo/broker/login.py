@@ -34,7 +34,7 @@ from mmo.errors import (
     Unavailable,
 )
 from mmo.logic.client import Directory
-from mmo.logic.sessions import RESUME_PURPOSE, SESSION_SERVICE
+from mmo.logic.sessions import RESUME_PURPOSE, RESUME_REFUSED, SESSION_SERVICE
 from mmo.wire import WireError, decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Origin, Packet, PacketKind
 
@@ -199,12 +199,13 @@ class LoginGate:
         except (MmoError, WireError) as e:
             conn.logging_in = False
             self.counters.count("resume_failures")
-            # The session service out of reach is not a refusal: the client tries again.
-            code = (
-                ClientError.UNAVAILABLE
-                if isinstance(e, _OUT_OF_REACH)
-                else ClientError.RESUME_FAILED
+            # Only a refusal ends the session at the client (its token was bad, or the
+            # session service refused it); anything else (the service out of reach, its
+            # cache down, a fault of its own) is UNAVAILABLE: the client tries again.
+            refused = isinstance(e, BadRequest | WireError) or (
+                isinstance(e, RemoteError) and e.type == RESUME_REFUSED
             )
+            code = ClientError.RESUME_FAILED if refused else ClientError.UNAVAILABLE
             conn.error(packet.seq, code, _error_text(e))
             return
         conn.logging_in = False

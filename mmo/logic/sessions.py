@@ -50,6 +50,9 @@ SESSION_SERVICE = "session"
 #: The purpose resume tokens are signed for (:func:`mmo.data.tokens.verify`): the session
 #: service signs them, brokers check them.
 RESUME_PURPOSE = "resume"
+#: The error the session service raises for a session it cannot resume (unknown, ended,
+#: or not its latest token): brokers answer it RESUME_FAILED, anything else UNAVAILABLE.
+RESUME_REFUSED = "ResumeFailed"
 #: The channel every session is in.
 ALL = "*"
 #: Seconds an operation for a broker not (yet) in the registry view waits for it.
