@@ -137,6 +137,12 @@ class Forwarder:
         prefix, service, method, bound = target
         route = packet.route
         instance = bound or conn.sticky.get(prefix)
+        if instance is not None and not self.directory.links(service).get(instance, False):
+            # Its connection dropped (killed, most likely; the registry says so seconds
+            # later): a live instance takes the notify rather than a dead link losing it.
+            # A binding stays: the instance that takes it may bind the session to itself
+            # (chat does), and a request still finds out whether the bound one is gone.
+            instance = None
         body = packet.body or b""
         session = conn.session()
 

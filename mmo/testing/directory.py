@@ -402,12 +402,14 @@ class FakeDirectory:
     def send(
         self, service: str, method: str, body: bytes, *, instance: str | None = None, **header: Any
     ) -> str | None:
-        """Record a one-way request to ``instance`` (or any live one of ``service``);
-        return the instance it went to, or None when none is registered."""
+        """Record a one-way request to ``instance`` (or a live one of ``service``, a
+        connected one first); return the instance it went to, or None when none is
+        registered."""
         links = self._live(service)
         target = instance if instance in links else None
         if instance is None and links:
-            target = next(iter(links))
+            # Connected links first, as a Directory picks.
+            target = min(links, key=lambda iid: not links[iid].up)
         if target is None:
             return None
         self.sent.append(FakeSend(service, method, body, instance=target, header=dict(header)))

@@ -1,5 +1,6 @@
 """The broker's trust boundary and limits on fakes: declared routes only, the same refusal
-for every undeclared route, players' NOTIFY errors returned, channel limits, broadcast budgets."""
+for every undeclared route, players' NOTIFY errors returned, NOTIFYs kept off dead links,
+channel limits, broadcast budgets."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from mmo.wire.gen.mmo.ttypes import (
     Session,
 )
 
-from .test_broker_fuzz import connect, frame, make_broker, parse_output
+from .test_broker_fuzz import CLIENT_METHODS, connect, frame, make_broker, parse_output
 
 
 def logged_in(broker: Any, host: str = "10.0.0.1", port: int = 40000) -> tuple[Any, Any]:
@@ -98,6 +99,32 @@ def test_a_failed_notify_comes_back_to_the_player_as_an_error() -> None:
         "chat.send: no such route 'chat.send'",
         "chat.send: KeyError: 'room'",
     ]
+
+
+def test_a_notify_is_not_sent_into_a_dropped_connection() -> None:
+    """The instance a player's notifies stick to, or the one their prefix is bound to, has
+    lost its connection (killed: the registry says so seconds later): the notify goes to a
+    connected instance instead of being lost; a binding stays (a request finds out whether
+    its instance is gone, and the instance that took the notify may bind it anew)."""
+    broker, _ = make_broker()
+    directory = broker.directory
+    directory.register("echo", "echo-2", meta={"client": CLIENT_METHODS["echo"]})
+    protocol, _ = logged_in(broker)
+    send(protocol, PacketKind.NOTIFY, "echo.echo")
+    first = directory.sent[-1].instance
+    other = ({"echo-1", "echo-2"} - {first}).pop()
+    send(protocol, PacketKind.NOTIFY, "echo.echo")
+    assert directory.sent[-1].instance == first  # sticky while its link is up
+    directory.link("echo", first).up = False
+    send(protocol, PacketKind.NOTIFY, "echo.echo")
+    assert directory.sent[-1].instance == other
+    protocol.connection.bindings["echo"] = first
+    send(protocol, PacketKind.NOTIFY, "echo.echo")
+    assert directory.sent[-1].instance == other
+    assert protocol.connection.bindings["echo"] == first
+    directory.link("echo", first).up = True
+    send(protocol, PacketKind.NOTIFY, "echo.echo")
+    assert directory.sent[-1].instance == first  # bound, and connected again
 
 
 def test_forwarded_packets_are_marked_as_the_players() -> None:
