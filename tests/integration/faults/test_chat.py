@@ -1,0 +1,264 @@
+"""Chat rooms across two chat instances sharing one Redis, and kill -9 of one under load.
+
+The fault cluster of :mod:`.load` with two chat instances (``chat`` and ``chat-2``, one
+throwaway Redis as their ``--cache``) instead of one; the clients join the room through
+the brokers, so each session is bound to whichever instance served its join. On top of
+the load's figures, the chat scenario counts whole messages:
+
+- **lost**: chat messages no member got (the load sends them as NOTIFYs: what reached
+  the killed instance, or was routed to it before the registry dropped it, is gone);
+- **partial**: messages some members got and others not;
+- **out of order**: a member getting one sender's message after a later one of that sender;
+- **notify errors**: ``ERROR`` packets the senders got for their messages;
+- **recovery**: seconds from the kill until the first message of every sender bound to
+  the killed instance that reached every member, after which none was lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted  # type: ignore[import-untyped]
+from twisted.internet import defer, reactor
+
+from mmo.client import Client
+from mmo.client.errors import ClientRequestError
+from mmo.registry import Change
+from mmo.testing.data import ThrowawayRedis
+
+from ..conftest import next_change, sleep, until, wait_instances
+from .load import (
+    ROOM,
+    SENDERS,
+    USERS,
+    FaultCluster,
+    Traffic,
+    assert_no_loss,
+    close_clients,
+    connect_clients,
+    report,
+)
+
+CHAT = "mmo.examples.chat:ChatService"
+#: The chat instances (``chat`` is the edge cluster's own, ``chat-2`` the second).
+CHATS = ("chat", "chat-2")
+
+
+class ChatCluster(FaultCluster):
+    """The fault cluster with a second chat instance, both keeping rooms in ``cache_url``."""
+
+    def __init__(self, log_dir: Path, cache_url: str) -> None:
+        self.cache_url = cache_url
+        super().__init__(log_dir)
+        self.start_worker("chat-2", CHAT)
+
+    def start_worker(self, name: str, handler: str, extra: tuple[str, ...] = ()) -> Any:
+        """Start a worker; a chat instance gets the shared cache."""
+        if handler == CHAT:
+            extra = ("--cache", self.cache_url, *extra)
+        return super().start_worker(name, handler, extra)
+
+
+@pytest.fixture
+def chats(tmp_path: Path, redis: ThrowawayRedis) -> Iterator[ChatCluster]:
+    """A fresh, ready cluster with two chat instances sharing a throwaway Redis."""
+    cluster = ChatCluster(tmp_path / "1", redis.url)
+    try:
+        try:
+            cluster.wait_ready()
+        except AssertionError:
+            if "Address already in use" not in cluster.logs():
+                raise
+            # free_port() races with the workers' system-picked ZeroMQ ports: once, rarely.
+            cluster.stop()
+            cluster = ChatCluster(tmp_path / "2", redis.url)
+            cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class ChatTraffic(Traffic):
+    """The load, also keeping the order in which each member heard each sender, and the
+    errors the senders got."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        #: (member, sender) -> the sender's message numbers, in the order heard.
+        self.order: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.notify_errors: list[tuple[float, str]] = []
+        super().__init__(clients)
+        for user in SENDERS:
+            clients[user].on_error(functools.partial(self._refused, user))
+
+    def _heard(self, user: str, route: str, body: Any) -> None:
+        super()._heard(user, route, body)
+        if isinstance(body, dict) and isinstance(body.get("content"), str):
+            sender, _, n = body["content"].rpartition(":")
+            self.order[(user, sender)].append(int(n))
+
+    def _refused(self, user: str, error: ClientRequestError) -> None:
+        self.notify_errors.append((reactor.seconds(), f"{user}: {error}"))
+
+    def heard_by(self, content: str) -> int:
+        """How many members got message ``content``."""
+        return sum(1 for user in self.clients if self.heard[(user, content)])
+
+    def lost(self) -> list[str]:
+        """Messages no member got, in the order they were sent."""
+        return sorted((c for c in self.sent if not self.heard_by(c)), key=self.sent.__getitem__)
+
+    def partial(self) -> list[str]:
+        """Messages some members got and others not."""
+        return [c for c in self.sent if 0 < self.heard_by(c) < len(self.clients)]
+
+    def out_of_order(self) -> list[tuple[str, str, list[int]]]:
+        """(member, sender, what the member heard) where a message came after a later one."""
+        return [
+            (member, sender, heard)
+            for (member, sender), heard in self.order.items()
+            if any(a >= b for a, b in itertools.pairwise(heard))
+        ]
+
+    def delivered_since(self, sender: str, since: float) -> float | None:
+        """When the first message of ``sender`` sent at ``since`` or later that every member
+        got was sent, None if none has been yet."""
+        return min(
+            (
+                at
+                for content, at in self.sent.items()
+                if at >= since
+                and content.rpartition(":")[0] == sender
+                and self.heard_by(content) == len(self.clients)
+            ),
+            default=None,
+        )
+
+
+@defer.inlineCallbacks
+def bindings(directory: Any, clients: dict[str, Client]) -> Any:
+    """The chat instance each user's session is bound to, as its broker told the session
+    service (``session.get``)."""
+    bound = {}
+    for user, client in clients.items():
+        record = yield directory.call("session", "get", {"session_id": client.session_id})
+        bound[user] = (record.get("bindings") or {}).get("chat")
+    return bound
+
+
+@defer.inlineCallbacks
+def members_on_each(directory: Any) -> Any:
+    """The room's members as each chat instance lists them."""
+    lists = {}
+    for instance in CHATS:
+        lists[instance] = yield directory.call("chat", "members", {"room": ROOM}, instance=instance)
+    return lists
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_chat_instances_share_the_rooms(chats: ChatCluster, directory_factory: Any) -> None:
+    """Two chat instances on one Redis serve one room: each lists every member, every
+    session is bound to one of them, and every member gets every message once, each
+    sender's in order."""
+    directory = directory_factory([chats.yellow])
+    yield wait_instances(directory, "chat", set(CHATS))
+    clients = yield connect_clients(chats)
+    traffic = ChatTraffic(clients)
+    try:
+        lists = yield members_on_each(directory)
+        bound = yield bindings(directory, clients)
+        traffic.start()
+        yield traffic.warm()
+        yield traffic.stop()
+    finally:
+        traffic.running = False
+        yield close_clients(clients)
+    figures = traffic.figures("two chat instances", reactor.seconds())
+    report(figures)
+    print(f"bound: {bound}")
+    assert lists == {instance: sorted(USERS) for instance in CHATS}
+    assert set(bound.values()) <= set(CHATS) and None not in bound.values(), bound
+    assert_no_loss(figures, traffic)
+    assert figures.missed == 0 and figures.errors == 0
+    assert traffic.out_of_order() == []
+    assert traffic.notify_errors == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_chat_instance_kill(chats: ChatCluster, directory_factory: Any) -> None:
+    """kill -9 of the chat instance a sender is bound to, under load: the registry expires
+    it, the other instance takes its sessions over (bound there at their brokers) and the
+    room goes on. No message is delivered twice, out of order or to some members only;
+    messages are lost only from senders bound to the killed instance, between the kill and
+    their first message through the survivor; echo calls are untouched."""
+    directory = directory_factory([chats.yellow])
+    yield wait_instances(directory, "chat", set(CHATS))
+    clients = yield connect_clients(chats)
+    traffic = ChatTraffic(clients)
+    try:
+        bound = yield bindings(directory, clients)
+        victim = bound[SENDERS[0]]
+        assert victim in CHATS, bound
+        (survivor,) = set(CHATS) - {victim}
+        affected = [s for s in SENDERS if bound[s] == victim]
+        traffic.start()
+        yield traffic.warm()
+        gone = next_change(directory, victim, Change.DOWN)
+        fault_at = reactor.seconds()
+        chats.processes[victim].kill()
+        down_at, reason = yield gone.addTimeout(30, reactor)
+        yield until(
+            lambda: all(traffic.delivered_since(s, down_at) is not None for s in affected),
+            what="every sender of the killed instance heard again",
+        )
+        yield sleep(3.0)  # the load goes on through the survivor: a late loss would show
+        yield traffic.stop()
+        rebound = yield bindings(directory, clients)
+        lists = yield directory.call("chat", "members", {"room": ROOM}, instance=survivor)
+    finally:
+        traffic.running = False
+        yield close_clients(clients)
+    lost = traffic.lost()
+    # Each affected sender's first message sent after the registry dropped the victim that
+    # every member got (it went through the survivor), and the first after its last loss.
+    through = {s: traffic.delivered_since(s, down_at) for s in affected}
+    back = {
+        s: traffic.delivered_since(
+            s, max([fault_at, *(traffic.sent[c] for c in lost if c.startswith(f"{s}:"))])
+        )
+        for s in affected
+    }
+    figures = traffic.figures("chat instance kill -9", fault_at, detect=down_at - fault_at)
+    figures.counts["senders_bound_to_victim"] = len(affected)
+    figures.counts["chat_lost"] = len(lost)
+    figures.counts["chat_partial"] = len(traffic.partial())
+    figures.counts["out_of_order"] = len(traffic.out_of_order())
+    figures.counts["notify_errors"] = len(traffic.notify_errors)
+    if lost:
+        figures.extra["lost_from"] = traffic.sent[lost[0]] - fault_at
+        figures.extra["lost_to"] = traffic.sent[lost[-1]] - fault_at
+    figures.extra["chat_recovery"] = max(
+        [0.0, *((at or fault_at) - fault_at for at in back.values())]
+    )
+    report(figures)
+    print(f"bound: {bound} -> {rebound}; errors: {traffic.notify_errors[:3]}")
+    assert reason == "expired"
+    assert_no_loss(figures, traffic)  # echo: nothing lost; chat: nothing twice
+    assert figures.errors == 0
+    assert traffic.out_of_order() == []
+    assert traffic.partial() == []
+    # Lost: only messages of senders bound to the victim, sent from just before the kill
+    # (in flight to it) until that sender was heard through the survivor.
+    assert {c.rpartition(":")[0] for c in lost} <= set(affected), lost
+    for content in lost:
+        sender = content.rpartition(":")[0]
+        assert fault_at - 1.0 <= traffic.sent[content], content
+        assert traffic.sent[content] < (through[sender] or 0.0), content
+    # The survivor took the victim's sessions over and knows every member.
+    assert set(rebound.values()) == {survivor}, rebound
+    assert lists == sorted(USERS)
