@@ -138,13 +138,15 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> Non
 
 
 class ThrowawayRedis:
-    """A ``redis-server`` child on 127.0.0.1, without persistence, on a free port.
+    """A ``redis-server`` child on 127.0.0.1, on a free port.
 
     Args:
         root: a directory for its files.
         port: the port (default: a free one).
         replica_of: the port of a master on 127.0.0.1 to replicate (default: a master).
         password: ``requirepass`` (default: none).
+        persist: keep the data across restarts (an append-only file in ``root``, synced at
+            every write), as a production Redis would; by default nothing is kept.
     """
 
     def __init__(
@@ -153,8 +155,10 @@ class ThrowawayRedis:
         port: int | None = None,
         replica_of: int | None = None,
         password: str | None = None,
+        persist: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.persist = persist
         self.port = port or free_port()
         self.replica_of = replica_of
         self.password = password
@@ -184,7 +188,9 @@ class ThrowawayRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persist else "no",
+            "--appendfsync",
+            "always",
             "--daemonize",
             "no",
             "--dir",

@@ -1,21 +1,25 @@
-"""Fault injection: a session instance killed, of two sharing the records in Redis."""
+"""Fault injection: a session instance killed, of two sharing the records in Redis; that
+Redis killed and restarted under sessions and chat."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 
 from mmo.registry import Change
 from mmo.testing.data import ThrowawayRedis
 
-from ..conftest import next_change, sleep, wait_instances
+from ..conftest import next_change, sleep, until, wait_instances
 from ..edge import WORKERS
 from .load import (
+    OUTAGE,
     ROOM,
+    USERS,
     FaultCluster,
     assert_missed_only_around_the_failover,
     assert_no_loss,
@@ -82,3 +86,70 @@ def test_session_instance_kill(shared: FaultCluster, directory_factory: Any) -> 
     assert records == [{"session_id": sessions[victims[0]], "broker": "broker-2", "online": True}]
     assert kept["channels"] == [f"room:{ROOM}"]
     assert_missed_only_around_the_failover(traffic, fault_at, last_resume)
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_restart_under_sessions_and_chat(tmp_path: Path, directory_factory: Any) -> Any:
+    """kill -9 of the Redis that two session and two chat instances keep their records in
+    (appendfsync always, as a production Redis), restarted 2 s later, then a broker killed:
+    echo goes on untouched; the room is silent while Redis is away and speaks again once it
+    is back, with no message twice; the broker's players resume the same sessions, still
+    in the room, from the records Redis kept."""
+    redis = ThrowawayRedis(tmp_path / "redis", persist=True).start()
+    chats = ("chat", "chat-2")
+    workers = {n: h for n, h in WORKERS.items() if n != "session"}
+    workers.update({name: WORKERS["session"] for name in SESSIONS})
+    workers["chat-2"] = WORKERS["chat"]
+    edge = FaultCluster(
+        tmp_path / "cluster",
+        workers=workers,
+        worker_args={name: ("--cache", redis.url) for name in (*SESSIONS, *chats)},
+    )
+    try:
+        edge.wait_ready()
+        directory = directory_factory([edge.yellow])
+        yield wait_instances(directory, "session", set(SESSIONS))
+        yield wait_instances(directory, "chat", set(chats))
+        clients, traffic = yield run_with_load(edge)
+        try:
+            fault_at = reactor.seconds()
+            yield threads.deferToThread(redis.stop, signal.SIGKILL)
+            yield sleep(OUTAGE)  # the outage under test
+            yield threads.deferToThread(redis.start)
+            back_at = reactor.seconds()
+
+            def heard_by_all_since(t: float) -> float | None:
+                times = [
+                    max(traffic.heard_at.get((u, c), 0.0) for u in USERS)
+                    for c, sent in traffic.sent.items()
+                    if sent >= t and all(traffic.heard[(u, c)] for u in USERS)
+                ]
+                return min(times, default=None)
+
+            yield until(
+                lambda: heard_by_all_since(back_at) is not None,
+                what="a chat message after the restart heard by every member",
+            )
+            chat_back = heard_by_all_since(back_at)
+            victims, sessions, _, last_resume = yield kill_broker_1(edge, clients)
+            yield sleep(3.0)  # the load goes on after the failover
+            yield traffic.stop()
+        finally:
+            traffic.running = False
+            yield close_clients(clients)
+    finally:
+        edge.stop()
+        redis.stop()
+    assert chat_back is not None
+    figures = traffic.figures("redis kill -9 + restart (sessions, chat)", fault_at)
+    figures.extra["outage"] = back_at - fault_at
+    figures.extra["chat_back"] = chat_back - back_at
+    figures.extra["all_resumed"] = last_resume - fault_at
+    report(figures)
+    assert_no_loss(figures, traffic)
+    assert figures.errors == 0  # echo does not use Redis
+    for u in victims:
+        assert clients[u].session_id == sessions[u]
+        assert clients[u].broker_address == f"127.0.0.1:{edge.ports[1]}"
+    # Silent only from the kill until Redis was back, and around the broker's failover.
+    assert traffic.missed(outside=(fault_at - 1.0, last_resume + 1.0)) == 0
