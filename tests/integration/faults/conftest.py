@@ -9,26 +9,14 @@ import pytest
 
 from mmo.testing.data import ThrowawayPostgres, ThrowawayRedis
 
-from .load import FaultCluster
+from .load import FaultCluster, ready
 
 
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[FaultCluster]:
     """A fresh, ready edge cluster (each scenario breaks it its own way)."""
-    cluster = FaultCluster(tmp_path / "1")
-    try:
-        try:
-            cluster.wait_ready()
-        except AssertionError:
-            if "Address already in use" not in cluster.logs():
-                raise
-            # free_port() races with the workers' system-picked ZeroMQ ports: once, rarely.
-            cluster.stop()
-            cluster = FaultCluster(tmp_path / "2")
-            cluster.wait_ready()
+    with ready(FaultCluster, tmp_path) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

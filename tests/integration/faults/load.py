@@ -51,7 +51,7 @@ import contextlib
 import functools
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,7 +65,7 @@ from mmo.client.session import http_fetcher, parse_brokerlist
 from mmo.testing import TwistdProcess
 
 from ..conftest import sleep, until
-from ..edge import EdgeCluster
+from ..edge import WORKERS, EdgeCluster
 
 USERS = ("alice", "bob", "carol", "dave")
 #: The chat senders: one on each broker.
@@ -681,6 +681,40 @@ class FaultCluster(EdgeCluster):
         old = self.processes[name]
         self.processes[name] = TwistdProcess(old.role, old.args, self.log_dir, name, old.env)
         return self.processes[name].start()
+
+
+def with_cache(
+    log_dir: Path,
+    cache_url: str,
+    sessions: tuple[str, ...] = ("session",),
+    chats: tuple[str, ...] = ("chat",),
+) -> FaultCluster:
+    """The fault cluster with these session and chat instances, each keeping its state in
+    the cache at ``cache_url`` (so several of each share it)."""
+    workers = {n: h for n, h in WORKERS.items() if n not in ("session", "chat")}
+    workers.update({name: WORKERS["session"] for name in sessions})
+    workers.update({name: WORKERS["chat"] for name in chats})
+    shared = {name: ("--cache", cache_url) for name in (*sessions, *chats)}
+    return FaultCluster(log_dir, workers=workers, worker_args=shared)
+
+
+@contextlib.contextmanager
+def ready(make: Callable[[Path], FaultCluster], tmp_path: Path) -> Iterator[FaultCluster]:
+    """A cluster made by ``make`` (given a log directory), ready; stopped at the end."""
+    cluster = make(tmp_path / "1")
+    try:
+        try:
+            cluster.wait_ready()
+        except AssertionError:
+            if "Address already in use" not in cluster.logs():
+                raise
+            # free_port() races with the workers' system-picked ZeroMQ ports: once, rarely.
+            cluster.stop()
+            cluster = make(tmp_path / "2")
+            cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @defer.inlineCallbacks

@@ -42,46 +42,20 @@ from .load import (
     assert_no_loss,
     close_clients,
     connect_clients,
+    ready,
     report,
+    with_cache,
 )
 
-CHAT = "mmo.examples.chat:ChatService"
 #: The chat instances (``chat`` is the edge cluster's own, ``chat-2`` the second).
 CHATS = ("chat", "chat-2")
 
 
-class ChatCluster(FaultCluster):
-    """The fault cluster with a second chat instance, both keeping rooms in ``cache_url``."""
-
-    def __init__(self, log_dir: Path, cache_url: str) -> None:
-        self.cache_url = cache_url
-        super().__init__(log_dir)
-        self.start_worker("chat-2", CHAT)
-
-    def start_worker(self, name: str, handler: str, extra: tuple[str, ...] = ()) -> Any:
-        """Start a worker; a chat instance gets the shared cache."""
-        if handler == CHAT:
-            extra = ("--cache", self.cache_url, *extra)
-        return super().start_worker(name, handler, extra)
-
-
 @pytest.fixture
-def chats(tmp_path: Path, redis: ThrowawayRedis) -> Iterator[ChatCluster]:
+def chats(tmp_path: Path, redis: ThrowawayRedis) -> Iterator[FaultCluster]:
     """A fresh, ready cluster with two chat instances sharing a throwaway Redis."""
-    cluster = ChatCluster(tmp_path / "1", redis.url)
-    try:
-        try:
-            cluster.wait_ready()
-        except AssertionError:
-            if "Address already in use" not in cluster.logs():
-                raise
-            # free_port() races with the workers' system-picked ZeroMQ ports: once, rarely.
-            cluster.stop()
-            cluster = ChatCluster(tmp_path / "2", redis.url)
-            cluster.wait_ready()
-        yield cluster
-    finally:
-        cluster.stop()
+    with ready(functools.partial(with_cache, cache_url=redis.url, chats=CHATS), tmp_path) as c:
+        yield c
 
 
 class ChatTraffic(Traffic):
@@ -161,7 +135,7 @@ def members_on_each(directory: Any) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
-def test_two_chat_instances_share_the_rooms(chats: ChatCluster, directory_factory: Any) -> None:
+def test_two_chat_instances_share_the_rooms(chats: FaultCluster, directory_factory: Any) -> None:
     """Two chat instances on one Redis serve one room: each lists every member, every
     session is bound to one of them, and every member gets every message once, each
     sender's in order."""
@@ -190,7 +164,7 @@ def test_two_chat_instances_share_the_rooms(chats: ChatCluster, directory_factor
 
 
 @pytest_twisted.inlineCallbacks
-def test_chat_instance_kill(chats: ChatCluster, directory_factory: Any) -> None:
+def test_chat_instance_kill(chats: FaultCluster, directory_factory: Any) -> None:
     """kill -9 of the chat instance a sender is bound to, under load: the registry expires
     it, the other instance takes its sessions over (bound there at their brokers) and the
     room goes on. No message is delivered twice, out of order or to some members only;

@@ -3,7 +3,9 @@ Redis killed and restarted under sessions and chat."""
 
 from __future__ import annotations
 
+import functools
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,6 @@ from mmo.registry import Change
 from mmo.testing.data import ThrowawayRedis
 
 from ..conftest import next_change, sleep, until, wait_instances
-from ..edge import WORKERS
 from .load import (
     OUTAGE,
     ROOM,
@@ -25,28 +26,22 @@ from .load import (
     assert_no_loss,
     close_clients,
     kill_broker_1,
+    ready,
     report,
     run_with_load,
+    with_cache,
 )
 
 SESSIONS = ("session-1", "session-2")
 
 
 @pytest.fixture
-def shared(tmp_path: Path, redis: ThrowawayRedis) -> Any:
+def shared(tmp_path: Path, redis: ThrowawayRedis) -> Iterator[FaultCluster]:
     """The edge cluster with two session instances whose records live in ``redis``."""
-    workers = {n: h for n, h in WORKERS.items() if n != "session"}
-    workers.update({name: WORKERS["session"] for name in SESSIONS})
-    cluster = FaultCluster(
-        tmp_path / "cluster",
-        workers=workers,
-        worker_args={name: ("--cache", redis.url) for name in SESSIONS},
-    )
-    try:
-        cluster.wait_ready()
-        yield cluster
-    finally:
-        cluster.stop()
+    with ready(
+        functools.partial(with_cache, cache_url=redis.url, sessions=SESSIONS), tmp_path
+    ) as c:
+        yield c
 
 
 @pytest_twisted.inlineCallbacks
@@ -97,14 +92,7 @@ def test_redis_restart_under_sessions_and_chat(tmp_path: Path, directory_factory
     in the room, from the records Redis kept."""
     redis = ThrowawayRedis(tmp_path / "redis", persist=True).start()
     chats = ("chat", "chat-2")
-    workers = {n: h for n, h in WORKERS.items() if n != "session"}
-    workers.update({name: WORKERS["session"] for name in SESSIONS})
-    workers["chat-2"] = WORKERS["chat"]
-    edge = FaultCluster(
-        tmp_path / "cluster",
-        workers=workers,
-        worker_args={name: ("--cache", redis.url) for name in (*SESSIONS, *chats)},
-    )
+    edge = with_cache(tmp_path / "cluster", redis.url, sessions=SESSIONS, chats=chats)
     try:
         edge.wait_ready()
         directory = directory_factory([edge.yellow])
