@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mmo.fight import FightError, FightHandler, require_session
+from mmo.fight.handler import moved_session
 from mmo.logic import Context, client_method, idempotent
 from mmo.logic.handler import Runtime, Session
 from mmo.types import InlineCallbacks
@@ -188,6 +189,12 @@ class TurnFight(FightHandler):
 
     # -- the dispatcher's side -------------------------------------------------
 
+    def session_moved(self, session_id: str, broker: str) -> None:
+        """A player resumed on another broker: the fight's pushes follow them there."""
+        for duel in self.fights.values():
+            for player, session in duel.sessions.items():
+                duel.sessions[player] = moved_session(session, session_id, broker)
+
     def fight_cancelled(self, fight_id: str, reason: str) -> None:
         """Forget a fight whose players did not all arrive."""
         duel = self.fights.pop(fight_id, None)
@@ -204,6 +211,8 @@ class TurnFight(FightHandler):
         duel = self.fights.get(fight_id) if fight_id else None
         if duel is None or player not in duel.sessions:
             raise NotFighting(f"{player} has no fight here; join one first")
+        # The request comes from where the player is now (it may have resumed elsewhere).
+        duel.sessions[player] = require_session(ctx)
         return player, duel
 
     @staticmethod

@@ -15,7 +15,13 @@ from mmo.fight.errors import (
     PoolFull,
     UnknownFight,
 )
-from mmo.fight.handler import FightHandler, FightSettings, require_session
+from mmo.fight.handler import (
+    FightHandler,
+    FightSettings,
+    HeldFight,
+    moved_session,
+    require_session,
+)
 
 __all__ = [
     "BadFight",
@@ -23,9 +29,11 @@ __all__ = [
     "FightHandler",
     "FightSettings",
     "Forbidden",
+    "HeldFight",
     "NotInFight",
     "PoolDraining",
     "PoolFull",
     "UnknownFight",
+    "moved_session",
     "require_session",
 ]

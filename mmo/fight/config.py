@@ -17,7 +17,13 @@ class FightConfig:
         handler: the fight processes' handler class, ``module:Class`` (a ``FightHandler``).
         cap: players one fight process holds at most.
         min_spare: ready fight processes with room kept at all times.
-        max_processes: fight processes alive at once, at most (stopping ones included).
+        max_processes: fight processes alive at once, at most (stopping and adopted
+            ones included).
+        max_starting: fight processes starting (spawned, not registered yet) at once, at
+            most: each start costs a CPU for a moment, and a burst of them would starve
+            the dispatcher's loop, its callers and the processes already serving.
+        orphan_timeout: seconds a fight process whose dispatcher is gone waits for
+            another (or a restarted) dispatcher to adopt it before it stops by itself.
         idle_timeout: seconds a fight process without fights lives above the spare count.
         reservation_timeout: seconds the players of an allocated fight have to arrive.
         service: the service name the dispatcher registers under.
@@ -43,6 +49,8 @@ class FightConfig:
     cap: int
     min_spare: int = 1
     max_processes: int = 16
+    max_starting: int = 2
+    orphan_timeout: float = 60.0
     idle_timeout: float = 60.0
     reservation_timeout: float = 15.0
     service: str = "fight"
@@ -71,6 +79,8 @@ class FightConfig:
         advertised_host(self.bind_host, self.advertise_host)
         if self.max_processes < 1:
             raise ConfigError("max-processes", "must be at least 1")
+        if self.max_starting < 1:
+            raise ConfigError("max-starting", "must be at least 1")
         if not 0 <= self.min_spare <= self.max_processes:
             raise ConfigError("min-spare", "must be between 0 and max-processes")
         for key in (
@@ -79,6 +89,7 @@ class FightConfig:
             "start_timeout",
             "stop_timeout",
             "call_timeout",
+            "orphan_timeout",
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(key.replace("_", "-"), "must be positive")

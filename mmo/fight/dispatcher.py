@@ -7,6 +7,13 @@ players' ``fight.*`` routes to the answer's ``instance``, or lets
 ``arrived`` (with the player's session) and ``release``. No method is a client
 route: players reach the dispatcher only through their fight process's
 ``fight.matchmake``, which relays it with their session.
+
+A draining dispatcher answers new work (``allocate``, ``matchmake``) with
+``Unavailable`` while another instance of its service is registered: callers then
+send the call there and stop picking this one (as with any stopping worker), while
+its own fight processes still reach it to ``release``. The dispatcher follows the
+session service's ``online`` events, so a player who resumed on another broker is
+told of a lost fight there.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 
-from mmo.fight.errors import BadFight
-from mmo.fight.handler import require_session
+from mmo.errors import Unavailable
+from mmo.fight.errors import BadFight, PoolDraining
+from mmo.fight.handler import moved_session, require_session
 from mmo.fight.pool import Fight, FightPool
 from mmo.logic.handler import Context, Runtime, ServiceHandler, Session, idempotent
+from mmo.logic.sessions import SESSION_SERVICE
 from mmo.types import DelayedCall
 
 __all__ = ["FightDispatcher"]
@@ -32,9 +42,14 @@ log = Logger()
 
 
 def wait_budget(ctx: Context) -> float:
-    """How long a call may wait and still answer before the caller's deadline."""
+    """How long a call may wait and still answer before the caller's deadline.
+
+    The deadline is counted from when the call was read here, so the answer leaves
+    a tenth of the time (at most half a second) early: what the call spent queued
+    and what the answer spends on its way back must fit in it.
+    """
     remaining = ctx.remaining()
-    return max(0.0, remaining - min(0.25, remaining * 0.1))
+    return max(0.0, remaining - min(0.5, remaining * 0.1))
 
 
 @dataclass(eq=False)
@@ -77,6 +92,7 @@ class FightDispatcher(ServiceHandler):
         self.worker_service = worker_service
         self.results: deque[dict[str, Any]] = deque(maxlen=self.max_results)
         self._queues: dict[int, list[_Seeker]] = {}
+        self._subscriptions: list[Any] = []
 
     @property
     def pool(self) -> FightPool:
@@ -88,6 +104,55 @@ class FightDispatcher(ServiceHandler):
     def pool(self, pool: FightPool) -> None:
         self._pool = pool
 
+    # -- lifecycle -------------------------------------------------------------
+
+    @override
+    def start(self) -> Any:
+        """Follow the session service's ``online`` events (resumed sessions)."""
+        directory = getattr(self.runtime, "directory", None)
+        if directory is not None:
+            events = directory.get_service(SESSION_SERVICE, "PUB")
+            self._subscriptions = [events.subscribe("online", self.session_online)]
+        return None
+
+    @override
+    def stop(self) -> Any:
+        """Stop following session events."""
+        for subscription in self._subscriptions:
+            subscription.unsubscribe()
+        self._subscriptions = []
+        return None
+
+    def session_online(self, topic: str, event: Any) -> None:
+        """A session resumed (session ``online`` event): what is pushed to it goes to its
+        new broker."""
+        if not isinstance(event, dict):
+            return
+        session_id, broker = event.get("session_id"), event.get("broker")
+        if not (isinstance(session_id, str) and isinstance(broker, str)):
+            return
+        for fight in self.pool.fights.values():
+            for player, session in fight.sessions.items():
+                fight.sessions[player] = moved_session(session, session_id, broker)
+        for queue in self._queues.values():
+            for seeker in queue:
+                seeker.session = moved_session(seeker.session, session_id, broker)
+
+    def others_registered(self) -> bool:
+        """Whether another instance of this service is in the registry view."""
+        directory = getattr(self.runtime, "directory", None)
+        if directory is None:
+            return False
+        return any(i.instance_id != self.instance_id for i in directory.view.get(self.service_name))
+
+    def _elsewhere(self, failure: Failure) -> Failure:
+        """While draining: new work goes to another instance, if there is one (callers
+        resend a call answered ``Unavailable``, which ran nothing, and stop picking this
+        instance); else the refusal stands (``PoolDraining``)."""
+        if failure.check(PoolDraining) and self.pool.draining and self.others_registered():
+            return Failure(Unavailable(f"{self.instance_id} is draining; ask another dispatcher"))
+        return failure
+
     # -- logic's side ----------------------------------------------------------
 
     def on_allocate(
@@ -97,7 +162,7 @@ class FightDispatcher(ServiceHandler):
         ``{"fight_id", "instance", "players"}``. Waits (within the call's deadline) for
         a new process when all are full; ``RemoteError`` ``PoolFull`` if none came."""
         d = self.pool.allocate(players, fight_id, timeout=wait_budget(ctx))
-        return d.addCallback(Fight.to_dict)
+        return d.addCallbacks(Fight.to_dict, self._elsewhere)
 
     def on_release(self, ctx: Context, fight_id: str, result: Any = None) -> bool:
         """Free the seats of an ended fight (``result`` is kept, see ``results``);
@@ -152,6 +217,8 @@ class FightDispatcher(ServiceHandler):
         ``fight.start`` to each (after the binding, on the same ordered link) and
         answer each with ``{"fight_id", "instance", "players"}``."""
         session = require_session(ctx)
+        if self.pool.draining:
+            return defer.fail(self._elsewhere(Failure(PoolDraining("the dispatcher is draining"))))
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= self.pool.cap:
             raise BadFight(f"size must be an integer from 1 to {self.pool.cap}")
         queue = self._queues.setdefault(size, [])

@@ -7,8 +7,10 @@ waiter that is served, in order, when a process becomes ready or seats are
 released. Processes are started and stopped through a :class:`Spawner`; the
 pool learns that one is ready from the registry (:meth:`FightPool.process_ready`)
 and that one died from its exit (``on_exit``) or, as a backup, from the
-registry dropping it (:meth:`FightPool.process_down`). Nothing here touches a
-socket, so unit tests drive it with ``task.Clock`` and a fake spawner.
+registry dropping it (:meth:`FightPool.process_down`). Processes a previous (or
+another, dead) dispatcher started are taken over with :meth:`FightPool.adopt`, with
+the fights they report, under the same maximum. Nothing here touches a socket, so
+unit tests drive it with ``task.Clock`` and a fake spawner.
 
 Terms: a process's *load* is the players of the fights it holds (reserved or
 running); it has *room* while load < cap; a *spare* is a ready or starting
@@ -20,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -34,6 +36,7 @@ __all__ = [
     "READY",
     "STARTING",
     "STOPPING",
+    "AdoptedHandle",
     "ChildHandle",
     "Fight",
     "FightPool",
@@ -71,6 +74,14 @@ class ChildHandle(Protocol):
 
     def kill(self) -> None:
         """Kill it at once (SIGKILL); its exit is reported through ``on_exit``."""
+        ...
+
+
+class AdoptedHandle(ChildHandle, Protocol):
+    """A fight process another dispatcher started, as the pool sees it once adopted."""
+
+    def exited(self) -> None:
+        """The pool has seen it leave (the registry dropped it): fire ``terminate``'s Deferred."""
         ...
 
 
@@ -177,6 +188,7 @@ class FightProcess:
     ready_at: float | None = None
     idle_since: float | None = None
     deregistered: bool = False
+    adopted: bool = False
     start_timer: DelayedCall | None = field(default=None, repr=False)
     stopped: defer.Deferred[None] | None = field(default=None, repr=False)
 
@@ -218,7 +230,17 @@ class FightPool:
         self.running = False
         self.draining = False
         self.counts = dict.fromkeys(
-            ("spawned", "failed", "crashed", "reaped", "allocated", "released", "expired", "lost"),
+            (
+                "spawned",
+                "adopted",
+                "failed",
+                "crashed",
+                "reaped",
+                "allocated",
+                "released",
+                "expired",
+                "lost",
+            ),
             0,
         )
         self._waiters: list[_Waiter] = []
@@ -231,16 +253,32 @@ class FightPool:
         self._drained: defer.Deferred[None] | None = None
         self._stopped: defer.Deferred[None] | None = None
         self._drain_limit: DelayedCall | None = None
+        #: While True no process is started: the processes already running (a previous
+        #: dispatcher's) are being asked for first, so that they count against the maximum.
+        self.adopting = False
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the spares and the idle check."""
+    def start(self, *, adopting: bool = False) -> None:
+        """Start the spares and the idle check.
+
+        Args:
+            adopting: take allocations (they wait) but start no process until
+                :meth:`adopted_all`: the running processes are being adopted first.
+        """
         self.running = True
+        self.adopting = adopting
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = self.clock  # type: ignore[assignment]
         self._loop.start(min(1.0, max(0.05, self.config.idle_timeout / 4)), now=False)
         self.maintain()
+
+    def adopted_all(self) -> None:
+        """The processes found at start are adopted (or refused): start what is missing."""
+        if self.adopting:
+            self.adopting = False
+            self._serve_waiters()
+            self.maintain()
 
     def drain(self) -> defer.Deferred[None]:
         """Stop for good: refuse new fights, let running ones end (up to the drain
@@ -525,6 +563,13 @@ class FightPool:
         """The registry dropped ``instance_id``: a hung or vanished process is killed and
         its fights reported lost at once; one that deregistered takes no new fights."""
         proc = self.processes.get(instance_id)
+        if proc is not None and proc.adopted:
+            # No child of ours: leaving the registry is all there is to see of its end.
+            if reason != "deregistered" and proc.state == READY:
+                self.counts["crashed"] += 1
+                proc.handle.kill()
+            self._exited(instance_id, f"left the registry ({reason})")
+            return
         if proc is None or proc.state != READY:
             return
         proc.state = STOPPING
@@ -549,6 +594,8 @@ class FightPool:
         if proc is None:
             return
         self._cancel(proc.start_timer)
+        if proc.adopted:
+            cast(AdoptedHandle, proc.handle).exited()
         if proc.state == STARTING:
             self._failures += 1
             self.counts["failed"] += 1
@@ -580,13 +627,98 @@ class FightPool:
             self.counts["lost"] += 1
             self.listener.fight_lost(fight, reason)
 
+    # -- adoption ----------------------------------------------------------------
+
+    @property
+    def room_to_adopt(self) -> int:
+        """How many more processes may be adopted now without passing the maximum."""
+        if self.draining or not self.running:
+            return 0
+        return max(0, self.config.max_processes - len(self.processes))
+
+    def adopt(
+        self, instance_id: str, handle: AdoptedHandle, fights: Iterable[Mapping[str, Any]]
+    ) -> bool:
+        """Take over ``instance_id``, a running fight process this pool did not start
+        (its dispatcher died, or this dispatcher was restarted), with the ``fights`` it
+        reports: ``{"fight_id", "players", "arrived", "sessions"}``.
+
+        It is ready at once; its load is the players of those fights (past the cap if
+        its previous dispatcher had a larger one: it then takes nothing until below).
+        A fight whose players have not all arrived gets a fresh reservation timeout.
+        Its end is learnt from the registry (:meth:`process_down`): it is no child.
+
+        Returns:
+            Whether it was adopted: False past the maximum, while draining, or when
+            one of its fights is already known on another process.
+        """
+        known = self.processes.get(instance_id)
+        if known is not None:
+            return known.handle is handle
+        if self.room_to_adopt <= 0:
+            return False
+        books = [self._adopted_fight(instance_id, f) for f in fights]
+        if any(f.fight_id in self.fights for f in books):
+            return False
+        now = self.clock.seconds()
+        number = self._number_of(instance_id)
+        proc = FightProcess(instance_id, number, handle, now, state=READY, adopted=True)
+        proc.ready_at = now
+        for fight in books:
+            proc.fights[fight.fight_id] = fight
+            proc.load += len(fight.players)
+            self.fights[fight.fight_id] = fight
+            if not fight.claimed:
+                fight.expiry = self.clock.callLater(
+                    self.config.reservation_timeout, self._expire, fight.fight_id
+                )
+        proc.peak = proc.load
+        proc.idle_since = None if proc.fights else now
+        self.processes[instance_id] = proc
+        self.counts["adopted"] += 1
+        log.info(
+            "fight: adopted {id} (pid {pid}) with {n} fights, load {load}/{cap}",
+            id=instance_id,
+            pid=handle.pid,
+            n=len(proc.fights),
+            load=proc.load,
+            cap=self.cap,
+        )
+        self._serve_waiters()
+        self.maintain()
+        return True
+
+    def _adopted_fight(self, instance_id: str, report: Mapping[str, Any]) -> Fight:
+        players = tuple(str(p) for p in report.get("players") or ())
+        sessions = {
+            str(player): s if isinstance(s, Session) else Session(**dict(s))
+            for player, s in (report.get("sessions") or {}).items()
+        }
+        return Fight(
+            str(report["fight_id"]),
+            instance_id,
+            players,
+            self.clock.seconds(),
+            arrived={str(p) for p in report.get("arrived") or ()},
+            sessions=sessions,
+        )
+
+    def _number_of(self, instance_id: str) -> int:
+        """The sequence number of ``<our prefix>-<n>`` (so new ones never reuse it), else 0."""
+        prefix = f"{self.config.process_prefix or 'fight'}-"
+        tail = instance_id[len(prefix) :] if instance_id.startswith(prefix) else ""
+        if tail.isdigit():
+            self._number = max(self._number, int(tail))
+            return int(tail)
+        return 0
+
     # -- keeping the pool the right size ---------------------------------------
 
     def maintain(self) -> None:
         """Start the processes that waiting allocations and the spare count need: one
         per reactor turn (the next turn starts the next), so that starting many never
         holds the loop (its registry heartbeats, calls, answers) for long."""
-        if self.draining or not self.running:
+        if self.draining or not self.running or self.adopting:
             return
         if self._next_turn is not None and self._next_turn.active():
             return  # a process started this turn; the next turn looks again
@@ -609,7 +741,13 @@ class FightPool:
                 new += 1
         spares = sum(1 for room in rooms if room > 0)
         new += max(0, self.config.min_spare - spares)
-        wanted = min(new, self.config.max_processes - len(self.processes))
+        starting = sum(1 for p in self.processes.values() if p.state == STARTING)
+        wanted = min(
+            new,
+            self.config.max_processes - len(self.processes),
+            # The next ones start as these register (process_ready calls back here).
+            self.config.max_starting - starting,
+        )
         if wanted <= 0:
             return
         if self._spawn():
@@ -625,6 +763,9 @@ class FightPool:
     def _spawn(self) -> bool:
         self._number += 1
         instance_id = f"{self.config.process_prefix or 'fight'}-{self._number}"
+        while instance_id in self.processes:  # an adopted one of that name
+            self._number += 1
+            instance_id = f"{self.config.process_prefix or 'fight'}-{self._number}"
         try:
             handle = self.spawner.spawn(instance_id, self._exited)
         except Exception:
@@ -718,6 +859,7 @@ class FightPool:
                     "instance": p.instance_id,
                     "pid": p.handle.pid,
                     "state": p.state,
+                    "adopted": p.adopted,
                     "load": p.load,
                     "room": max(0, self.cap - p.load) if p.state != STOPPING else 0,
                     "fights": len(p.fights),

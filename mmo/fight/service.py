@@ -6,6 +6,13 @@ Start order: ZeroMQ context, directory (registry view), the dispatcher's worker
 the reverse, so a graceful stop first drains the pool (no new fights; running
 ones may end and still call ``release``; then the children are stopped), and
 only then deregisters and closes the dispatcher's sockets.
+
+At start the pool starts no process until the fight processes already registered
+have been asked to be adopted (``adopt``: those of a previous run of this
+dispatcher, or of a dispatcher of the same service that is gone); later, when a
+dispatcher of the service leaves the registry, its processes are asked again.
+The books of an adopted process are what it answers: the fights its players
+arrived in.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from typing_extensions import override
 
+from mmo.errors import MmoError
 from mmo.fight.config import FightConfig
 from mmo.fight.dispatcher import FightDispatcher
 from mmo.fight.pool import FightPool, Spawner
-from mmo.fight.spawner import ProcessSpawner
+from mmo.fight.spawner import AdoptedProcess, ProcessSpawner, runs_instance
 from mmo.logic.client import Directory
 from mmo.logic.runtime import WorkerRuntime, WorkerService
 from mmo.logic.server import HandlerServer
@@ -46,7 +54,15 @@ class PoolService(Service):
         directory: the dispatcher's directory (its registry view tells who is ready).
         registration: the dispatcher's registration (its meta shows the pool's size).
         worker_service: the service name the fight processes register under.
+        service: the dispatcher's service name (its other instances' processes may be
+            adopted when they leave).
+        instance_id: the dispatcher's instance id.
+        adopt_wait: seconds the start waits for the registry view before it adopts.
     """
+
+    #: After a dispatcher of the service leaves, its processes are asked this many seconds
+    #: later (each may see it leave a moment after this one does, and refuse until then).
+    readopt_after = (0.5, 1.5, 3.5, 7.5)
 
     def __init__(
         self,
@@ -54,25 +70,91 @@ class PoolService(Service):
         directory: Directory,
         registration: Registration,
         worker_service: str,
+        *,
+        service: str = "fight",
+        instance_id: str = "",
+        adopt_wait: float = 5.0,
     ) -> None:
         self.pool = pool
         self.directory = directory
         self.registration = registration
         self.worker_service = worker_service
+        self.service = service
+        self.instance_id = instance_id
+        self.adopt_wait = adopt_wait
         self._meta: dict[str, Any] = {}
         self._loop: task.LoopingCall | None = None
+        self._asking: set[str] = set()
+        #: Processes that refused (another live dispatcher's): not asked again on their
+        #: every registry change, only when a dispatcher leaves.
+        self._refused: set[str] = set()
         self.directory.view.listen(self._changed)
 
     @override
     def startService(self) -> None:
-        """Start the pool (its spares) and the meta updates."""
+        """Start the pool (no process yet), adopt the fight processes already running,
+        then let the pool start what is missing; and the meta updates."""
         super().startService()
-        self.pool.start()
-        for instance in self.directory.view.get(self.worker_service):
-            self._changed(Change.UP, instance, "registered")
+        self.pool.start(adopting=True)
+        view = self.directory.view
+        d = view.wait_for(lambda: view.synced and view.warm, self.adopt_wait)
+        d.addErrback(lambda _: log.warn("fight: registry view not ready; adopting what it has"))
+        d.addCallback(lambda _: self._sweep())
+        d.addBoth(lambda _: self._adopted_all())
         self._loop = task.LoopingCall(self._update_meta)
         self._loop.clock = self.pool.clock  # type: ignore[assignment]
         self._loop.start(1.0, now=True)
+
+    def _adopted_all(self) -> None:
+        self.pool.adopted_all()
+        # The processes it started may be registered already (a fake registry is quick).
+        for instance in self.directory.view.get(self.worker_service):
+            if instance.instance_id in self.pool.processes:
+                self._changed(Change.UP, instance, "registered")
+
+    def _sweep(self) -> defer.Deferred[Any]:
+        """Ask every fight process the view lists and the pool lacks to be adopted."""
+        asks = [
+            self._ask(instance, sweeping=True)
+            for instance in self.directory.view.get(self.worker_service)
+            if instance.instance_id not in self.pool.processes
+        ]
+        return defer.DeferredList(asks, consumeErrors=True)
+
+    def _ask(self, instance: Instance, *, sweeping: bool = False) -> defer.Deferred[None]:
+        iid = instance.instance_id
+        meta = instance.meta or {}
+        pid = from_value(meta["pid"]) if "pid" in meta else None
+        if (
+            iid in self._asking
+            or iid in self.pool.processes
+            or (iid in self._refused and not sweeping)
+            or not isinstance(pid, int)
+            or not runs_instance(pid, iid)  # not on this machine: no signal could stop it
+            or self.pool.room_to_adopt - len(self._asking) <= 0
+        ):
+            return defer.succeed(None)
+        self._asking.add(iid)
+        proxy = self.directory.get_service(self.worker_service)
+        d = proxy.call("adopt", {}, instance=iid, timeout=3.0)
+
+        def answered(reply: dict[str, Any]) -> None:
+            handle = AdoptedProcess(
+                iid, int(reply["pid"]), self.pool.config.stop_timeout, self.pool.clock
+            )
+            if not self.pool.adopt(iid, handle, reply.get("fights") or []):
+                log.warn("fight: {id} agreed to be adopted but the pool is full", id=iid)
+
+        def refused(failure: Any) -> None:
+            if failure.check(MmoError):
+                self._refused.add(iid)
+                log.debug("fight: {id} not adopted: {e}", id=iid, e=failure.value)
+            else:
+                log.failure("fight: adopting {id}", failure, id=iid)
+
+        d.addCallbacks(answered, refused)
+        d.addBoth(lambda _: self._asking.discard(iid))
+        return d
 
     @override
     def stopService(self) -> defer.Deferred[None]:
@@ -83,20 +165,39 @@ class PoolService(Service):
             self._loop.stop()
         log.info("fight: draining the pool")
         d = self.pool.drain()
+        self._update_meta(now=True)
         d.addCallback(lambda _: log.info("fight: pool drained, every fight process stopped"))
         return d
 
     def _changed(self, change: int, instance: Instance, reason: str) -> None:
+        if (
+            instance.service_name == self.service
+            and change != Change.UP
+            and instance.instance_id != self.instance_id
+            and self.running
+        ):
+            # Another dispatcher left: its processes are orphans now (or soon).
+            for delay in self.readopt_after:
+                self.pool.clock.callLater(delay, self._readopt)
+            return
         if instance.service_name != self.worker_service:
             return
         if change == Change.UP:
             meta = instance.meta or {}
             pid = from_value(meta["pid"]) if "pid" in meta else None
-            self.pool.process_ready(instance.instance_id, pid if isinstance(pid, int) else None)
+            if instance.instance_id in self.pool.processes:
+                self.pool.process_ready(instance.instance_id, pid if isinstance(pid, int) else None)
+            elif self.running and not self.pool.adopting:
+                self._ask(instance)  # an orphan registering again (or another's: refused)
         else:
+            self._refused.discard(instance.instance_id)
             self.pool.process_down(instance.instance_id, reason)
 
-    def _update_meta(self) -> None:
+    def _readopt(self) -> None:
+        if self.running and not self.pool.adopting:
+            self._sweep()
+
+    def _update_meta(self, now: bool = False) -> None:
         status = self.pool.status()
         meta = {
             "processes": len(status["processes"]),
@@ -107,7 +208,7 @@ class PoolService(Service):
         }
         if meta != self._meta:
             self._meta = meta
-            self.registration.update_meta(now=False, **meta)
+            self.registration.update_meta(now=now, **meta)
 
 
 def make_fight_service(
@@ -167,7 +268,14 @@ def make_fight_service(
     worker = WorkerService(handler, server, registration)
     worker.setName("worker")
     worker.setServiceParent(top)
-    pool_service = PoolService(pool, directory, registration, config.worker_service)
+    pool_service = PoolService(
+        pool,
+        directory,
+        registration,
+        config.worker_service,
+        service=config.service,
+        instance_id=instance_id,
+    )
     pool_service.setName("pool")
     pool_service.setServiceParent(top)
     return top

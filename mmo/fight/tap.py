@@ -24,6 +24,8 @@ class Options(MemberOptions):
         ["cap", None, None, "Players one fight process holds at most."],
         ["min-spare", None, None, "Ready fight processes with room kept (default 1)."],
         ["max-processes", None, None, "Fight processes alive at once, at most (default 16)."],
+        ["max-starting", None, None, "Fight processes starting at once, at most (default 2)."],
+        ["orphan-timeout", None, None, "Seconds an orphaned process waits to be adopted (60)."],
         ["idle-timeout", None, None, "Seconds an idle process above the spares lives (60)."],
         ["reservation-timeout", None, None, "Seconds a fight's players have to arrive (15)."],
         ["drain-timeout", None, None, "Seconds a graceful stop lets fights go on (60)."],

@@ -209,3 +209,49 @@ def test_a_hung_fight_process_is_dropped_by_the_registry_killed_and_its_fights_l
     yield until(lambda: not pid_alive(victim["pid"]), what="the hung fight process killed")
     status = yield wait_status(fight, lambda s: len(s["processes"]) == 1 and len(ready(s)) == 1)
     assert status["processes"][0]["instance"] != held["instance"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_past_the_maximum_a_burst_is_refused_with_pool_full_before_the_callers_deadline(
+    cluster, directory_factory
+):
+    """200 allocations at once with room for 120 (cap 10, at most 12 processes): every one is
+    answered before the caller's own deadline, seats or PoolFull (never the caller's
+    DeadlineExceeded), no process over the cap, and a status call behind the burst is
+    answered while the processes start."""
+    from twisted.internet import reactor
+
+    cluster.yellow()
+    start_dispatcher(
+        cluster, "--cap", "10", "--min-spare", "1", "--max-processes", "12",
+        "--reservation-timeout", "120", "--drain-timeout", "1",
+    )  # fmt: skip
+    directory = directory_factory(cluster.yellows)
+    fight = directory.get_service("fight", timeout=40)
+    yield wait_status(fight, lambda s: len(ready(s)) == 1)
+
+    asked_at = reactor.seconds()
+    burst = defer.DeferredList(
+        [fight.call("allocate", {"players": [f"p{i}"]}, timeout=5) for i in range(200)],
+        consumeErrors=True,
+    )
+    status = yield fight.call("status", {}, timeout=5)
+    status_after = reactor.seconds() - asked_at
+    results = yield burst
+    took = reactor.seconds() - asked_at
+    served = Counter(r["instance"] for ok, r in results if ok)
+    refused = Counter(
+        r.value.type if isinstance(r.value, RemoteError) else type(r.value).__name__
+        for ok, r in results
+        if not ok
+    )
+    print(
+        f"burst of 200 past the maximum: served {sum(served.values())}, refused {dict(refused)};"
+        f" status answered after {status_after:.3f}s (waiting {status['waiting']}),"
+        f" all answered after {took:.3f}s"
+    )
+    assert set(refused) <= {"PoolFull"}, refused
+    assert sum(served.values()) + refused["PoolFull"] == 200
+    assert max(served.values()) <= 10 and len(served) <= 12
+    status = yield fight.status()
+    assert all(p["peak"] <= 10 for p in status["processes"]) and len(status["processes"]) <= 12

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mmo.testing import TwistdProcess
+from mmo.testing.rawclient import RawClient
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
 from .conftest import POLL_TIMEOUT, wait_until
@@ -173,4 +174,56 @@ def test_a_finished_fight_is_released_and_its_result_kept(edge):
     refused = carol.reply(carol.send("fight.attack"))
     assert refused.kind == PacketKind.ERROR
     for player in (carol, dave):
+        player.close()
+
+
+class Resumable(Player):
+    """A player who keeps the login's session id and token, to resume elsewhere."""
+
+    def __init__(self, port: int, user: str) -> None:
+        self.user = user
+        self.client = RawClient(port)
+        self.login = self.client.login(user, f"pw-{user}")
+        self.pushes = []
+
+    def resume_on(self, port: int) -> Resumable:
+        """Drop this connection and resume the session on the broker at ``port``."""
+        self.client.close()
+        moved = Resumable.__new__(Resumable)
+        moved.user, moved.pushes, moved.client = self.user, [], RawClient(port)
+        body = {"session_id": self.login["session_id"], "token": self.login["token"]}
+        answer = moved.client.request("session.resume", body)
+        assert answer.kind == PacketKind.RESPONSE, answer
+        moved.login = {**self.login, **answer.value}
+        return moved
+
+
+def test_a_player_who_resumes_on_another_broker_mid_fight_gets_its_pushes_and_its_loss(edge):
+    """Alice resumes on the other broker mid-fight: the fight's turns reach her there, and
+    when her fight process is killed, so does fight.lost."""
+    alice = Resumable(edge.ports[0], "alice")
+    bob = Player(edge.ports[1], "bob")
+    fight = matchmake(alice, bob)
+    alice.request("fight.join", {"fight_id": fight["fight_id"]})
+    bob.request("fight.join", {"fight_id": fight["fight_id"]})
+    for player in (alice, bob):
+        player.push("fight.turn")
+
+    alice = alice.resume_on(edge.ports[1])
+    # Her first request after the resume (its answer comes from her fight process through
+    # her new broker) also tells the process where she is, whichever way the event races.
+    assert alice.request("fight.state")["fight_id"] == fight["fight_id"]
+    players = {"alice": alice, "bob": bob}
+    first, second = fight["players"]
+    # Bound routes were restored by the resume; the other player's turn is pushed to her there.
+    hit = players[first].request("fight.attack")
+    assert players[second].push("fight.turn", timeout=POLL_TIMEOUT)["damage"] == hit["damage"]
+
+    status = wait_pool(edge.yellow, lambda s: any(p["load"] == 2 for p in s["processes"]))
+    victim = next(p for p in status["processes"] if p["instance"] == fight["instance"])
+    os.kill(victim["pid"], signal.SIGKILL)  # a child of the dispatcher this test started
+    for player in (alice, bob):
+        lost = player.push("fight.lost", timeout=POLL_TIMEOUT)
+        assert lost["fight_id"] == fight["fight_id"]
+    for player in (alice, bob):
         player.close()

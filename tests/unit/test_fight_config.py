@@ -61,11 +61,13 @@ def test_the_handler_must_be_a_fight_handler():
         parse("--yellow", YELLOW, "--handler", "no.such.module:X", "--cap", "2")
 
 
-def test_fight_processes_run_mmo_worker_through_the_launcher_without_a_shell():
-    """Each fight process is `twistd -n mmo-worker` with its instance id, via mmo.process.launch."""
+def test_fight_processes_run_mmo_worker_in_their_own_session_without_a_shell():
+    """Each fight process is `twistd -n mmo-worker` with its instance id, exec'd in a new
+    session with no parent-death signal (it outlives a crashed dispatcher, to be adopted)."""
     config = FightConfig(yellow=(YELLOW,), handler=HANDLER, cap=3, worker_args=("--x", "y"))
     argv = ProcessSpawner(config, "fight-dispatcher").argv("fight-7")
-    assert argv[1:3] == ["-m", "mmo.process.launch"]
+    assert argv[1] == "-c" and "os.setsid()" in argv[2] and "prctl" not in argv[2]
+    assert "mmo.process.launch" not in argv
     tail = argv[argv.index("mmo-worker") :]
     assert tail[tail.index("--instance-id") + 1] == "fight-7"
     assert tail[tail.index("--service") + 1] == "fight-worker"

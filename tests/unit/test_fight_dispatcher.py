@@ -196,3 +196,29 @@ def test_status_names_the_dispatcher():
     status = call(dispatcher, "status")
     assert status["instance"] == "test-1" and status["service"] == "fight"
     assert [p["instance"] for p in status["processes"]] == ["fight-1"]
+
+
+def test_a_draining_dispatcher_sends_new_work_elsewhere_when_another_is_registered():
+    """Draining: allocate answers Unavailable (callers resend it to another instance) while
+    another dispatcher is registered, and PoolDraining when it is the only one."""
+    from mmo.errors import Unavailable
+    from mmo.fight.errors import PoolDraining
+
+    dispatcher, pool, _, directory = make_dispatcher()
+    pool.drain()
+    with pytest.raises(PoolDraining):
+        result_of(call(dispatcher, "allocate", players=["a"]))
+    directory.register("fight", "fight-other")
+    with pytest.raises(Unavailable):
+        result_of(call(dispatcher, "allocate", players=["a"]))
+
+
+def test_fight_lost_reaches_a_player_on_the_broker_they_resumed_on():
+    """After a session's online event (resumed on broker-2), fight.lost goes to broker-2."""
+    dispatcher, pool, spawner, _ = make_dispatcher()
+    fight = result_of(call(dispatcher, "allocate", players=["a"]))
+    pool.arrived(fight["fight_id"], "a", session("a", "broker-1"))
+    dispatcher.session_online("online", {"session_id": "s-a", "broker": "broker-2"})
+    spawner.children[fight["instance"]].exit("was killed by signal 9")
+    [(target, _, _)] = [p for p in dispatcher.sessions.of("push") if p[1] == "fight.lost"]
+    assert target.broker == "broker-2" and target.id == "s-a"

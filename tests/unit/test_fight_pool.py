@@ -156,9 +156,8 @@ def test_200_concurrent_allocations_never_exceed_the_cap():
     pool, _, spawner, _ = make_pool(cap=10, min_spare=1, max_processes=30)
     ready_all(pool)
     calls = [pool.allocate([f"p{i}"], timeout=30) for i in range(200)]
-    settle(pool)
-    assert spawner.spawned == 21
-    ready_all(pool)
+    while pool.waiting or any(p.state == STARTING for p in pool.processes.values()):
+        ready_all(pool)  # two start at a time (max-starting): the next as these register
     fights = [result(d) for d in calls]
     per_process: dict[str, int] = {}
     for fight in fights:
@@ -519,7 +518,7 @@ def test_a_process_that_registers_again_after_a_foreign_goodbye_takes_fights_aga
 def test_processes_start_one_per_reactor_turn():
     """A burst that needs many processes starts them one reactor turn after another, so the
     dispatcher's loop (its registry heartbeats, its answers) runs between two starts."""
-    pool, clock, spawner, _ = make_pool(cap=2, min_spare=0, max_processes=10)
+    pool, clock, spawner, _ = make_pool(cap=2, min_spare=0, max_processes=10, max_starting=10)
     for i in range(10):
         pool.allocate([f"p{i}"], timeout=5)
     assert spawner.spawned == 1
@@ -527,3 +526,60 @@ def test_processes_start_one_per_reactor_turn():
     assert next_turn.func == pool.maintain
     clock.advance(0)  # runs the turns that follow, one start each
     assert spawner.spawned == 5
+
+
+def test_at_most_max_starting_processes_start_at_once():
+    """A burst needing 10 processes starts two at a time (max-starting 2): the next ones
+    start as these register, and the burst is served all the same."""
+    pool, _, spawner, _ = make_pool(cap=2, min_spare=0, max_processes=10, max_starting=2)
+    calls = [pool.allocate([f"p{i}"], timeout=60) for i in range(20)]
+    settle(pool)
+    assert spawner.spawned == 2
+    while pool.waiting:
+        assert sum(p.state == STARTING for p in pool.processes.values()) <= 2
+        ready_all(pool)
+    assert spawner.spawned == 10 and all(result(d) for d in calls)
+
+
+class FakeAdopted:
+    """A process another dispatcher started, as adopted: records signals, told when gone."""
+
+    pid = 4242
+
+    def __init__(self) -> None:
+        self.killed = self.gone = False
+
+    def terminate(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def exited(self) -> None:
+        self.gone = True
+
+
+def test_adopted_processes_keep_their_fights_count_against_the_maximum_and_start_nothing():
+    """While adopting nothing starts; an adopted process brings its fights (load, sessions),
+    takes new ones up to the cap, counts against the maximum (one more is refused), and its
+    leaving the registry is its end: its fights are lost."""
+    pool, _, spawner, listener = make_pool(cap=4, start=False, min_spare=1, max_processes=2)
+    pool.start(adopting=True)
+    settle(pool)
+    assert spawner.spawned == 0
+    waiting = pool.allocate(["x"], timeout=30)
+    fights = [{"fight_id": "f1", "players": ["a", "b"], "arrived": ["a", "b"],
+               "sessions": {"a": {"id": "s-a", "user_id": "a", "broker": "broker-2"}}}]  # fmt: skip
+    handle = FakeAdopted()
+    assert pool.adopt("old-3", handle, fights)
+    served = result(waiting)
+    assert served.instance_id == "old-3" and pool.processes["old-3"].load == 3
+    assert pool.fights["f1"].sessions["a"].broker == "broker-2"
+    assert pool.adopt("old-4", FakeAdopted(), [])
+    pool.adopted_all()
+    settle(pool)
+    assert spawner.spawned == 0 and len(pool.processes) == 2  # at the maximum already
+    assert not pool.adopt("old-5", FakeAdopted(), [])
+    pool.process_down("old-3", "expired")
+    assert handle.killed and handle.gone and "old-3" not in pool.processes
+    assert {fid for fid, _ in listener.lost} == {"f1", served.fight_id}
