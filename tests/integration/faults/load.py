@@ -676,6 +676,11 @@ class FaultCluster(EdgeCluster):
         process = TwistdProcess(role, args, self.log_dir, name, env)
         self.processes[name] = process if self.hold else process.start()
 
+    def add(self, name: str, role: str, args: list[str]) -> TwistdProcess:
+        """Start one more process of ``role`` in this cluster (with its environment)."""
+        self._start(name, role, args, self.env)
+        return self.processes[name]
+
     def restart(self, name: str) -> TwistdProcess:
         """Start process ``name`` again, with the same role, arguments and environment."""
         old = self.processes[name]
