@@ -52,6 +52,14 @@ class MemoryCache(Service):
         self._data: dict[str, tuple[Value, float | None]] = {}
         self._swept_at_size = 64
 
+    @classmethod
+    def started(cls, clock: Clock | None = None) -> MemoryCache:
+        """A running one: what a service that keeps its state in the cache uses when its
+        worker was given none (the embedded default, for one instance)."""
+        cache = cls(clock)
+        cache.startService()
+        return cache
+
     def __repr__(self) -> str:
         return f"<MemoryCache {len(self._data)} keys>"
 

@@ -106,13 +106,11 @@ class ChatService(ServiceHandler):
 
     def __init__(self, runtime: Any) -> None:
         super().__init__(runtime)
-        cache = self.cache
-        if cache is None:
-            # The embedded default: the rooms of this one process (it holds no socket).
-            own = MemoryCache(self.clock)
-            own.startService()
-            cache = own
-        self.store: Cache = cache
+        # Without a cache of the worker's, the embedded default: the rooms of this one
+        # process.
+        self.store: Cache = (
+            self.cache if self.cache is not None else MemoryCache.started(self.clock)
+        )
         self._turns: dict[str, defer.DeferredLock] = {}
         self._subscriptions: list[Any] = []
         self._following = False

@@ -186,12 +186,10 @@ class SessionService(ServiceHandler):
         self.grace = self.settings.grace
         self.token_ttl = self.settings.token_ttl
         self.key = tokens.load_key()
-        cache = self.cache
-        if cache is None:
-            # The embedded default: the records in this process (one instance).
-            cache = MemoryCache(self.clock)
-            cache.startService()
-        elif not cache.shared:
+        # Without a cache of the worker's, the embedded default: the records in this
+        # process (one instance).
+        cache = self.cache if self.cache is not None else MemoryCache.started(self.clock)
+        if not cache.shared:
             log.info("sessions: records in this process's cache: run one session instance")
         self.store = SessionStore(cache)
         self.counters = {"replaced": 0, "refused": 0, "orphaned": 0}
