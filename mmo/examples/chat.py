@@ -71,6 +71,7 @@ from mmo.data.base import Cache
 from mmo.data.memory import MemoryCache
 from mmo.errors import BadRequest
 from mmo.logic import Context, ServiceHandler, client_method, idempotent
+from mmo.logic.sessions import resumed_to
 from mmo.registry import Change, Instance
 from mmo.types import InlineCallbacks
 from mmo.wire.gen.mmo.ttypes import Session
@@ -159,12 +160,10 @@ class ChatService(ServiceHandler):
     def session_online(self, topic: str, event: Any) -> None:
         """A session was resumed (session ``online`` event): its instance reaches it on its
         broker and binds it again there (or, that instance gone, one instance takes it)."""
-        if not isinstance(event, dict):
-            return
-        session_id, broker = event.get("session_id"), event.get("broker")
-        if isinstance(session_id, str) and isinstance(broker, str):
-            d = self._in_turn(session_id, self._resumed, session_id, broker)
-            d.addErrback(self._failed, f"session {session_id} resumed")
+        moved = resumed_to(event)
+        if moved is not None:
+            d = self._in_turn(moved[0], self._resumed, *moved)
+            d.addErrback(self._failed, f"session {moved[0]} resumed")
 
     def instance_changed(self, change: int, instance: Instance, reason: str) -> None:
         """Registry listener: take over (one claim per session) the sessions of a chat

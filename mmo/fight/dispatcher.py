@@ -33,7 +33,7 @@ from mmo.fight.errors import BadFight, PoolDraining
 from mmo.fight.handler import moved_session, require_session
 from mmo.fight.pool import Fight, FightPool
 from mmo.logic.handler import Context, Runtime, ServiceHandler, Session, idempotent
-from mmo.logic.sessions import SESSION_SERVICE
+from mmo.logic.sessions import SESSION_SERVICE, resumed_to
 from mmo.types import DelayedCall
 
 __all__ = ["FightDispatcher"]
@@ -126,11 +126,10 @@ class FightDispatcher(ServiceHandler):
     def session_online(self, topic: str, event: Any) -> None:
         """A session resumed (session ``online`` event): what is pushed to it goes to its
         new broker."""
-        if not isinstance(event, dict):
+        moved = resumed_to(event)
+        if moved is None:
             return
-        session_id, broker = event.get("session_id"), event.get("broker")
-        if not (isinstance(session_id, str) and isinstance(broker, str)):
-            return
+        session_id, broker = moved
         for fight in self.pool.fights.values():
             for player, session in fight.sessions.items():
                 fight.sessions[player] = moved_session(session, session_id, broker)

@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from mmo.errors import Forbidden
 from mmo.logic.handler import Context, Runtime, ServiceHandler, Session, callers, client_method
-from mmo.logic.sessions import SESSION_SERVICE
+from mmo.logic.sessions import SESSION_SERVICE, resumed_to
 
 __all__ = ["FightHandler", "FightSettings", "require_session"]
 
@@ -172,10 +172,9 @@ class FightHandler(ServiceHandler):
         return None
 
     def _session_online(self, topic: str, event: Any) -> None:
-        if not isinstance(event, dict):
-            return
-        session_id, broker = event.get("session_id"), event.get("broker")
-        if isinstance(session_id, str) and isinstance(broker, str):
+        moved = resumed_to(event)
+        if moved is not None:
+            session_id, broker = moved
             for fight in self.held.values():
                 for player, session in fight.sessions.items():
                     fight.sessions[player] = moved_session(session, session_id, broker)

@@ -39,9 +39,22 @@ __all__ = [
     "Session",
     "Sessions",
     "encode_body",
+    "resumed_to",
 ]
 
 log = Logger()
+
+
+def resumed_to(event: Any) -> tuple[str, str] | None:
+    """``(session id, broker)`` of a session service ``online`` event (a session resumed,
+    maybe on another broker: pushes to it go there now), or None for a malformed one."""
+    if not isinstance(event, dict):
+        return None
+    session_id, broker = event.get("session_id"), event.get("broker")
+    if isinstance(session_id, str) and isinstance(broker, str):
+        return session_id, broker
+    return None
+
 
 #: The service brokers register under.
 BROKER_SERVICE = "broker"
