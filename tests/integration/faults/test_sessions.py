@@ -77,9 +77,11 @@ def test_session_instance_kill(shared: FaultCluster, directory_factory: Any) -> 
     for u in victims:
         assert clients[u].session_id == sessions[u]
         assert clients[u].broker_address == f"127.0.0.1:{edge.ports[1]}"
-    # The session, its channel and where it is now, as the living instance has them.
+    # The session, its channel, its binding and where it is now, as the living instance
+    # has them.
     assert records == [{"session_id": sessions[victims[0]], "broker": "broker-2", "online": True}]
     assert kept["channels"] == [f"room:{ROOM}"]
+    assert kept["bindings"] == {"chat": "chat"}  # its chat prefix, bound at the join
     assert_missed_only_around_the_failover(traffic, fault_at, last_resume)
 
 
