@@ -14,14 +14,16 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor, threads
 
 from mmo.registry import Change
-from mmo.testing.data import ThrowawayRedis
+from mmo.testing.data import ThrowawayRedis, ThrowawaySentinel, redis_command
 
 from ..conftest import next_change, sleep, until, wait_instances
 from .load import (
     OUTAGE,
     ROOM,
+    SENDERS,
     USERS,
     FaultCluster,
+    Traffic,
     assert_missed_only_around_the_failover,
     assert_no_loss,
     close_clients,
@@ -85,6 +87,24 @@ def test_session_instance_kill(shared: FaultCluster, directory_factory: Any) -> 
     assert_missed_only_around_the_failover(traffic, fault_at, last_resume)
 
 
+def heard_by_all_since(traffic: Traffic, since: float) -> float | None:
+    """When every sender's first chat message sent at ``since`` or later had reached every
+    member (the last of those moments), None if some sender's has not yet."""
+    firsts = []
+    for sender in SENDERS:
+        times = [
+            max(traffic.heard_at.get((u, c), 0.0) for u in USERS)
+            for c, sent in traffic.sent.items()
+            if c.startswith(f"{sender}:")
+            and sent >= since
+            and all(traffic.heard[(u, c)] for u in USERS)
+        ]
+        if not times:
+            return None
+        firsts.append(min(times))
+    return max(firsts)
+
+
 @pytest_twisted.inlineCallbacks
 def test_redis_restart_under_sessions_and_chat(tmp_path: Path, directory_factory: Any) -> Any:
     """kill -9 of the Redis that two session and two chat instances keep their records in
@@ -108,19 +128,11 @@ def test_redis_restart_under_sessions_and_chat(tmp_path: Path, directory_factory
             yield threads.deferToThread(redis.start)
             back_at = reactor.seconds()
 
-            def heard_by_all_since(t: float) -> float | None:
-                times = [
-                    max(traffic.heard_at.get((u, c), 0.0) for u in USERS)
-                    for c, sent in traffic.sent.items()
-                    if sent >= t and all(traffic.heard[(u, c)] for u in USERS)
-                ]
-                return min(times, default=None)
-
             yield until(
-                lambda: heard_by_all_since(back_at) is not None,
-                what="a chat message after the restart heard by every member",
+                lambda: heard_by_all_since(traffic, back_at) is not None,
+                what="every sender heard by every member after the restart",
             )
-            chat_back = heard_by_all_since(back_at)
+            chat_back = heard_by_all_since(traffic, back_at)
             victims, sessions, _, last_resume = yield kill_broker_1(edge, clients)
             yield sleep(3.0)  # the load goes on after the failover
             yield traffic.stop()
@@ -143,3 +155,79 @@ def test_redis_restart_under_sessions_and_chat(tmp_path: Path, directory_factory
         assert clients[u].broker_address == f"127.0.0.1:{edge.ports[1]}"
     # Silent only from the kill until Redis was back, and around the broker's failover.
     assert traffic.missed(outside=(fault_at - 1.0, last_resume + 1.0)) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_sentinel_fail_over_under_sessions_and_chat(tmp_path: Path, directory_factory: Any) -> Any:
+    """kill -9 of the master of a Sentinel-watched Redis where two session and two chat
+    instances keep their state (``sentinel://``): Sentinel promotes the replica and the
+    instances follow it by themselves; the room speaks again; then a broker killed: its
+    players resume the same sessions, in the room, from what the replica held."""
+    master = ThrowawayRedis(tmp_path / "master").start()
+    replica = ThrowawayRedis(tmp_path / "replica", replica_of=master.port).start()
+    sentinel = ThrowawaySentinel(tmp_path / "sentinel", master.port, down_after=1.0)
+    promoted = ("127.0.0.1", replica.port)
+    chats = ("chat", "chat-2")
+    try:
+        yield until(
+            lambda: (
+                "master_link_status:up"
+                in redis_command("127.0.0.1", replica.port, "INFO", "replication")
+            ),
+            what="the replica linked to its master",
+        )
+        sentinel.start()
+        yield until(
+            lambda: redis_command("127.0.0.1", sentinel.port, "SENTINEL", "replicas", "mymaster"),
+            what="Sentinel knowing the replica",
+        )
+        edge = with_cache(tmp_path / "cluster", sentinel.url, sessions=SESSIONS, chats=chats)
+        try:
+            edge.wait_ready()
+            directory = directory_factory([edge.yellow])
+            yield wait_instances(directory, "session", set(SESSIONS))
+            yield wait_instances(directory, "chat", set(chats))
+            clients, traffic = yield run_with_load(edge)
+            try:
+                yield until(
+                    lambda: (
+                        redis_command("127.0.0.1", replica.port, "DBSIZE")
+                        == redis_command("127.0.0.1", master.port, "DBSIZE")
+                    ),
+                    what="the replica caught up",
+                )
+                fault_at = reactor.seconds()
+                yield threads.deferToThread(master.stop, signal.SIGKILL)
+                yield until(lambda: sentinel.master() == promoted, what="the replica promoted")
+                promoted_at = reactor.seconds()
+                yield until(
+                    lambda: heard_by_all_since(traffic, promoted_at) is not None,
+                    what="every sender heard by every member after the fail-over",
+                )
+                chat_back = heard_by_all_since(traffic, promoted_at)
+                victims, sessions, _, last_resume = yield kill_broker_1(edge, clients)
+                yield sleep(3.0)  # the load goes on after the failover
+                yield traffic.stop()
+            finally:
+                traffic.running = False
+                yield close_clients(clients)
+        finally:
+            edge.stop()
+    finally:
+        sentinel.stop()
+        replica.stop()
+        master.stop()
+    assert chat_back is not None
+    figures = traffic.figures("Sentinel fail-over (sessions, chat)", fault_at)
+    figures.extra["promoted"] = promoted_at - fault_at
+    figures.extra["chat_back"] = chat_back - fault_at
+    figures.extra["all_resumed"] = last_resume - fault_at
+    report(figures)
+    assert_no_loss(figures, traffic)
+    assert figures.errors == 0  # echo does not use Redis
+    for u in victims:
+        assert clients[u].session_id == sessions[u]
+        assert clients[u].broker_address == f"127.0.0.1:{edge.ports[1]}"
+    # Silent only from the kill until every sender was heard again through the promoted
+    # replica, and around the broker's failover.
+    assert traffic.missed(outside=(fault_at - 1.0, max(chat_back, last_resume) + 1.0)) == 0
