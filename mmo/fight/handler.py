@@ -200,10 +200,18 @@ class FightHandler(ServiceHandler):
             return True
         return not self.dispatcher_registered()
 
+    def dispatcher_unreachable(self) -> bool:
+        """Whether this process's connection to its dispatcher is down: how a dispatcher
+        that died with the registry (which then cannot say so) shows."""
+        directory: Any = getattr(self.runtime, "directory", None)
+        links = directory.links(self.dispatcher_service) if directory is not None else {}
+        return bool(self.dispatcher_id) and links.get(self.dispatcher_id) is False
+
     def check_orphaned(self) -> None:
         """Stop this process (SIGTERM: the worker drains) once its dispatcher has been gone
-        for ``orphan-timeout`` seconds without another adopting it."""
-        if not self.dispatcher_gone():
+        (or out of reach: a connection coming up or dropping for a moment is forgiven) for
+        ``orphan-timeout`` seconds without another adopting it."""
+        if not (self.dispatcher_gone() or self.dispatcher_unreachable()):
             self.orphaned_since = None
             return
         now = self.clock.seconds()

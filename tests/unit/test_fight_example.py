@@ -4,9 +4,11 @@ and the FightHandler plumbing (arrive, release, matchmake relay, expired)."""
 from __future__ import annotations
 
 import random
+import signal
 from typing import Any
 
 import pytest
+from twisted.internet import task
 
 from mmo.errors import UnknownMethod
 from mmo.examples.fight import FightNotStarted, NotFighting, NotYourTurn, TurnFight
@@ -173,3 +175,39 @@ def test_expired_comes_only_from_the_dispatcher_and_drops_the_fight():
 def test_the_client_routes_are_declared():
     """Players may matchmake, join, attack and see their state; results are not theirs."""
     assert TurnFight.registry_meta()["client"] == ["attack", "join", "matchmake", "state"]
+
+
+def test_an_adopted_process_whose_dispatcher_is_unreachable_stops_after_the_orphan_timeout(
+    monkeypatch,
+):
+    """Adopted by a dispatcher that then died together with the registry (the view still
+    lists it, nobody says it is gone): once its connection has been down for the orphan
+    timeout the process stops itself (SIGTERM: it drains) instead of running forever; a
+    connection back before then resets the count."""
+    stopped = []
+    monkeypatch.setattr("mmo.fight.handler.os.kill", lambda pid, sig: stopped.append(sig))
+    directory = FakeDirectory()
+    directory.register("fight", "fight-d")
+    clock = task.Clock()
+    fight = handler_factory(
+        TurnFight,
+        instance_id="fight-1",
+        directory=directory,
+        clock=clock,
+        settings={"dispatcher_id": "fight-d", "orphan_timeout": 10.0},
+    )
+    fight.adopted = True
+    link = directory.link("fight", "fight-d")
+    link.up = False
+    fight.check_orphaned()
+    clock.advance(9)
+    link.up = True
+    fight.check_orphaned()  # back in time: the count starts again
+    link.up = False
+    fight.check_orphaned()
+    clock.advance(9)
+    fight.check_orphaned()
+    assert stopped == []
+    clock.advance(1)
+    fight.check_orphaned()
+    assert stopped == [signal.SIGTERM]
