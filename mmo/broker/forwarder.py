@@ -135,36 +135,24 @@ class Forwarder:
         if target is None:
             return
         prefix, service, method, bound = target
-        route = packet.route
-        instance = bound or conn.sticky.get(prefix)
-        if instance is not None and not self.directory.links(service).get(instance, False):
-            # Its connection dropped (killed, most likely; the registry says so seconds
-            # later): a live instance takes the notify rather than a dead link losing it.
-            # A binding stays: the instance that takes it may bind the session to itself
-            # (chat does), and a request still finds out whether the bound one is gone.
-            instance = None
-        body = packet.body or b""
-        session = conn.session()
-
-        def send(instance: str | None) -> str | None:
+        # The bound instance, else the last one, while its connection is up; dropped
+        # (killed, most likely: the registry says so seconds later), a connected one takes
+        # the notify rather than a dead link losing it. A binding stays: the instance that
+        # takes it may bind the session to itself (chat does), and a request still finds
+        # out whether the bound one is gone.
+        sent = self.directory.send(
+            service,
+            method,
+            packet.body or b"",
+            prefer=bound or conn.sticky.get(prefix),
             # Marked as a player's, with the route: a failure comes back as an ERROR for them.
-            return self.directory.send(
-                service,
-                method,
-                body,
-                instance=instance,
-                session=session,
-                origin=Origin.CLIENT,
-                peer=conn.host,
-                route=route,
-            )
-
-        sent = send(instance)
-        if sent is None and instance is not None and bound is None:
-            conn.sticky.pop(prefix, None)
-            sent = send(None)
+            session=conn.session(),
+            origin=Origin.CLIENT,
+            peer=conn.host,
+            route=packet.route,
+        )
         if sent is None:
-            conn.error(None, ClientError.UNAVAILABLE, f"{route}: no live instance serves it")
+            conn.error(None, ClientError.UNAVAILABLE, f"{packet.route}: no live instance serves it")
             return
         self.counters.count("notifies")
         if bound is None:

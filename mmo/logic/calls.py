@@ -232,9 +232,11 @@ class Calls:
         body: bytes,
         *,
         instance: str | None = None,
+        prefer: str | None = None,
         **header: Any,
     ) -> str | None:
-        """Send a one-way request (no answer) to ``instance`` (or the least busy one).
+        """Send a one-way request (no answer) to ``instance`` (or the least busy one;
+        ``prefer`` while its link is connected: see :meth:`Pool.pick`).
 
         Unlike a push, it travels on the same link as calls, so it keeps its order
         relative to them and can reach one chosen instance. ``header`` sets extra
@@ -243,7 +245,7 @@ class Calls:
         an ERROR (see :attr:`on_one_way_error`).
         Returns the instance id it went to, or None (no such live instance).
         """
-        link = self.pools.pool(service).pick((), instance)
+        link = self.pools.pool(service).pick((), instance, prefer=prefer)
         if link is None or not self._send_one_way(link, service, method, body, header):
             return None
         return link.instance_id

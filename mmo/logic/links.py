@@ -134,11 +134,18 @@ class Pool(Generic[C]):
         exclude: Iterable[str] = (),
         instance: str | None = None,
         affinity: str | None = None,
+        prefer: str | None = None,
     ) -> Link[C] | None:
         """The live instance with the fewest calls outstanding (connected ones first),
         or ``instance`` if given (None if it is not live), or, with ``affinity``, the
         connected instance that key hashes to (rendezvous hashing: every process that
-        knows the same instances picks the same one, and losing one moves only its keys)."""
+        knows the same instances picks the same one, and losing one moves only its keys).
+        ``prefer`` is taken while its link is connected, else the pick goes on as without
+        it (a killed instance's connection drops seconds before the registry says so)."""
+        if prefer is not None:
+            link = self.conns.get(prefer)
+            if link is not None and link.up and not link.draining and prefer not in exclude:
+                return link
         if instance is not None:
             link = self.conns.get(instance)
             if link is None or link.draining or instance in exclude:

@@ -400,14 +400,23 @@ class FakeDirectory:
         return d.addTimeout(timeout, self.clock, onTimeoutCancel=timed_out)  # type: ignore[arg-type]
 
     def send(
-        self, service: str, method: str, body: bytes, *, instance: str | None = None, **header: Any
+        self,
+        service: str,
+        method: str,
+        body: bytes,
+        *,
+        instance: str | None = None,
+        prefer: str | None = None,
+        **header: Any,
     ) -> str | None:
-        """Record a one-way request to ``instance`` (or a live one of ``service``, a
-        connected one first); return the instance it went to, or None when none is
-        registered."""
+        """Record a one-way request to ``instance`` (or ``prefer`` while its link is up,
+        else a live one of ``service``, a connected one first); return the instance it
+        went to, or None when none is registered."""
         links = self._live(service)
         target = instance if instance in links else None
-        if instance is None and links:
+        if prefer in links and links[prefer].up:
+            target = prefer
+        elif instance is None and links:
             # Connected links first, as a Directory picks.
             target = min(links, key=lambda iid: not links[iid].up)
         if target is None:

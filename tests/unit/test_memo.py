@@ -212,3 +212,16 @@ def test_rendezvous_picks_the_same_instance_in_every_process() -> None:
         if picks[s] != "b":
             assert moved.instance_id == picks[s]
     assert one.idempotent("count") and not one.idempotent("buy")
+
+
+def test_a_preferred_instance_is_taken_while_its_link_is_up() -> None:
+    """``prefer`` wins while its link is connected; dropped, gone or draining, the pick
+    goes on as without it (to a connected instance)."""
+    pool = pool_of("a", "b")
+    pool.conns["b"].outstanding = {1: None, 2: None}  # the busier one
+    assert pool.pick(prefer="b").instance_id == "b"  # type: ignore[union-attr]
+    pool.conns["b"].up = False
+    assert pool.pick(prefer="b").instance_id == "a"  # type: ignore[union-attr]
+    assert pool.pick(prefer="gone").instance_id == "a"  # type: ignore[union-attr]
+    pool.conns["b"].up, pool.conns["b"].draining = True, True
+    assert pool.pick(prefer="b").instance_id == "a"  # type: ignore[union-attr]
