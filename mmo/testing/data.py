@@ -42,6 +42,7 @@ __all__ = [
     "postgres_schema",
     "redis_command",
     "redis_prefix",
+    "sentinel_layout",
     "shared_postgres_url",
     "shared_redis_url",
 ]
@@ -255,6 +256,37 @@ class ThrowawaySentinel(ThrowawayRedis):
             "127.0.0.1", self.port, "SENTINEL", "get-master-addr-by-name", self.name
         )
         return host, int(port)
+
+
+def sentinel_layout(
+    root: Path, name: str = "mymaster", down_after: float = 1.0, timeout: float = 10.0
+) -> tuple[ThrowawayRedis, ThrowawayRedis, ThrowawaySentinel]:
+    """A master, its replica and a Sentinel watching it as ``name``, all started: returns
+    once the replica is linked and the Sentinel knows it (so it can promote it)."""
+    master = ThrowawayRedis(root / f"{name}-master").start()
+    replica = ThrowawayRedis(root / f"{name}-replica", replica_of=master.port).start()
+    sentinel = ThrowawaySentinel(root / f"{name}-sentinel", master.port, name, down_after)
+    try:
+        _wait(
+            lambda: (
+                "master_link_status:up"
+                in redis_command("127.0.0.1", replica.port, "INFO", "replication")
+            ),
+            timeout,
+            "the replica's link to its master",
+        )
+        sentinel.start()
+        # Sentinel learns of replicas from the master's INFO.
+        _wait(
+            lambda: redis_command("127.0.0.1", sentinel.port, "SENTINEL", "replicas", name),
+            timeout,
+            "Sentinel's knowledge of the replica",
+        )
+    except BaseException:
+        for server in (sentinel, replica, master):
+            server.stop()
+        raise
+    return master, replica, sentinel
 
 
 # -- Twemproxy -----------------------------------------------------------------------

@@ -19,10 +19,10 @@ from mmo.sessions import SessionService
 from mmo.testing import call, handler_factory
 from mmo.testing.data import (
     ThrowawayRedis,
-    ThrowawaySentinel,
     ThrowawayTwemproxy,
     postgres_schema,
     redis_command,
+    sentinel_layout,
 )
 
 from .conftest import until, wait_instances
@@ -279,10 +279,8 @@ def test_a_sentinel_fail_over_behind_twemproxy(tmp_path: Path) -> None:
     its keys are CacheUnavailable; Sentinel promotes the replica; once the proxy's config
     names the new master (what a fail-over agent does, here the test), the same client finds
     the replicated keys on the same shard name and writes again, without a restart."""
-    master = ThrowawayRedis(tmp_path / "m0").start()
-    replica = ThrowawayRedis(tmp_path / "r0", replica_of=master.port).start()
+    master, replica, sentinel = sentinel_layout(tmp_path, "shard0")
     other = ThrowawayRedis(tmp_path / "m1").start()
-    sentinel = ThrowawaySentinel(tmp_path / "sentinel", master.port, "shard0", down_after=1.0)
     proxy = ThrowawayTwemproxy(
         tmp_path / "proxy",
         [("127.0.0.1", master.port), ("127.0.0.1", other.port)],
@@ -290,19 +288,6 @@ def test_a_sentinel_fail_over_behind_twemproxy(tmp_path: Path) -> None:
     )
     cache = make_cache(proxy.url)
     try:
-        yield until(
-            lambda: (
-                "master_link_status:up"
-                in redis_command("127.0.0.1", replica.port, "INFO", "replication")
-            ),
-            what="the replica linked to its master",
-        )
-        sentinel.start()
-        # Sentinel learns of replicas from the master's INFO: wait until it lists this one.
-        yield until(
-            lambda: redis_command("127.0.0.1", sentinel.port, "SENTINEL", "replicas", "shard0"),
-            what="Sentinel knowing the replica",
-        )
         proxy.start()
         cache.startService()
         assert (yield cache.wait_connected(10))
