@@ -190,7 +190,10 @@ class MemoryCache(Service):
         return value
 
     def _delete(self, key: str) -> bool:
-        return self._live(key) is not None and self._data.pop(self.prefix + key) is not None
+        if self._live(key) is None:
+            return False
+        del self._data[self.prefix + key]
+        return True
 
     def _store(self, key: str, kind: type, change: Any) -> int:
         """Apply ``change`` to what ``key`` holds (a ``kind``, made if absent, keeping its
@@ -228,9 +231,12 @@ class MemoryCache(Service):
 
     def _remove(self, key: str, kind: type, names: tuple[str, ...]) -> int:
         def change(held: Any) -> int:
-            present = [n for n in set(names) if n in held]
-            for name in present:
-                held.discard(name) if kind is set else held.pop(name)
+            present = held.keys() & set(names) if kind is dict else held & set(names)
+            if kind is dict:
+                for name in present:
+                    del held[name]
+            else:
+                held -= present
             return len(present)
 
         return self._store(key, kind, change)

@@ -509,15 +509,18 @@ class SessionService(ServiceHandler):
             subject = tokens.verify(token, self.key, purpose=RESUME_PURPOSE)
         except tokens.TokenError as e:
             raise ResumeFailed(f"bad resume token: {e}") from None
+        refused = ResumeFailed("unknown or expired session, or not its latest token")
         record = yield self._lookup(session_id)
         if (
             record is None
             or subject != session_id
             or not hmac.compare_digest(record.token.encode(), token.encode())
             or (record.deadline is not None and record.deadline <= self.clock.seconds())
-            or not (yield self.store.claim_token(record.session_id))
         ):
-            raise ResumeFailed("unknown or expired session, or not its latest token")
+            raise refused
+        claimed = yield self.store.claim_token(record.session_id)
+        if not claimed:
+            raise refused  # another resume with this token took it a moment ago
         return record
 
     @defer.inlineCallbacks
