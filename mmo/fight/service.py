@@ -123,13 +123,12 @@ class PoolService(Service):
 
     def _ask(self, instance: Instance, *, sweeping: bool = False) -> defer.Deferred[None]:
         iid = instance.instance_id
-        meta = instance.meta or {}
-        pid = from_value(meta["pid"]) if "pid" in meta else None
+        pid = _pid_of(instance)
         if (
             iid in self._asking
             or iid in self.pool.processes
             or (iid in self._refused and not sweeping)
-            or not isinstance(pid, int)
+            or pid is None
             or not runs_instance(pid, iid)  # not on this machine: no signal could stop it
             or self.pool.room_to_adopt - len(self._asking) <= 0
         ):
@@ -183,10 +182,8 @@ class PoolService(Service):
         if instance.service_name != self.worker_service:
             return
         if change == Change.UP:
-            meta = instance.meta or {}
-            pid = from_value(meta["pid"]) if "pid" in meta else None
             if instance.instance_id in self.pool.processes:
-                self.pool.process_ready(instance.instance_id, pid if isinstance(pid, int) else None)
+                self.pool.process_ready(instance.instance_id, _pid_of(instance))
             elif self.running and not self.pool.adopting:
                 self._ask(instance)  # an orphan registering again (or another's: refused)
         else:
@@ -279,3 +276,9 @@ def make_fight_service(
     pool_service.setName("pool")
     pool_service.setServiceParent(top)
     return top
+
+
+def _pid_of(instance: Instance) -> int | None:
+    """The process id a fight process registered (``pid`` in its meta), if any."""
+    pid = from_value(instance.meta["pid"]) if "pid" in (instance.meta or {}) else None
+    return pid if isinstance(pid, int) else None
