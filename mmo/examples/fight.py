@@ -104,7 +104,9 @@ class TurnFight(FightHandler):
 
     @defer.inlineCallbacks
     def start(self) -> InlineCallbacks[None]:
-        """Create the results table when a database is configured."""
+        """What every fight process does at start (:meth:`FightHandler.start`), then create
+        the results table when a database is configured."""
+        super().start()
         db = getattr(self, "db", None)
         if db is not None:
             try:

@@ -114,7 +114,8 @@ class FightHandler(ServiceHandler):
     marking those players call with :func:`~mmo.logic.client_method`, call
     :meth:`arrive` when a player joins a fight and :meth:`release_fight` when the
     fight ends, and may override :meth:`fight_cancelled`. ``matchmake`` is a client
-    route; ``expired`` is the dispatcher's alone.
+    route; ``expired`` is the dispatcher's alone. A subclass that overrides
+    :meth:`start` or :meth:`stop` calls the base's too (resumed sessions, orphanhood).
 
     Attributes:
         dispatcher_service: the dispatcher's service name (setting ``dispatcher``).

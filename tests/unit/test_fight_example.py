@@ -211,3 +211,28 @@ def test_an_adopted_process_whose_dispatcher_is_unreachable_stops_after_the_orph
     clock.advance(1)
     fight.check_orphaned()
     assert stopped == [signal.SIGTERM]
+
+
+def test_a_started_turn_fight_watches_for_orphanhood_and_follows_resumed_sessions(monkeypatch):
+    """The demo's fight process runs what every fight process runs at start: it follows
+    the session service's online events, and once its dispatcher has been out of reach for
+    the orphan timeout it stops itself."""
+    stopped = []
+    monkeypatch.setattr("mmo.fight.handler.os.kill", lambda pid, sig: stopped.append(sig))
+    directory = FakeDirectory()
+    directory.register("fight", "fight-d")
+    clock = task.Clock()
+    fight = handler_factory(
+        TurnFight,
+        instance_id="fight-1",
+        directory=directory,
+        clock=clock,
+        settings={"dispatcher_id": "fight-d", "orphan_timeout": 5.0},
+    )
+    fight.start()
+    assert [(s.service, s.topic) for s in directory.subscriptions] == [("session", "online")]
+    fight.adopted = True
+    directory.link("fight", "fight-d").up = False
+    clock.pump([1.0] * 10)
+    assert stopped == [signal.SIGTERM]
+    fight.stop()
