@@ -17,7 +17,7 @@ from twisted.internet import defer
 from mmo.errors import RemoteError
 from mmo.logic.handler import Session
 
-from .conftest import Cluster, until
+from .conftest import POLL_TIMEOUT, Cluster, until
 from .test_fight import HANDLER, pid_alive, ready, wait_status
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,6 +36,12 @@ def join(directory: Any, fight: dict[str, Any], *players: str) -> Any:
     """``players`` join ``fight`` on its process (as their brokers would relay fight.join),
     so that the process books their arrival."""
     worker = directory.get_service("fight-worker", timeout=10)
+    # The dispatcher may answer before this process's view has the new fight process.
+    view = directory.view
+    yield view.wait_for(
+        lambda: any(i.instance_id == fight["instance"] for i in view.get("fight-worker")),
+        POLL_TIMEOUT,
+    )
     for player in players:
         session = Session(id=f"s-{player}", user_id=player, broker="broker-nowhere")
         yield worker.call(

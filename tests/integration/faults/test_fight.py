@@ -11,9 +11,6 @@ the fights end), never running more processes than its maximum.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from collections import Counter
 from typing import Any
 
@@ -24,7 +21,7 @@ from mmo.errors import MmoError
 
 from ..conftest import sleep, until
 from ..test_fight import HANDLER, ready, wait_status
-from ..test_fight_restart import join
+from ..test_fight_restart import join, kill_all
 from .load import FaultCluster, assert_no_loss, close_clients, report, run_with_load
 
 #: The dispatcher's settings: 2 seats a process, one spare, at most 4 processes.
@@ -52,14 +49,6 @@ def allocate_loop(fight: Any, outcomes: list[tuple[float, str]], running: list[b
             outcomes.append((reactor.seconds(), type(e).__name__))
             yield sleep(0.1)  # as a matchmaker would, before trying again
         yield sleep(0.05)
-
-
-def kill_all(pids: set[int]) -> None:
-    """SIGKILL what is left of the fight processes the dispatchers started (an orphan
-    outlives its dispatcher)."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest_twisted.inlineCallbacks
