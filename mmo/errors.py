@@ -88,3 +88,12 @@ def from_wire(code: int | None, type_name: str | None, message: str | None) -> M
     if code == ErrorCode.REMOTE or code not in _BY_CODE:
         return RemoteError(message or "", type_name or "Exception")
     return _BY_CODE[code](message or "")
+
+
+def outcome(error: BaseException | None) -> str:
+    """How a call ended, as metrics label it: ``ok``, or the error's code in lower case
+    (``remote`` for anything a handler raised that is not an MmoError)."""
+    if error is None:
+        return "ok"
+    code = getattr(error, "code", 0) if isinstance(error, MmoError) else ErrorCode.REMOTE
+    return ErrorCode._VALUES_TO_NAMES.get(code, "remote").lower()

@@ -31,7 +31,12 @@ class OrderedMultiService(MultiService):
     listeners closed before it deregisters, and its ZeroMQ context alive until
     everything above it has said goodbye. A child whose stop fails is logged and the
     others are stopped all the same.
+
+    Attributes:
+        telemetry: a role's tree carries its ``mmo.telemetry.metrics.Telemetry`` here.
     """
+
+    telemetry: Any = None
 
     @override
     @defer.inlineCallbacks

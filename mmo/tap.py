@@ -21,9 +21,12 @@ from twisted.python import usage
 from typing_extensions import override
 
 from mmo.config import INSECURE_ENV, ConfigError, build, load_toml, section
+from mmo.ops import OPS_KEYS, OpsConfig, attach
 from mmo.service import PreparedService
+from mmo.telemetry import logs
+from mmo.telemetry.site import parse_listen
 
-__all__ = ["MemberOptions", "RoleOptions", "exit_if_start_fails", "usage_error"]
+__all__ = ["MemberOptions", "RoleOptions", "exit_if_start_fails", "inherit_ops", "usage_error"]
 
 log = Logger()
 
@@ -39,6 +42,19 @@ def usage_error(error: ConfigError, options: usage.Options) -> usage.UsageError:
     return usage.UsageError(str(error))
 
 
+def inherit_ops(ops: OpsConfig, args: tuple[str, ...]) -> tuple[str, ...]:
+    """A child process's arguments ``args`` with the operators' settings of its parent
+    that it does not set itself: an operator listener on the parent's host, on a free
+    port (published in the registry), and the parent's log format."""
+    extra: list[str] = []
+    if ops.metrics is not None and "--metrics" not in args:
+        host, _ = parse_listen(ops.metrics)
+        extra += ["--metrics", f"[{host}]:0" if ":" in host else f"{host}:0"]
+    if ops.log_format != "text" and "--log-format" not in args:
+        extra += ["--log-format", ops.log_format]
+    return (*args, *extra)
+
+
 class RoleOptions(usage.Options):
     """Options of a role: ``--config FILE`` plus the role's own overrides.
 
@@ -47,8 +63,13 @@ class RoleOptions(usage.Options):
             ``mmo-cluster`` passes False to check a child's arguments before it starts
             anything (the child checks its environment itself).
 
+    Every role also takes the operators' settings (:class:`mmo.ops.OpsConfig`:
+    ``--metrics``, ``--log-format``, ``--log-queue``, ``--otel-endpoint``), from its TOML
+    section or the command line, and the tree it builds gets what they ask for.
+
     Attributes:
         config: the role's settings, once parsed.
+        ops: the operators' settings, once parsed.
         service: the role's service tree, once built (what ``makeService`` returns).
     """
 
@@ -64,6 +85,21 @@ class RoleOptions(usage.Options):
 
     optParameters: ClassVar[list[list[Any]]] = [
         ["config", "c", None, "TOML configuration file (see etc/)."],
+        [
+            "metrics",
+            None,
+            None,
+            "Operator listener: /metrics, /healthz, /readyz (PORT on 127.0.0.1, or "
+            "HOST:PORT; port 0: a free one, published in the registry).",
+        ],
+        ["log-format", None, None, "text (default) or json: one JSON object per line."],
+        [
+            "log-queue",
+            None,
+            None,
+            "Log events held for the log collector at most (default 10000; 0: ship none).",
+        ],
+        ["otel-endpoint", None, None, "OTLP/HTTP URL to export traced requests' spans to."],
     ]
     optFlags: ClassVar[list[list[Any]]] = [
         [
@@ -75,6 +111,7 @@ class RoleOptions(usage.Options):
     ]
 
     config: Any
+    ops: OpsConfig
     service: IService
 
     def __init__(self, build: bool = True) -> None:
@@ -125,12 +162,21 @@ class RoleOptions(usage.Options):
         try:
             data = load_toml(self["config"]) if self["config"] else {}
             values = self.merge(section(data, self.section))
+            ops = {k: values.pop(k) for k in list(values) if k.replace("_", "-") in OPS_KEYS}
+            self.ops = build(OpsConfig, ops, prefix=f"[{self.section}] ")
             self.config = build(self.config_class, values, prefix=f"[{self.section}] ")
             self.check()
             if self._build:
                 self.service = self.build()
+                attach(self.service, self.ops)  # type: ignore[arg-type]
         except ConfigError as e:
             raise usage_error(e, self) from e
+        parent = getattr(self, "parent", None)
+        if self._build and self.ops.log_format == "json" and parent is not None:
+            # twistd starts logging after parsing, with the observer its ``--logger`` names.
+            # (twistd resolves the name after this, then calls it).
+            logs.TWISTD_LOGFILE = parent.get("logfile")
+            parent["logger"] = f"{logs.__name__}.{logs.twistd_json_logger.__name__}"
 
 
 class MemberOptions(RoleOptions):

@@ -57,6 +57,9 @@ class BrokerConfig:
         sender_rate: broadcasts per second made for one sender (the session logic
             names as the cause of a broadcast) that this broker fans out.
         sender_burst: broadcasts one sender may cause at once.
+        trace_sample: the share of players' requests traced at every hop (a span per
+            hop, for ``mmo trace``), 0 to 1; a request carrying the client's own trace
+            id is always traced.
     """
 
     yellow: tuple[str, ...]
@@ -90,9 +93,12 @@ class BrokerConfig:
     channel_budget: int = 2 * 1024 * 1024
     sender_rate: float = 20.0
     sender_burst: int = 40
+    trace_sample: float = 0.0
 
     def validate(self) -> None:
         """Check values against each other."""
+        if not 0.0 <= self.trace_sample <= 1.0:
+            raise ConfigError("trace-sample", "must be between 0 and 1")
         if not self.yellow:
             raise ConfigError("yellow", "at least one yellow address is required")
         for address in self.yellow:

@@ -56,6 +56,10 @@ class Carrier(Protocol):
         """The client's address, for logs."""
         ...
 
+    def queued(self) -> int:
+        """Bytes waiting for the client to read them (its outbound queue)."""
+        ...
+
 
 class Edge(Protocol):
     """What a connection and its carrier need of the broker they belong to.
@@ -67,6 +71,8 @@ class Edge(Protocol):
         log: where connections log.
         tcp_routes: the routes a TCP client may use.
         websocket_routes: the routes a WebSocket client may use.
+        packets_in, bytes_in, packets_out, bytes_out: client packets (and their bytes,
+            without framing) read and written.
     """
 
     clock: Clock
@@ -75,6 +81,10 @@ class Edge(Protocol):
     log: Logger
     tcp_routes: RoutePatterns
     websocket_routes: RoutePatterns
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
 
     def count(self, what: str, n: int = 1) -> None:
         """Count an event (the broker's stats)."""
@@ -175,6 +185,8 @@ class ClientConnection:
     def frame_received(self, data: bytes) -> None:
         """One whole packet from the client."""
         broker = self.broker
+        broker.packets_in += 1
+        broker.bytes_in += len(data)
         try:
             packet = decode(Packet, data)
             if packet.kind is None:
@@ -230,6 +242,9 @@ class ClientConnection:
     def send(self, frame: bytes) -> None:
         """Send one encoded packet (dropped once closed)."""
         if not self.closed:
+            broker = self.broker
+            broker.packets_out += 1
+            broker.bytes_out += len(frame)
             self.carrier.send_frame(frame)
 
     def respond(self, seq: int | None, body: bytes) -> None:
@@ -336,6 +351,10 @@ class _Carrier:
             self._queue.stopProducing()
         if self.connection is not None:
             self.connection.lost()
+
+    def queued(self) -> int:
+        """Bytes waiting for the client to read them."""
+        return self._queue.size if self._queue is not None else 0
 
     def send_frame(self, data: bytes) -> None:
         """Send one packet through the back-pressure queue."""

@@ -98,6 +98,7 @@ class Broker(Service):
         )
         self.internal = InternalEndpoint(config, context, self.table, self.gate, self.counters)
         self.accepting = False
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self._sweeper: task.LoopingCall | None = None
         self._published_sessions = 0
         directory.on_one_way_error = self.forwarder.notify_failed
@@ -160,8 +161,18 @@ class Broker(Service):
             "channels": len(table.channels),
             "addresses": len(table.per_address),
             "in_flight": self.in_flight.count,
+            "packets_in": self.packets_in,
+            "bytes_in": self.bytes_in,
+            "packets_out": self.packets_out,
+            "bytes_out": self.bytes_out,
             **self.counters,
         }
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether it admits players (a readiness check)."""
+        if self.accepting:
+            return True, f"{len(self.table.sessions)} sessions of {self.config.capacity}"
+        return False, "not admitting players (starting or stopping)"
 
     def load_meta(self) -> dict[str, Any]:
         """The registry metadata describing this broker's load (what it publishes)."""

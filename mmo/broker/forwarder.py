@@ -11,6 +11,8 @@ and never takes identity from the body. A failure comes back to the player as a
 
 from __future__ import annotations
 
+import random
+
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,6 +31,7 @@ from mmo.errors import (
     from_wire,
 )
 from mmo.logic.client import Directory
+from mmo.telemetry.trace import Trace, client_trace, new_trace_id
 from mmo.wire.gen.mmo.ttypes import ClientError, Header, Origin, Packet
 
 __all__ = ["Forwarder", "client_error", "unknown_route"]
@@ -119,6 +122,7 @@ class Forwarder:
             client_seq=packet.seq if logged_in else None,
             origin=origin,
             peer=conn.host,
+            trace=self.trace(packet),
         )
         d.addCallbacks(
             self._answered,
@@ -150,6 +154,7 @@ class Forwarder:
             origin=Origin.CLIENT,
             peer=conn.host,
             route=packet.route,
+            **self.trace(packet).fields(),
         )
         if sent is None:
             conn.error(None, ClientError.UNAVAILABLE, f"{packet.route}: no live instance serves it")
@@ -157,6 +162,16 @@ class Forwarder:
         self.counters.count("notifies")
         if bound is None:
             conn.sticky[prefix] = sent
+
+    def trace(self, packet: Packet) -> Trace:
+        """The trace of a player's packet: the client's own id (traced at every hop), or
+        a new one (traced if sampled: ``trace_sample``)."""
+        if packet.trace is not None:
+            own = client_trace(packet.trace)
+            if own is not None:
+                return Trace(own, True)
+        sample = self.config.trace_sample
+        return Trace(new_trace_id(), bool(sample) and random.random() < sample)
 
     def notify_failed(self, header: Header) -> None:
         """A worker says a player's NOTIFY failed: tell the player (ERROR, no seq)."""

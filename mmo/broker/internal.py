@@ -23,6 +23,7 @@ from mmo.broker.login import LoginGate
 from mmo.broker.table import SessionTable
 from mmo.logic.sessions import ALL
 from mmo.net import addresses, with_host
+from mmo.telemetry.trace import CURRENT, from_header, span
 from mmo.wire import WireError, decode, decode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Header, Kind, PacketKind
 from mmo.zmq import ZmqContext, ZmqSocket
@@ -109,11 +110,19 @@ class InternalEndpoint:
             self.counters.count("bad_internal")
             self.log.warn("broker: unknown internal method {m!r}", m=header.method)
             return
+        trace = from_header(header)
+        token = CURRENT.set(trace) if trace is not None else None
         try:
             handler(self, header, body)
         except (WireError, TypeError, ValueError) as e:
             self.counters.count("bad_internal")
             self.log.warn("broker: bad {m} message: {e}", m=header.method, e=e)
+        finally:
+            if token is not None:
+                CURRENT.reset(token)
+        if trace is not None and trace.traced:
+            # What logic asked of this broker for a traced request (a push, a broadcast).
+            span(trace, "server", "broker", header.method or "", "ok", 0.0, header.caller or "")
 
     # -- the methods -------------------------------------------------------------
 
@@ -152,6 +161,7 @@ class InternalEndpoint:
                 conn.send(frame)
                 n += 1
         self.counters.count("broadcasts")
+        self.counters.count("broadcast_deliveries", n)
         self.counters.count("pushes", n)
 
     def _join(self, header: Header, body: bytes) -> None:

@@ -35,6 +35,7 @@ from mmo.errors import (
 )
 from mmo.logic.client import Directory
 from mmo.logic.sessions import RESUME_PURPOSE, RESUME_REFUSED, SESSION_SERVICE
+from mmo.telemetry.trace import CURRENT
 from mmo.wire import WireError, decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Origin, Packet, PacketKind
 
@@ -296,14 +297,16 @@ class LoginGate:
         waits for the one before it) and acknowledged, so that none is lost with a
         session instance that dies (the service retries a report on another instance
         when it sees one die, and this sends one that failed again: a report has the
-        same effect however often it runs)."""
+        same effect however often it runs). Each is sent under the trace of what caused
+        it (the request being served when it was made, if any)."""
         if sid is None:
             return
+        report = (method, body, CURRENT.get())
         queue = self._reports.get(sid)
         if queue is not None:
-            queue.append((method, body))
+            queue.append(report)
             return
-        self._reports[sid] = deque([(method, body)])
+        self._reports[sid] = deque([report])
         self._track(self._send_reports(sid))
 
     @defer.inlineCallbacks
@@ -311,7 +314,10 @@ class LoginGate:
         queue = self._reports[sid]
         try:
             while queue:
-                method, body = queue[0]
+                method, body, trace = queue[0]
+                # This loop's context is a copy of the first report's: each report is
+                # sent under its own trace, not the first one's.
+                CURRENT.set(trace)
                 for attempt in range(1, REPORT_ATTEMPTS + 1):
                     try:
                         yield self.directory.call(

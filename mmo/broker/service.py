@@ -25,6 +25,7 @@ from typing_extensions import override
 from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import TCPClientProtocol, WebSocketClientProtocol
 from mmo.broker.core import Broker
+from mmo.broker.metrics import broker_metrics
 from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.logic.client import Directory
@@ -32,6 +33,7 @@ from mmo.logic.sessions import BROKER_SERVICE
 from mmo.net import WILDCARDS, advertised_host
 from mmo.registry import Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
+from mmo.telemetry.metrics import Telemetry
 from mmo.zmq import ZmqContextService
 
 
@@ -264,4 +266,13 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
     )
     edge.setName("broker")
     edge.setServiceParent(top)
+    telemetry = Telemetry("broker", instance_id)
+    telemetry.directory = directory
+    telemetry.advertise_host = advertised_host(config.bind_host, config.advertise_host)
+    telemetry.registrations.append(registration)
+    telemetry.add_metrics(directory.metrics)
+    telemetry.add_metrics(lambda: broker_metrics(broker))
+    telemetry.add_check("admitting", broker.readiness)
+    telemetry.add_check("registry", directory.readiness)
+    top.telemetry = telemetry
     return top

@@ -41,6 +41,7 @@ class Options(MemberOptions):
         ["channel-budget", None, None, "Bytes/s one channel's broadcasts may fan out here."],
         ["sender-rate", None, None, "Broadcasts/s one sender may cause here."],
         ["sender-burst", None, None, "Broadcasts one sender may cause at once here."],
+        ["trace-sample", None, None, "Share of requests traced at every hop (0 to 1)."],
     ]
 
     def opt_route(self, mapping: str) -> None:

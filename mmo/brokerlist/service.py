@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,8 +26,9 @@ from typing_extensions import override
 from mmo import __version__
 from mmo.brokerlist.config import BrokerlistConfig
 from mmo.logic.client import Directory
-from mmo.registry import Change, Instance
+from mmo.registry import Change, Instance, Registration, default_instance_id, make_instance
 from mmo.service import OrderedMultiService
+from mmo.telemetry.metrics import Metric, Telemetry, gauge
 from mmo.wire import WireError, from_value
 from mmo.zmq import ZmqContextService
 
@@ -171,6 +172,19 @@ class LiveBrokers(Service):
             # New, or restarted on a new port: its (new) link starts from scratch.
             self._seen[iid] = (rep, self.directory.clock.seconds())
 
+    def metrics(self) -> Iterator[Metric]:
+        """The brokers it lists (a metrics source)."""
+        states = self.brokers()
+        yield gauge(
+            "mmo_brokerlist_brokers",
+            "Brokers registered, by whether clients are told of them (listed).",
+            ("listed",),
+            [
+                (("yes",), sum(b.listed for b in states)),
+                (("no",), sum(not b.listed for b in states)),
+            ],
+        )
+
     def brokers(self) -> list[BrokerState]:
         """Every broker instance in the registry, in instance id order."""
         now = self.directory.clock.seconds()
@@ -312,9 +326,8 @@ def make_brokerlist_service(config: BrokerlistConfig, *, reactor: Any = None) ->
     zmq_service = ZmqContextService(reactor)
     zmq_service.setServiceParent(top)
     ctx = zmq_service.context
-    directory = Directory(
-        ctx, config.yellow, caller_id=f"brokerlist-{os.getpid()}", caller_role="brokerlist"
-    )
+    instance_id = default_instance_id("brokerlist")
+    directory = Directory(ctx, config.yellow, caller_id=instance_id, caller_role="brokerlist")
     directory.setName("directory")
     directory.setServiceParent(top)
     brokers = LiveBrokers(directory)
@@ -324,4 +337,16 @@ def make_brokerlist_service(config: BrokerlistConfig, *, reactor: Any = None) ->
     http = strports.service(config.listen, site, reactor=ctx.reactor)
     http.setName("http")
     http.setServiceParent(top)
+    # Registered (it serves no calls) so that operators' tools and Prometheus find it.
+    instance = make_instance("brokerlist", instance_id, {}, {"pid": os.getpid()})
+    registration = Registration(ctx, config.yellow, instance)
+    registration.setName("registration")
+    registration.setServiceParent(top)
+    telemetry = Telemetry("brokerlist", instance_id)
+    telemetry.directory = directory
+    telemetry.registrations.append(registration)
+    telemetry.add_metrics(directory.metrics)
+    telemetry.add_metrics(brokers.metrics)
+    telemetry.add_check("registry", directory.readiness)
+    top.telemetry = telemetry
     return top

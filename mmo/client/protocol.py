@@ -318,6 +318,7 @@ class ClientProtocol(Int32StringReceiver):
         raw: bool = False,
         reply_type: type | None = None,
         seq: int | None = None,
+        trace: str | None = None,
     ) -> defer.Deferred[Any]:
         """Send a ``REQUEST`` and wait for its ``RESPONSE``.
 
@@ -333,6 +334,8 @@ class ClientProtocol(Int32StringReceiver):
             seq: the packet's seq (default: the next free one of this connection). A
                 :class:`~mmo.client.Client` numbers requests per session and resends
                 one with its seq, so that the service runs it once (docs/protocol.md).
+            trace: a trace id of the client's own (1-64 of ``[0-9A-Za-z_-]``): the request
+                is traced at every hop under it (``mmo trace ID``; docs/operations.md).
 
         Returns:
             A Deferred firing with the decoded reply, or failing with
@@ -361,11 +364,16 @@ class ClientProtocol(Int32StringReceiver):
             timeout = DEFAULT_TIMEOUT
         timer = self.clock.callLater(max(0.0, timeout), self._expire, seq, timeout)
         self._pending[seq] = _Pending(route, d, timer, reply_type)
-        self.send_packet(Packet(kind=PacketKind.REQUEST, seq=seq, route=route, body=data))
+        self.send_packet(
+            Packet(kind=PacketKind.REQUEST, seq=seq, route=route, body=data, trace=trace)
+        )
         return d
 
-    def notify(self, route: str, body: Any = None, *, raw: bool = False) -> None:
-        """Send a one-way ``NOTIFY`` (a refusal comes back as an error with seq 0).
+    def notify(
+        self, route: str, body: Any = None, *, raw: bool = False, trace: str | None = None
+    ) -> None:
+        """Send a one-way ``NOTIFY`` (a refusal comes back as an error with seq 0;
+        ``trace``: as for :meth:`request`).
 
         Raises:
             ClientDisconnected: the connection is not up.
@@ -374,7 +382,7 @@ class ClientProtocol(Int32StringReceiver):
         if not self.is_connected:
             raise self._disconnected(route)
         data = encode_body(body, raw)
-        self.send_packet(Packet(kind=PacketKind.NOTIFY, route=route, body=data))
+        self.send_packet(Packet(kind=PacketKind.NOTIFY, route=route, body=data, trace=trace))
 
     def on(
         self, route: str, callback: PushCallback, body_type: type | None = None

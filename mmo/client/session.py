@@ -458,8 +458,10 @@ class Client:
         *,
         raw: bool = False,
         reply_type: type | None = None,
+        trace: str | None = None,
     ) -> defer.Deferred[Any]:
-        """Send a request; see :meth:`ClientProtocol.request`.
+        """Send a request; see :meth:`ClientProtocol.request` (``trace``: a trace id of
+        your own, to follow the request with ``mmo trace``).
 
         Requests are numbered per client, not per connection. While reconnecting, a
         request waits for the new connection; one in flight when the connection drops
@@ -471,7 +473,8 @@ class Client:
             timeout = self.request_timeout
         seq = self._next_seq
         self._next_seq = 1 if seq >= MAX_SEQ else seq + 1
-        return self._send(route, body, seq, self.clock.seconds() + timeout, raw, reply_type)
+        deadline = self.clock.seconds() + timeout
+        return self._send(route, body, seq, deadline, raw, reply_type, trace)
 
     def _send(
         self,
@@ -481,18 +484,23 @@ class Client:
         deadline: float,
         raw: bool,
         reply_type: type | None,
+        trace: str | None = None,
     ) -> defer.Deferred[Any]:
         protocol = self._protocol
         remaining = deadline - self.clock.seconds()
         if self._state == ONLINE and protocol is not None:
-            d = protocol.request(route, body, remaining, raw=raw, reply_type=reply_type, seq=seq)
+            d = protocol.request(
+                route, body, remaining, raw=raw, reply_type=reply_type, seq=seq, trace=trace
+            )
         else:
 
             def send(protocol: ClientProtocol) -> defer.Deferred[Any]:
                 left = deadline - self.clock.seconds()
                 if left <= 0:
                     raise ClientTimeout(f"{route}: not reconnected in time")
-                return protocol.request(route, body, left, raw=raw, reply_type=reply_type, seq=seq)
+                return protocol.request(
+                    route, body, left, raw=raw, reply_type=reply_type, seq=seq, trace=trace
+                )
 
             d = self._when_online(route, remaining).addCallback(send)
 
@@ -502,7 +510,7 @@ class Client:
             if self._state != RECONNECTING or deadline <= self.clock.seconds():
                 return failure
             log.info("request {seq} {route}: resending after the resume", seq=seq, route=route)
-            return self._send(route, body, seq, deadline, raw, reply_type)
+            return self._send(route, body, seq, deadline, raw, reply_type, trace)
 
         return d.addErrback(dropped)
 

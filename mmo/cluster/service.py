@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -14,6 +15,7 @@ from typing_extensions import override
 from mmo.cluster.config import ClusterConfig
 from mmo.process import ChildProcess, twistd_argv
 from mmo.service import OrderedMultiService
+from mmo.telemetry.metrics import Metric, Telemetry, counter, gauge
 from mmo.zmq.curve import ENV_KEYS, provide_curve_keys
 
 log = Logger()
@@ -63,7 +65,11 @@ class FreshKeys(Service):
 
 
 def make_cluster_service(
-    config: ClusterConfig, *, reactor: Any = None, sink: Any = None
+    config: ClusterConfig,
+    *,
+    reactor: Any = None,
+    sink: Any = None,
+    child_args: Callable[[tuple[str, ...]], tuple[str, ...]] | None = None,
 ) -> OrderedMultiService:
     """Build (without starting) one :class:`ChildProcess` per configured process;
     each ``[[cluster.process]]`` table is a tier, stopped in reverse order, after
@@ -74,6 +80,8 @@ def make_cluster_service(
         reactor: the reactor (global one if None).
         sink: called as ``sink(name, line)`` for each line a child prints
             (default: logged with the child's name).
+        child_args: what each child's arguments become (``mmo-cluster`` adds its
+            operators' settings: :func:`mmo.tap.inherit_ops`).
     """
     top = OrderedMultiService()
     keys = FreshKeys()
@@ -81,13 +89,15 @@ def make_cluster_service(
     keys.setServiceParent(top)
     # Each [[cluster.process]] table is a tier: started in order, stopped in reverse,
     # so that workers drain and deregister while the yellow is still there.
+    children: list[ChildProcess] = []
     for spec in config.specs():
         tier = MultiService()
         tier.setServiceParent(top)
+        args = child_args(spec.args) if child_args is not None else spec.args
         for name, _ in spec.expand():
             child = ChildProcess(
                 name,
-                twistd_argv(spec.role, spec.args),
+                twistd_argv(spec.role, args),
                 restart=spec.restart,
                 stop_timeout=config.stop_timeout,
                 backoff_max=config.backoff_max,
@@ -96,4 +106,31 @@ def make_cluster_service(
             )
             child.setName(name)
             child.setServiceParent(tier)
+            children.append(child)
+    telemetry = Telemetry("cluster", f"cluster-{os.getpid()}")
+    telemetry.add_metrics(lambda: _children_metrics(children))
+    telemetry.add_check("children", lambda: _children_running(children))
+    top.telemetry = telemetry
     return top
+
+
+def _children_metrics(children: list[ChildProcess]) -> Iterator[Metric]:
+    yield gauge(
+        "mmo_cluster_child_up",
+        "Whether each supervised child process runs now (1) or not (0).",
+        ("child",),
+        [((str(c.name),), 1 if c.pid is not None else 0) for c in children],
+    )
+    yield counter(
+        "mmo_cluster_child_restarts",
+        "Times each supervised child was started again after it died.",
+        ("child",),
+        [((str(c.name),), c.restarts) for c in children],
+    )
+
+
+def _children_running(children: list[ChildProcess]) -> tuple[bool, str]:
+    down = [str(c.name) for c in children if c.pid is None]
+    if down:
+        return False, f"not running: {', '.join(down)}"
+    return True, f"{len(children)} children running"

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from mmo.cluster.config import ClusterConfig
 from mmo.config import ConfigError
-from mmo.tap import RoleOptions
+from mmo.tap import RoleOptions, inherit_ops
 
 
 def role_options(role: str) -> type[usage.Options]:
@@ -69,7 +69,9 @@ class Options(RoleOptions):
         """The cluster's service tree: one supervised child per process."""
         from mmo.cluster.service import make_cluster_service
 
-        return make_cluster_service(self.config)
+        return make_cluster_service(
+            self.config, child_args=lambda args: inherit_ops(self.ops, args)
+        )
 
 
 def makeService(options: Options) -> IService:

@@ -166,6 +166,8 @@ class PostgresDatabase(Service):
         self._retry_at = 0.0
         self._backoff = _FIRST_BACKOFF
         self._last_error = ""
+        #: Operations that had to wait for a connection (every connection was busy).
+        self.waits = 0
         self._filling = False
         self._fill_call: Any = None
         self._drained: list[defer.Deferred[None]] = []
@@ -181,6 +183,13 @@ class PostgresDatabase(Service):
             "busy": len(self._busy),
             "waiting": len(self._waiters),
         }
+
+    def reachable(self) -> tuple[bool, str]:
+        """Whether the server answers (a readiness check): a connection is open, or
+        none has failed since the last that opened."""
+        if self._idle or self._busy or not self._last_error:
+            return True, f"{self.url}: {len(self._idle) + len(self._busy)} connections"
+        return False, f"{self.url} is unreachable: {self._last_error}"
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -351,6 +360,7 @@ class PostgresDatabase(Service):
             return self._open().addCallback(self._checkout)
         waiter: defer.Deferred[_Connection] = defer.Deferred(self._cancel_waiter)
         self._waiters.append(waiter)
+        self.waits += 1
         return waiter
 
     def _cancel_waiter(self, waiter: defer.Deferred[_Connection]) -> None:

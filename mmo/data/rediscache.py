@@ -275,6 +275,13 @@ class RedisCache(Service):
                 log.debug("redis: disconnect sentinels: {e}", e=e)
             self._sentinel = None
 
+    def reachable(self) -> tuple[bool, str]:
+        """Whether every server has a connection (a readiness check)."""
+        down = [n.name for n in self._nodes if not n.connected()]
+        if self._nodes and not down:
+            return True, f"{len(self._nodes)} Redis servers connected"
+        return False, f"not connected: {', '.join(down) or 'no server yet'}"
+
     def wait_connected(self, timeout: float) -> defer.Deferred[bool]:
         """Fire with True once every server has a connection, or False after ``timeout``."""
         from twisted.internet import reactor, task

@@ -20,7 +20,8 @@ process with room.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -29,6 +30,7 @@ from twisted.logger import Logger
 
 from mmo.fight.config import FightConfig
 from mmo.fight.errors import BadFight, NotInFight, PoolDraining, PoolFull, UnknownFight
+from mmo.telemetry.metrics import Metric, counter, gauge
 from mmo.types import Clock, DelayedCall
 from mmo.wire.gen.mmo.ttypes import Session
 
@@ -840,6 +842,37 @@ class FightPool:
     def waiting(self) -> int:
         """Allocations waiting for room."""
         return len(self._waiters)
+
+    def metrics(self) -> Iterator[Metric]:
+        """The pool's processes, fights and reservations (a metrics source)."""
+        states = Counter(p.state for p in self.processes.values())
+        yield gauge(
+            "mmo_fight_processes",
+            "Fight processes of this pool, by state (starting, ready, stopping).",
+            ("state",),
+            [((state,), states.get(state, 0)) for state in (STARTING, READY, STOPPING)],
+        )
+        claimed = sum(1 for f in self.fights.values() if f.claimed)
+        yield gauge(
+            "mmo_fight_fights",
+            "Fights handed out, by state (reserved: a player has not arrived yet; claimed).",
+            ("state",),
+            [(("reserved",), len(self.fights) - claimed), (("claimed",), claimed)],
+        )
+        yield gauge(
+            "mmo_fight_players",
+            "Players of the pool's fights.",
+            (),
+            sum(p.load for p in self.processes.values()),
+        )
+        yield gauge("mmo_fight_waiting", "Allocations waiting for room.", (), len(self._waiters))
+        yield counter(
+            "mmo_fight_pool_events",
+            "What the pool did, by event (spawned, adopted, failed, crashed, reaped, "
+            "allocated, released, expired, lost).",
+            ("event",),
+            [((event,), n) for event, n in self.counts.items()],
+        )
 
     def status(self) -> dict[str, Any]:
         """The pool as ``mmo fights`` shows it."""

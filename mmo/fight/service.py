@@ -32,7 +32,7 @@ from mmo.fight.dispatcher import FightDispatcher
 from mmo.fight.pool import FightPool, Spawner
 from mmo.fight.spawner import AdoptedProcess, ProcessSpawner, runs_instance
 from mmo.logic.client import Directory
-from mmo.logic.runtime import WorkerRuntime, WorkerService
+from mmo.logic.runtime import WorkerRuntime, WorkerService, worker_telemetry
 from mmo.logic.server import HandlerServer
 from mmo.net import addresses
 from mmo.registry import Change, Instance, Registration, default_instance_id, make_instance
@@ -275,6 +275,12 @@ def make_fight_service(
     )
     pool_service.setName("pool")
     pool_service.setServiceParent(top)
+    telemetry = worker_telemetry("fight", worker, directory, advertise_host)
+    telemetry.add_metrics(pool.metrics)
+    telemetry.add_check(
+        "pool", lambda: (not pool.draining, "draining" if pool.draining else "open")
+    )
+    top.telemetry = telemetry
     return top
 
 

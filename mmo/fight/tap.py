@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
@@ -9,7 +10,7 @@ from typing_extensions import override
 
 from mmo.config import ConfigError
 from mmo.fight.config import FightConfig
-from mmo.tap import MemberOptions, exit_if_start_fails
+from mmo.tap import MemberOptions, exit_if_start_fails, inherit_ops
 
 
 class Options(MemberOptions):
@@ -76,7 +77,9 @@ class Options(MemberOptions):
         """The dispatcher's service tree; the process exits (status 1) if it cannot start."""
         from mmo.fight.service import make_fight_service
 
-        tree = make_fight_service(self.config)
+        # Its fight processes get an operator listener and log format like its own.
+        worker_args = inherit_ops(self.ops, self.config.worker_args)
+        tree = make_fight_service(dataclasses.replace(self.config, worker_args=worker_args))
         exit_if_start_fails(tree.getServiceNamed("worker"))
         return tree
 

@@ -35,9 +35,12 @@ from mmo.errors import (
     NoLiveInstance,
     Unavailable,
     from_wire,
+    outcome,
 )
 from mmo.logic.links import Link, Pools
 from mmo.registry import RegistryView
+from mmo.telemetry.metrics import Latencies
+from mmo.telemetry.trace import CURRENT, Trace, header_fields, span
 from mmo.types import DelayedCall
 from mmo.wire import WireError, decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import Header, Kind, Session
@@ -82,6 +85,7 @@ class Call:
         "session",
         "timeout",
         "timer",
+        "trace",
     )
 
     def __init__(
@@ -99,6 +103,7 @@ class Call:
         origin: int | None,
         peer: str | None,
         raw: bool,
+        trace: Trace | None,
         on_cancel: Callable[[Call], None],
     ) -> None:
         self.call_id = call_id
@@ -113,6 +118,7 @@ class Call:
         self.origin = origin
         self.peer = peer
         self.raw = raw
+        self.trace = trace
         self.attempts = 0
         self.link: Link[Call] | None = None
         self.timer: DelayedCall | None = None
@@ -134,6 +140,8 @@ class Calls:
         on_one_way_error: called with the header of each ERROR an instance sends back
             for a failed one-way request made for a player.
         late_replies: replies that came after their call was over.
+        latencies: calls made, by service, method and outcome, with how long they took
+            (``mmo_client_request_duration_seconds``).
     """
 
     _call_ids = itertools.count(1)
@@ -155,6 +163,11 @@ class Calls:
         self.pools: Pools[Call] = Pools(context, view, self._answered, self._lost)
         self.on_one_way_error: Callable[[Header], None] | None = None
         self.late_replies = 0
+        self.latencies = Latencies(
+            "mmo_client_request_duration_seconds",
+            "Calls this process made to services, by outcome, and how long they took.",
+            ("service", "method", "outcome"),
+        )
 
     def call(
         self,
@@ -169,6 +182,7 @@ class Calls:
         client_seq: int | None = None,
         origin: int | None = None,
         peer: str | None = None,
+        trace: Trace | None = None,
     ) -> defer.Deferred[Any]:
         """Call ``service.method(**kwargs)``; fire with the reply or fail with an MmoError.
 
@@ -184,6 +198,8 @@ class Calls:
             origin: on whose behalf (``Origin.CLIENT``/``LOGIN``: a player's packet,
                 which reaches only methods declared for players; brokers set it).
             peer: with ``origin``, the player's address.
+            trace: the client request it serves (default: the one being served, if any:
+                :data:`mmo.telemetry.trace.CURRENT`).
         """
         timeout = self.default_timeout if timeout is None else timeout
         if raw_body is not None:
@@ -206,6 +222,7 @@ class Calls:
             origin=origin,
             peer=peer,
             raw=raw_body is not None,
+            trace=trace or CURRENT.get(),
             on_cancel=self._cancelled,
         )
         call.timer = self.clock.callLater(timeout, self._expired, call)
@@ -269,7 +286,7 @@ class Calls:
             caller_role=self.caller_role,
             one_way=True,
             timeout_ms=int(self.default_timeout * 1000),
-            **fields,
+            **{**header_fields(), **fields},
         )
         try:
             link.send([encode(header), body])
@@ -312,6 +329,9 @@ class Calls:
             origin=call.origin,
             peer=call.peer,
         )
+        if call.trace is not None:
+            header.trace_id = call.trace.id
+            header.traced = call.trace.traced or None
         call.attempts += 1
         call.link = link
         link.outstanding[call.call_id] = call
@@ -363,6 +383,11 @@ class Calls:
         call.timer = None
         if call.d.called:
             return
+        took = self.clock.seconds() - (call.deadline - call.timeout)
+        self.latencies.observe((call.service, call.method, outcome(error)), took)
+        if call.trace is not None and call.trace.traced:
+            peer = call.link.instance_id if call.link is not None else ""
+            span(call.trace, "client", call.service, call.method, outcome(error), took, peer)
         if error is None:
             call.d.callback(result)
         else:

@@ -24,7 +24,7 @@ pushes and subscriptions (:mod:`mmo.logic.pubsub`) and the proxies
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from twisted.application.service import MultiService
@@ -35,6 +35,7 @@ from mmo.logic.calls import DEFAULT_TIMEOUT, Calls
 from mmo.logic.proxies import PushProxy, ServiceProxy, Subscriber
 from mmo.logic.pubsub import PubSub, Subscription
 from mmo.registry import RegistryView
+from mmo.telemetry.metrics import Metric, counter, gauge
 from mmo.wire.gen.mmo.ttypes import Header
 from mmo.zmq import ZmqContext
 
@@ -170,6 +171,42 @@ class Directory(MultiService):
         at once (its connection drops), before the registry says so.
         """
         return self.pools.connected(service)
+
+    def metrics(self) -> Iterator[Metric]:
+        """The calls this process made, and its view of the registry (a metrics source)."""
+        yield from self.calls.latencies.collect()
+        stats = self.pools.stats()
+        yield gauge(
+            "mmo_client_calls_in_flight",
+            "Calls made by this process and not answered yet, by service.",
+            ("service",),
+            [((name,), sum(i["outstanding"] for i in ids.values())) for name, ids in stats.items()],
+        )
+        view = self.view
+        yield gauge(
+            "mmo_registry_instances",
+            "Live instances of each service, as this process's registry view has them.",
+            ("service",),
+            [((name,), len(instances)) for name, instances in view.instances.items()],
+        )
+        heard = view.last_heard
+        yield gauge(
+            "mmo_registry_watch_lag_seconds",
+            "Seconds since this process's registry view last heard from its yellow "
+            "(renewed every second: more than a few means the watch is failing over).",
+            values=self.clock.seconds() - heard if heard >= 0 else -1,
+        )
+        yield counter(
+            "mmo_client_late_replies",
+            "Replies that came after their call was over (deadline passed).",
+            values=self.calls.late_replies,
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the registry view is synced (a readiness check)."""
+        if self.view.synced:
+            return True, f"watching {self.view.watching}"
+        return False, f"no snapshot yet from {', '.join(self.view.yellows)}"
 
     def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per service and instance: calls sent, outstanding, connected, draining."""

@@ -11,6 +11,7 @@ part of its service tree that migrates the database, starts the handler, then se
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet import defer, task
@@ -27,6 +28,7 @@ from mmo.logic.server import HandlerServer
 from mmo.logic.sessions import Sessions
 from mmo.registry import Registration
 from mmo.service import PreparedService
+from mmo.telemetry.metrics import Metric, Telemetry, counter, gauge
 from mmo.types import Clock
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "handler_settings",
     "load_handler",
     "prepare_data",
+    "worker_telemetry",
 ]
 
 log = Logger()
@@ -213,3 +216,51 @@ class WorkerService(PreparedService):
         yield super().stopService()
         if was_running:
             yield defer.maybeDeferred(self.handler.stop)
+
+
+def worker_telemetry(
+    role: str,
+    worker: WorkerService,
+    directory: Directory,
+    advertise_host: str | None = None,
+) -> Telemetry:
+    """The telemetry of a tree serving ``worker``: its calls made and served, its data
+    services; ready when registered-and-serving, its registry view synced, its database
+    and cache reachable, and not draining."""
+    telemetry = Telemetry(role, worker.handler.instance_id)
+    telemetry.directory = directory
+    telemetry.advertise_host = advertise_host
+    telemetry.registrations.append(worker.registration)
+    telemetry.add_metrics(directory.metrics)
+    telemetry.add_metrics(worker.server.metrics)
+    telemetry.add_check("serving", worker.server.readiness)
+    telemetry.add_check("registry", directory.readiness)
+    for name, data in (("database", worker.db), ("cache", worker.cache)):
+        reachable = getattr(data, "reachable", None)
+        if reachable is not None:
+            telemetry.add_check(name, reachable)
+    if worker.db is not None and hasattr(worker.db, "stats"):
+        telemetry.add_metrics(lambda: _database_metrics(worker.db))
+    return telemetry
+
+
+def _database_metrics(db: Any) -> Iterator[Metric]:
+    stats = db.stats()
+    yield gauge(
+        "mmo_db_connections",
+        "The database pool's connections, by state (idle, busy).",
+        ("state",),
+        [(("idle",), stats["idle"]), (("busy",), stats["busy"])],
+    )
+    yield gauge(
+        "mmo_db_waiting",
+        "Operations waiting now for a connection of the pool.",
+        (),
+        stats["waiting"],
+    )
+    yield counter(
+        "mmo_db_waits",
+        "Operations that had to wait for a connection (all were busy).",
+        (),
+        db.waits,
+    )

@@ -18,6 +18,7 @@ the repeats, so that no player can flood the log; errors the caller caused
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -27,10 +28,12 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable
+from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable, outcome
 from mmo.logic.handler import Context, ServiceHandler
 from mmo.logic.memo import Entry, Key, ReplyMemo
 from mmo.net import with_host
+from mmo.telemetry.metrics import Latencies, Metric, counter, gauge
+from mmo.telemetry.trace import CURRENT, Trace, from_header, span
 from mmo.types import Clock
 from mmo.wire import WireError, decode, decode_value, encode, encode_value
 from mmo.wire.gen.mmo.ttypes import ErrorCode, Header, Kind, Origin
@@ -125,6 +128,11 @@ class HandlerServer(Service):
         max_message: largest message accepted, in bytes (ZeroMQ drops a bigger sender).
         memo: where outcomes of non-idempotent client requests are kept for resends
             (None: a resend runs again).
+
+    Attributes:
+        latencies: requests served, by method and outcome, with how long they took
+            (``mmo_server_request_duration_seconds``; a method the handler does not have
+            is counted as ``(unknown)``).
     """
 
     def __init__(
@@ -146,7 +154,14 @@ class HandlerServer(Service):
         self.max_message = max_message
         self.memo = memo
         self.errors = ErrorReport(context.reactor)
-        self._idempotent = {name for name, safe in handler.method_names().items() if safe}
+        methods = handler.method_names()
+        self._idempotent = {name for name, safe in methods.items() if safe}
+        self._methods = set(methods)
+        self.latencies = Latencies(
+            "mmo_server_request_duration_seconds",
+            "Requests this process served, by outcome, and how long they took.",
+            ("service", "method", "outcome"),
+        )
         self.endpoints: dict[str, str] = {}
         self.in_flight = 0
         self.served = 0
@@ -214,6 +229,42 @@ class HandlerServer(Service):
         )
         self._pub.send([topic.encode(), header, encode_value(payload)])
 
+    def metrics(self) -> Iterator[Metric]:
+        """What this server served (a metrics source)."""
+        yield from self.latencies.collect()
+        service = (self.handler.service_name,)
+        yield gauge(
+            "mmo_server_requests_in_flight",
+            "Requests being served now.",
+            ("service",),
+            [(service, self.in_flight)],
+        )
+        yield counter(
+            "mmo_server_bad_messages",
+            "Messages refused as malformed (frames, header, kind).",
+            ("service",),
+            [(service, self.bad_messages)],
+        )
+        yield counter(
+            "mmo_server_handler_errors",
+            "Unexpected exceptions of the handler (logged once per kind per minute).",
+            ("service", "logged"),
+            [((*service, "yes"), self.errors.logged), ((*service, "no"), self.errors.suppressed)],
+        )
+        if self.memo is not None:
+            yield counter(
+                "mmo_server_resends_answered",
+                "Client requests resent and answered from the reply memo, not run again.",
+                ("service",),
+                [(service, self.memo.replayed + self.memo.joined)],
+            )
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether it takes requests (a readiness check)."""
+        if self.accepting:
+            return True, f"serving on {self.endpoints.get('rep')}"
+        return False, "not taking requests (starting or draining)"
+
     # -- incoming ------------------------------------------------------------
 
     def _bad(self, reason: str) -> None:
@@ -265,16 +316,21 @@ class HandlerServer(Service):
             return
         clock = self.context.reactor
         self.in_flight += 1
+        start = clock.seconds()
+        trace = from_header(header)
         try:
-            result = self._call(header, body, clock.seconds() + timeout_ms / 1000.0)
+            result = self._traced(trace, header, body, start + timeout_ms / 1000.0)
         except Exception:
+            failure = Failure()
+            self._observe(failure, header, start, trace)
             if header.one_way:
-                self._one_way_failed(Failure(), ident, header)
+                self._one_way_failed(failure, ident, header)
             else:
-                self._failed(Failure(), ident, header, memo)
+                self._failed(failure, ident, header, memo)
             self._done(None)
             return
         if isinstance(result, defer.Deferred):
+            result.addBoth(self._observe, header, start, trace)
             if header.one_way:
                 result.addErrback(self._one_way_failed, ident, header)
             else:
@@ -287,6 +343,7 @@ class HandlerServer(Service):
             result.addBoth(self._done)
             return
         # A plain value (most handlers): answer at once, no Deferred needed.
+        self._observe(None, header, start, trace)
         if not header.one_way:
             self._reply(result, ident, header.call_id, memo)
         self._done(None)
@@ -314,11 +371,36 @@ class HandlerServer(Service):
             self._bad(f"unexpected kind {header.kind} on the push socket")
             return
         self.in_flight += 1
-        d = defer.maybeDeferred(
-            self._call, header, frames[1], self.context.reactor.seconds() + 3600.0
-        )
+        start = self.context.reactor.seconds()
+        trace = from_header(header)
+        d = defer.maybeDeferred(self._traced, trace, header, frames[1], start + 3600.0)
+        d.addBoth(self._observe, header, start, trace)
         d.addErrback(self._report, header.method)
         d.addBoth(self._done)
+
+    def _traced(self, trace: Trace | None, header: Header, body: bytes, deadline: float) -> Any:
+        """:meth:`_call` with ``trace`` as the current trace (the handler's calls and log
+        events carry it)."""
+        if trace is None:
+            return self._call(header, body, deadline)
+        token = CURRENT.set(trace)
+        try:
+            return self._call(header, body, deadline)
+        finally:
+            CURRENT.reset(token)
+
+    def _observe(self, result: Any, header: Header, start: float, trace: Trace | None) -> Any:
+        """Count a request served (``result``: its outcome, a Failure if it failed)."""
+        method = header.method if header.method in self._methods else "(unknown)"
+        error = result.value if isinstance(result, Failure) else None
+        took = self.context.reactor.seconds() - start
+        ended = outcome(error)
+        self.latencies.observe((self.handler.service_name, method, ended), took)
+        if trace is not None and trace.traced:
+            span(
+                trace, "server", self.handler.service_name, method, ended, took, header.caller or ""
+            )
+        return result
 
     def _call(self, header: Header, body: bytes, deadline: float) -> Any:
         """Decode the arguments and run the handler: its result, a Deferred, or a raise."""

@@ -295,6 +295,16 @@ class RegistryView(Service):
         self._listeners.append(listener)
 
     @property
+    def watching(self) -> str | None:
+        """The yellow this view watches now, if any."""
+        return self._link.address if self._link is not None else None
+
+    @property
+    def last_heard(self) -> float:
+        """When the yellow watched last said anything (reactor seconds; -1: never)."""
+        return self._link.last_heard if self._link is not None else -1.0
+
+    @property
     def warm(self) -> bool:
         """Whether the view is synced with a yellow old enough to know every provider."""
         return self.synced and self._context.reactor.seconds() >= self._warm_at

@@ -365,6 +365,7 @@ class FakeDirectory:
         client_seq: int | None = None,
         origin: int | None = None,
         peer: str | None = None,
+        trace: Any = None,
     ) -> defer.Deferred[Any]:
         """Record the call and answer it as scripted (see the class); it fails with
         ``BadRequest`` if its arguments cannot travel, as on a Directory."""

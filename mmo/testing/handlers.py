@@ -9,12 +9,19 @@ a load generator or a fault scenario does, runs these instead:
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
 from mmo.examples.echo import EchoService
 from mmo.examples.maps import MapService
 from mmo.examples.player import PlayerService
-from mmo.logic.handler import ServiceHandler
+from mmo.logic.handler import Context, ServiceHandler
 
-__all__ = ["ClientEcho", "ClientMap", "ClientPlayer", "open_to_players"]
+__all__ = ["ClientEcho", "ClientMap", "ClientPlayer", "Relay", "open_to_players"]
+
+_log = Logger()
 
 
 def open_to_players(handler_class: type[ServiceHandler], name: str) -> type[ServiceHandler]:
@@ -33,3 +40,20 @@ def open_to_players(handler_class: type[ServiceHandler], name: str) -> type[Serv
 ClientEcho = open_to_players(EchoService, "ClientEcho")
 ClientPlayer = open_to_players(PlayerService, "ClientPlayer")
 ClientMap = open_to_players(MapService, "ClientMap")
+
+
+class Relay(ServiceHandler):
+    """Logs what it is asked to relay, has the echo service echo it (a nested call), and
+    logs the answer: a request that crosses broker, worker and another service, for the
+    tests of traces and logs."""
+
+    default_service = "relay"
+    client_methods = ("relay",)
+
+    @defer.inlineCallbacks
+    def on_relay(self, ctx: Context, text: str = "") -> Any:
+        """Echo ``text`` through the echo service."""
+        _log.info("relay: asked to relay {text!r}", text=text)
+        reply = yield self.get_service("echo").echo(text=text)
+        _log.info("relay: echo answered {reply!r}", reply=reply)
+        return reply

@@ -83,6 +83,10 @@ struct Header {
   18: optional string caller_role   // the calling process's role: broker, worker, fight, tool, ...
   19: optional Origin origin        // REQUEST: on whose behalf (unset: MEMBER)
   20: optional string peer          // origin CLIENT/LOGIN: the player's address (host), set by brokers
+  21: optional string trace_id      // the client request this message serves (born at the broker,
+                                    // or the client's Packet.trace); carried by nested calls,
+                                    // pushes and broadcasts
+  22: optional bool traced          // with trace_id: every hop records a span (mmo trace ID)
 }
 
 /* ---- registry (yellow) ---- */
@@ -170,4 +174,6 @@ struct Packet {
   4: optional binary body      // a binary-protocol Value (or the route's own struct)
   5: optional i32 code         // ERROR, KICK: a ClientError
   6: optional string message   // ERROR, KICK: what happened, for people
+  7: optional string trace     // REQUEST, NOTIFY: the client's own trace id (1-64 of [0-9A-Za-z_-]);
+                               // the request is then traced at every hop (docs/operations.md)
 }

@@ -14,7 +14,13 @@ from mmo.data import make_cache, make_database
 from mmo.logic.client import Directory
 from mmo.logic.handler import ServiceHandler
 from mmo.logic.memo import ReplyMemo
-from mmo.logic.runtime import WorkerRuntime, WorkerService, handler_settings, load_handler
+from mmo.logic.runtime import (
+    WorkerRuntime,
+    WorkerService,
+    handler_settings,
+    load_handler,
+    worker_telemetry,
+)
 from mmo.logic.server import HandlerServer
 from mmo.net import addresses
 from mmo.registry import Registration, default_instance_id, make_instance
@@ -89,4 +95,5 @@ def make_worker_service(
     worker = WorkerService(handler, server, registration, db, cache)
     worker.setName("worker")
     worker.setServiceParent(top)
+    top.telemetry = worker_telemetry("worker", worker, directory, advertise_host)
     return top

@@ -1,9 +1,11 @@
-"""The yellow registry server: a ROUTER socket in front of a :class:`Registry`."""
+"""The yellow registry server: a ROUTER socket in front of a :class:`Registry`; its
+telemetry (registry metrics, readiness, Prometheus service discovery at ``/sd``)."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -14,10 +16,12 @@ from typing_extensions import override
 
 from mmo.registry import MAX_MESSAGE
 from mmo.service import OrderedMultiService
+from mmo.telemetry.metrics import Metric, Telemetry, counter, gauge
 from mmo.wire import WireError, decode, encode
-from mmo.wire.gen.mmo.ttypes import RegistryMessage, RegistryOp
+from mmo.wire.gen.mmo.ttypes import Instance, RegistryMessage, RegistryOp
 from mmo.yellow.config import YellowConfig
 from mmo.yellow.registry import Registry
+from mmo.yellow.sd import ServiceDiscovery
 from mmo.zmq import ZmqContextService, ZmqSocket
 
 
@@ -39,6 +43,11 @@ class YellowServer(Service):
         self.started_at = 0.0
         self.address: str | None = None
         self.bad_messages = 0
+        #: Messages served, by op name; changes announced, by reason; watchers dropped
+        #: because they could not keep up.
+        self.messages: dict[str, int] = {}
+        self.changes: dict[str, int] = {}
+        self.watchers_dropped = 0
         self._socket: ZmqSocket | None = None
         self._watchers: dict[bytes, float] = {}
         self._sweeper: task.LoopingCall | None = None
@@ -98,6 +107,8 @@ class YellowServer(Service):
             self.log.warn("yellow: reply dropped, peer gone or not reading")
 
     def _broadcast(self, update: RegistryMessage) -> None:
+        reason = update.reason or ""
+        self.changes[reason] = self.changes.get(reason, 0) + 1
         if not self._watchers:
             return
         data = encode(update)
@@ -108,6 +119,7 @@ class YellowServer(Service):
             except zmq.ZMQError:
                 # A watcher that cannot keep up gets a fresh snapshot on its next renewal.
                 del self._watchers[ident]
+                self.watchers_dropped += 1
 
     def _received(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -128,6 +140,8 @@ class YellowServer(Service):
         registry = self.registry
         assert registry is not None
         op = msg.op
+        name = RegistryOp._VALUES_TO_NAMES.get(op, "unknown").lower()
+        self.messages[name] = self.messages.get(name, 0) + 1
         reply = RegistryMessage(
             op=RegistryOp.ACK, request_id=msg.request_id, yellow_id=self.yellow_id
         )
@@ -170,13 +184,84 @@ class YellowServer(Service):
             "bad_messages": self.bad_messages,
         }
 
+    def instances(self) -> list[Instance]:
+        """The live instances (none before the server starts)."""
+        return self.registry.query() if self.registry is not None else []
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when the registry's socket is bound."""
+        if self._socket is None or self.address is None:
+            return False, "not listening"
+        return True, f"listening on {self.address}"
+
+    def metrics(self) -> Iterator[Metric]:
+        """The registry's metric families (collected when Prometheus scrapes)."""
+        by_service: dict[str, int] = {}
+        for instance in self.instances():
+            by_service[instance.service_name] = by_service.get(instance.service_name, 0) + 1
+        yield gauge(
+            "mmo_registry_instances",
+            "Live instances of each service, as this yellow has them.",
+            ("service",),
+            [((name,), n) for name, n in sorted(by_service.items())],
+        )
+        yield gauge(
+            "mmo_yellow_watchers", "Consumers watching the registry now.", (), len(self._watchers)
+        )
+        yield counter(
+            "mmo_yellow_messages",
+            "Registry messages served, by op (register is also the heartbeat).",
+            ("op",),
+            [((op,), n) for op, n in sorted(self.messages.items())],
+        )
+        yield counter(
+            "mmo_yellow_changes",
+            "Changes announced to the watchers, by reason (registered, changed, "
+            "deregistered, expired).",
+            ("reason",),
+            [((reason,), n) for reason, n in sorted(self.changes.items())],
+        )
+        yield counter(
+            "mmo_yellow_bad_messages",
+            "Messages refused as malformed.",
+            (),
+            self.bad_messages,
+        )
+        yield counter(
+            "mmo_yellow_watchers_dropped",
+            "Watchers dropped because they did not read their updates (they re-snapshot).",
+            (),
+            self.watchers_dropped,
+        )
+        yield gauge(
+            "mmo_yellow_seq",
+            "The registry's change sequence number (restarts at 0 with the yellow).",
+            (),
+            self.registry.seq if self.registry is not None else 0,
+        )
+
+
+def yellow_telemetry(server: YellowServer) -> Telemetry:
+    """The telemetry of a yellow: its registry's metrics, ready once its socket is bound,
+    and Prometheus service discovery (``/sd``) of every process that publishes its
+    operator listener, the yellow included. (It ships no logs: it has no directory.)"""
+    telemetry = Telemetry("yellow", server.yellow_id)
+    telemetry.add_metrics(server.metrics)
+    telemetry.add_check("listening", server.readiness)
+    telemetry.resources[b"sd"] = ServiceDiscovery(
+        server.instances, lambda: (telemetry.address, server.yellow_id)
+    )
+    return telemetry
+
 
 def make_yellow_service(config: YellowConfig, *, reactor: Any = None) -> MultiService:
-    """Build (without starting) the service tree of a yellow process."""
+    """Build (without starting) the service tree of a yellow process; the tree carries
+    its telemetry (``top.telemetry``)."""
     top = OrderedMultiService()
     zmq_service = ZmqContextService(reactor)
     zmq_service.setServiceParent(top)
     server = YellowServer(config, zmq_service)
     server.setName("yellow")
     server.setServiceParent(top)
+    top.telemetry = yellow_telemetry(server)
     return top

@@ -377,5 +377,5 @@ def test_service_tree_is_built_without_starting():
     """make_brokerlist_service builds zmq context, directory, brokers and http, in that order."""
     top = make_brokerlist_service(BrokerlistConfig((YELLOW,), "tcp:0:interface=127.0.0.1"))
     names = [getattr(s, "name", None) for s in top]
-    assert names[1:] == ["directory", "brokers", "http"]
+    assert names[1:] == ["directory", "brokers", "http", "registration"]
     assert not top.running

@@ -560,3 +560,36 @@ def test_the_started_directory_serves_get_service_and_its_stop_ends_everything(
     assert all(sock.closed for sock in ctx.sockets)
     with pytest.raises(RuntimeError):
         get_service("echo")
+
+
+# -- telemetry -----------------------------------------------------------------------
+
+
+def test_calls_carry_the_current_trace_and_are_counted_by_outcome(
+    directory: Directory, ctx: FakeZmqContext, yellow: Yellow
+) -> None:
+    """A call or one-way request made while serving a traced request carries its trace
+    id on; every call ends in the caller's latency histogram under its outcome."""
+    from mmo.telemetry.trace import CURRENT, Trace
+
+    (link,) = live(directory, ctx, yellow, inst("echo-a"))
+    token = CURRENT.set(Trace("t-9", True))
+    try:
+        traced = directory.call("echo", "ping")
+        directory.send("echo", "note", encode_value({}))
+    finally:
+        CURRENT.reset(token)
+    plain = directory.call("echo", "ping", timeout=1.0)
+    first, note, second = requests(link)
+    assert (first.trace_id, first.traced) == ("t-9", True)
+    assert (note.trace_id, note.traced, note.one_way) == ("t-9", True, True)
+    assert (second.trace_id, second.traced) == (None, None)
+    reply(link, first, "pong")
+    result_of(traced)
+    ctx.reactor.advance(1.5)
+    assert isinstance(failure_of(plain), DeadlineExceeded)
+    latencies = directory.calls.latencies
+    assert latencies.count(service="echo", method="ping", outcome="ok") == 1
+    assert latencies.count(service="echo", method="ping", outcome="deadline") == 1
+    names = {family.name for family in directory.metrics()}
+    assert {"mmo_client_request_duration_seconds", "mmo_registry_instances"} <= names

@@ -541,6 +541,8 @@ class Header(object):
      - caller_role
      - origin
      - peer
+     - trace_id
+     - traced
 
     """
 
@@ -565,10 +567,12 @@ class Header(object):
         'caller_role',
         'origin',
         'peer',
+        'trace_id',
+        'traced',
     )
 
 
-    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None, client_seq=None, caller_role=None, origin=None, peer=None,):
+    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None, client_seq=None, caller_role=None, origin=None, peer=None, trace_id=None, traced=None,):
         self.kind = kind
         self.call_id = call_id
         self.service_name = service_name
@@ -589,6 +593,8 @@ class Header(object):
         self.caller_role = caller_role
         self.origin = origin
         self.peer = peer
+        self.trace_id = trace_id
+        self.traced = traced
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -705,6 +711,16 @@ class Header(object):
                     self.peer = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 21:
+                if ftype == TType.STRING:
+                    self.trace_id = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 22:
+                if ftype == TType.BOOL:
+                    self.traced = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -797,6 +813,14 @@ class Header(object):
         if self.peer is not None:
             oprot.writeFieldBegin('peer', TType.STRING, 20)
             oprot.writeString(self.peer.encode('utf-8') if sys.version_info[0] == 2 else self.peer)
+            oprot.writeFieldEnd()
+        if self.trace_id is not None:
+            oprot.writeFieldBegin('trace_id', TType.STRING, 21)
+            oprot.writeString(self.trace_id.encode('utf-8') if sys.version_info[0] == 2 else self.trace_id)
+            oprot.writeFieldEnd()
+        if self.traced is not None:
+            oprot.writeFieldBegin('traced', TType.BOOL, 22)
+            oprot.writeBool(self.traced)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1175,6 +1199,7 @@ class Packet(object):
      - body
      - code
      - message
+     - trace
 
     """
 
@@ -1185,16 +1210,18 @@ class Packet(object):
         'body',
         'code',
         'message',
+        'trace',
     )
 
 
-    def __init__(self, kind=None, seq=None, route=None, body=None, code=None, message=None,):
+    def __init__(self, kind=None, seq=None, route=None, body=None, code=None, message=None, trace=None,):
         self.kind = kind
         self.seq = seq
         self.route = route
         self.body = body
         self.code = code
         self.message = message
+        self.trace = trace
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1235,6 +1262,11 @@ class Packet(object):
                     self.message = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 7:
+                if ftype == TType.STRING:
+                    self.trace = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1268,6 +1300,10 @@ class Packet(object):
         if self.message is not None:
             oprot.writeFieldBegin('message', TType.STRING, 6)
             oprot.writeString(self.message.encode('utf-8') if sys.version_info[0] == 2 else self.message)
+            oprot.writeFieldEnd()
+        if self.trace is not None:
+            oprot.writeFieldBegin('trace', TType.STRING, 7)
+            oprot.writeString(self.trace.encode('utf-8') if sys.version_info[0] == 2 else self.trace)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1337,6 +1373,8 @@ Header.thrift_spec = (
     (18, TType.STRING, 'caller_role', 'UTF8', None, ),  # 18
     (19, TType.I32, 'origin', None, None, ),  # 19
     (20, TType.STRING, 'peer', 'UTF8', None, ),  # 20
+    (21, TType.STRING, 'trace_id', 'UTF8', None, ),  # 21
+    (22, TType.BOOL, 'traced', None, None, ),  # 22
 )
 all_structs.append(Instance)
 Instance.thrift_spec = (
@@ -1371,6 +1409,7 @@ Packet.thrift_spec = (
     (4, TType.STRING, 'body', 'BINARY', None, ),  # 4
     (5, TType.I32, 'code', None, None, ),  # 5
     (6, TType.STRING, 'message', 'UTF8', None, ),  # 6
+    (7, TType.STRING, 'trace', 'UTF8', None, ),  # 7
 )
 fix_spec(all_structs)
 del all_structs
