@@ -7,6 +7,10 @@
     mmo chat --brokerlist URL --user NAME --password PW --room ROOM [--register]
     mmo fights --yellow URL [--json]
     mmo keys DIR [--force]
+    mmo logs --yellow URL [--role R] [--instance I] [--level L] [--trace ID] [--since T]
+             [--follow] [--json]
+    mmo trace ID --yellow URL [--json]
+    mmo status [--yellow URL] [--interval S] [--target HOST:PORT] [--json] [--watch]
 
 ``--yellow`` defaults to ``$MMO_YELLOW`` or ``tcp://127.0.0.1:5555``; several
 addresses may be given, separated by commas. Exit status: 0 on success, 1 when
@@ -29,7 +33,7 @@ __all__ = ["DEFAULT_YELLOW", "CommandError", "build_parser", "main", "to_json", 
 
 #: The subcommand modules, in the order ``mmo --help`` lists them: each has
 #: ``add_parser(subparsers)``.
-SUBCOMMANDS = ("services", "call", "bench", "chat", "fights", "keys")
+SUBCOMMANDS = ("services", "call", "bench", "chat", "fights", "keys", "logs", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,3 +38,9 @@ mmo_fight = ServiceMaker(
     "mmo fight dispatcher: a pool of fight processes under a cap per process",
     "mmo-fight",
 )
+mmo_logs = ServiceMaker(
+    "mmo logs",
+    "mmo.logs.tap",
+    "mmo log collector: every process's log events, queried by mmo logs and mmo trace",
+    "mmo-logs",
+)
