@@ -35,7 +35,7 @@ from mmo.errors import (
 )
 from mmo.logic.client import Directory
 from mmo.logic.sessions import RESUME_PURPOSE, RESUME_REFUSED, SESSION_SERVICE
-from mmo.telemetry.trace import CURRENT
+from mmo.telemetry.trace import CURRENT, Trace
 from mmo.wire import WireError, decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import ClientError, Origin, Packet, PacketKind
 
@@ -86,8 +86,9 @@ class LoginGate:
         self.counters = counters
         self.in_flight = in_flight
         self.forwarder = forwarder
-        # session id -> the reports to the session service not yet acknowledged, in order.
-        self._reports: dict[str, deque[tuple[str, dict[str, Any]]]] = {}
+        # session id -> the reports to the session service not yet acknowledged, in order:
+        # (method, body, the trace of what caused it).
+        self._reports: dict[str, deque[tuple[str, dict[str, Any], Trace | None]]] = {}
 
     # -- before login ----------------------------------------------------------
 

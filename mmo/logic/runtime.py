@@ -11,6 +11,7 @@ part of its service tree that migrates the database, starts the handler, then se
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,16 +21,19 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mmo.config import ConfigError, build
-from mmo.data import Cache, Database, DatabaseUnavailable, migrate
+from mmo.data import Cache, Database, DatabaseUnavailable, make_cache, make_database, migrate
 from mmo.errors import MmoError
 from mmo.logic.client import Directory
 from mmo.logic.handler import ServiceHandler
+from mmo.logic.memo import ReplyMemo
 from mmo.logic.server import HandlerServer
 from mmo.logic.sessions import Sessions
-from mmo.registry import Registration
-from mmo.service import PreparedService
+from mmo.net import addresses
+from mmo.registry import Registration, make_instance
+from mmo.service import OrderedMultiService, PreparedService
 from mmo.telemetry.metrics import Metric, Telemetry, counter, gauge
 from mmo.types import Clock
+from mmo.zmq import ZmqContextService
 
 __all__ = [
     "CACHE_WAIT",
@@ -38,6 +42,7 @@ __all__ = [
     "WorkerService",
     "handler_settings",
     "load_handler",
+    "make_worker_tree",
     "prepare_data",
     "worker_telemetry",
 ]
@@ -264,3 +269,71 @@ def _database_metrics(db: Any) -> Iterator[Metric]:
         (),
         db.waits,
     )
+
+
+def make_worker_tree(
+    handler_class: type[ServiceHandler],
+    *,
+    service: str,
+    instance_id: str,
+    yellow: tuple[str, ...],
+    role: str = "worker",
+    reactor: Any = None,
+    settings: Any = None,
+    database: str | None = None,
+    cache: str | None = None,
+    bind_host: str | None = None,
+    advertise_host: str | None = None,
+    heartbeat: float = 1.0,
+    drain_timeout: float = 10.0,
+    call_timeout: float = 5.0,
+    memo_ttl: float = 0.0,
+    memo_size: int = 100_000,
+) -> OrderedMultiService:
+    """Build (without starting) the service tree of a process serving one handler:
+    ZeroMQ, the directory, the data services (from their URLs, if any), the worker
+    (:class:`WorkerService`, child ``worker``); the tree carries its telemetry as ``role``.
+    ``twistd mmo-worker`` and ``twistd mmo-logs`` are built with it."""
+    top = OrderedMultiService()
+    zmq_service = ZmqContextService(reactor)
+    zmq_service.setServiceParent(top)
+    ctx = zmq_service.context
+    directory = Directory(
+        ctx, yellow, caller_id=instance_id, caller_role=role, default_timeout=call_timeout
+    )
+    directory.setServiceParent(top)
+    db = make_database(database, reactor=ctx.reactor) if database else None
+    cache_service = make_cache(cache, clock=ctx.reactor) if cache else None
+    # Started before the worker (so ready before the handler), stopped after it.
+    for data_service, name in ((db, "database"), (cache_service, "cache")):
+        if data_service is not None:
+            data_service.setName(name)
+            data_service.setServiceParent(top)
+    runtime = WorkerRuntime(
+        service, instance_id, ctx.reactor, directory, db, cache_service, settings
+    )
+    handler = handler_class(runtime)
+    memo = ReplyMemo(ctx.reactor, ttl=memo_ttl, size=memo_size) if memo_ttl else None
+    bind, advertise = addresses(bind_host, advertise_host)
+    server = HandlerServer(
+        ctx,
+        handler,
+        bind_host=bind,
+        advertise_host=advertise,
+        drain_timeout=drain_timeout,
+        memo=memo,
+    )
+    runtime.server = server
+    instance = make_instance(
+        service,
+        instance_id,
+        {},
+        {**handler_class.registry_meta(), "pid": os.getpid()},
+        heartbeat=heartbeat,
+    )
+    registration = Registration(ctx, yellow, instance, heartbeat)
+    worker = WorkerService(handler, server, registration, db, cache_service)
+    worker.setName("worker")
+    worker.setServiceParent(top)
+    top.telemetry = worker_telemetry(role, worker, directory, advertise)
+    return top
