@@ -1,8 +1,9 @@
 """The demo: a local cluster, a caller, and chat bots talking through two brokers.
 
 ``python -m mmo.demo`` (or ``./dev demo``) starts the cluster of
-``etc/cluster.toml`` (yellow, session, sso, chat, two echo workers, two brokers,
-brokerlist) as supervised child processes on 127.0.0.1 (on free ports), then:
+``etc/cluster.toml`` (yellow, log collector, session, sso, chat, two echo workers, fight
+pool, two brokers, brokerlist) as supervised child processes on 127.0.0.1 (on free ports),
+each with an operator listener (metrics, health), then:
 
 * part 1, the logic layer: calls through ``get_service``, load balancing, each
   kind of error, push and pub-sub, a worker killed with ``kill -9`` under load;
@@ -10,7 +11,10 @@ brokerlist) as supervised child processes on 127.0.0.1 (on free ports), then:
   see each other's messages; a session instance and a broker are killed and the
   bots resume their sessions through the others, still in the room; a new player
   registers an account (``sso.register``, stored in the sso worker's SQLite) and
-  logs in.
+  logs in;
+* part 3, operations: every process in Prometheus' discovery (the yellow's ``/sd``) and
+  ready, a request traced across processes (``mmo trace``), ``mmo status`` while a
+  caller sends requests, and the warnings ``mmo logs`` finds in the collected logs.
 
 The cluster runs on the embedded defaults (SQLite, in-process caches: no servers),
 but for the session records: when ``redis-server`` is installed the demo starts one
@@ -25,6 +29,7 @@ step went as expected.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -35,12 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import defer, task
+from twisted.internet import defer, task, utils
 
 from mmo.cluster.config import ClusterConfig
 from mmo.cluster.service import make_cluster_service
 from mmo.errors import DeadlineExceeded, MmoError, NoLiveInstance, RemoteError, UnknownMethod
 from mmo.logic import connect
+from mmo.ops import OpsConfig
+from mmo.tap import inherit_ops
 from mmo.testing.processes import free_port
 from mmo.types import InlineCallbacks
 
@@ -51,10 +58,16 @@ BOTS = ["alice", "bob", "carol", "dave"]
 
 
 def cluster_config(
-    yellow: str, brokers: list[int], http: int, data: Path, sessions_cache: str | None = None
+    yellow: str,
+    brokers: list[int],
+    http: int,
+    data: Path,
+    sessions_cache: str | None = None,
+    yellow_metrics: int = 0,
 ) -> ClusterConfig:
-    """The cluster of etc/cluster.toml, on the given ports, its SQLite file in ``data``;
-    with ``sessions_cache``, two session instances whose records live in that cache."""
+    """The cluster of etc/cluster.toml, on the given ports, its SQLite file and collected
+    logs in ``data``; with ``sessions_cache``, two session instances whose records live in
+    that cache; the yellow's operator listener on ``yellow_metrics``."""
 
     def worker(name: str, handler: str, count: int = 1, *extra: str) -> dict[str, Any]:
         args = ["--yellow", yellow, "--handler", handler, *extra]
@@ -63,7 +76,16 @@ def cluster_config(
     listen = [f"tcp:{port}:interface=127.0.0.1" for port in brokers]
     return ClusterConfig(
         process=(
-            {"name": "yellow", "role": "mmo-yellow", "args": ["--listen", yellow]},
+            {
+                "name": "yellow",
+                "role": "mmo-yellow",
+                "args": ["--listen", yellow, "--metrics", f"127.0.0.1:{yellow_metrics}"],
+            },
+            {
+                "name": "logs",
+                "role": "mmo-logs",
+                "args": ["--yellow", yellow, "--dir", str(data / "logs")],
+            },
             (
                 worker("session", "mmo.sessions:SessionService", 2, "--cache", sessions_cache)
                 if sessions_cache
@@ -146,6 +168,8 @@ class Demo:
         yellow = f"tcp://127.0.0.1:{free_port()}"
         self.brokers = [free_port(), free_port()]
         self.http = free_port()
+        self.yellow = yellow
+        self.yellow_metrics = free_port()
         log_file = open(self.log_path, "w")  # noqa: SIM115 - closed below
 
         def sink(name: str, line: str) -> None:
@@ -160,9 +184,18 @@ class Demo:
             redis = ThrowawayRedis(data / "redis").start()
         self.shared_sessions = redis is not None
         config = cluster_config(
-            yellow, self.brokers, self.http, data, redis.url if redis is not None else None
+            yellow,
+            self.brokers,
+            self.http,
+            data,
+            redis.url if redis is not None else None,
+            self.yellow_metrics,
         )
-        cluster = make_cluster_service(config, reactor=self.reactor, sink=sink)
+        # As mmo-cluster --metrics does: every child gets an operator listener.
+        ops = OpsConfig(metrics="127.0.0.1:0")
+        cluster = make_cluster_service(
+            config, reactor=self.reactor, sink=sink, child_args=lambda a: inherit_ops(ops, a)
+        )
         self.say(f"mmo demo: yellow at {yellow}; process logs in {self.log_path}")
         if redis is not None:
             self.say(f"session records in a Redis of the demo's own at {redis.url}")
@@ -173,6 +206,8 @@ class Demo:
             yield self.steps(directory, cluster)
             self.say("\n=== part 2: the edge (chat bots through two brokers) ===")
             yield self.chat(directory, cluster)
+            self.say("\n=== part 3: operations (metrics, health, logs, traces) ===")
+            yield self.operations(directory)
             if keep:
                 self.say("\ncluster running; Ctrl-C to stop")
                 yield defer.Deferred()  # until interrupted
@@ -470,6 +505,89 @@ class Demo:
             if all(done(lines) for lines in heard.values()):
                 return
             yield self.sleep(0.05)
+
+    @defer.inlineCallbacks
+    def operations(self, directory: Any) -> InlineCallbacks[None]:
+        """What an operator sees: every process in Prometheus' discovery and ready, one
+        request traced across processes, the cluster's status, the collected logs."""
+        from mmo.client import Client
+        from mmo.client.session import http_fetcher
+
+        sd = f"http://127.0.0.1:{self.yellow_metrics}/sd"
+        targets = json.loads((yield http_fetcher(self.reactor)(sd)))
+        roles = Counter(t["labels"]["role"] for t in targets)
+        self.say(f"\n14. Prometheus' discovery at {sd} lists {len(targets)} processes:")
+        self.say(f"    {dict(sorted(roles.items()))}")
+        self.check("every role has an operator listener", len(roles) >= 6)
+        # The processes restarted in part 2 (kill -9) may still be listed at their old
+        # address for a heartbeat or two: ask again until all are ready (or 20 s passed).
+        for _ in range(40):
+            targets = json.loads((yield http_fetcher(self.reactor)(sd)))
+            not_ready = []
+            for target in targets:
+                url = f"http://{target['targets'][0]}/readyz"
+                try:
+                    ready = json.loads((yield http_fetcher(self.reactor)(url)))["ready"]
+                except Exception as e:  # a 503 (not ready) or no answer
+                    ready = e
+                if ready is not True:
+                    not_ready.append(f"{target['labels']['mmo_instance']}: {ready}")
+            if not not_ready:
+                break
+            yield self.sleep(0.5)
+        self.check(
+            "every process answers /readyz: ready",
+            not not_ready,
+            repr(not_ready) if not_ready else "",
+        )
+
+        self.say("\n15. alice asks to join 'ops' with a trace id of her own, 'demo-trace-1';")
+        self.say("    `mmo trace demo-trace-1` shows its path across the processes:")
+        client = Client(self.reactor, brokerlist=f"http://127.0.0.1:{self.http}/")
+        try:
+            yield client.connect()
+            yield client.login(user="alice", password="pw-alice")
+            yield client.request("chat.join", {"room": "ops"}, trace="demo-trace-1")
+        finally:
+            yield client.close()
+        yield self.sleep(0.5)  # the processes ship their logs within a moment
+        code, out = yield self.tool("trace", "demo-trace-1")
+        self.say(_indent(out))
+        good = code == 0 and "chat.join" in out
+        self.check("mmo trace shows the hops", good, "" if good else out[-300:])
+
+        self.say("\n16. `mmo status`: the cluster on one screen, while a caller sends echo calls")
+        self.say("    (rates over one second):")
+        echo = directory.get_service("echo")
+        caller = task.LoopingCall(lambda: echo.echo(n=1).addErrback(lambda _: None))
+        caller.clock = self.reactor
+        caller.start(0.01)
+        try:
+            code, out = yield self.tool("status", "--interval", "1")
+        finally:
+            caller.stop()
+        self.say(_indent(out))
+        good = code == 0 and "broker" in out
+        self.check("mmo status answers", good, "" if good else out[-300:])
+
+        self.say("\n17. `mmo logs --level warn --since 10m`: what went wrong, from every process:")
+        code, out = yield self.tool("logs", "--level", "warn", "--since", "10m", "--limit", "8")
+        self.say(_indent(out or "(nothing)"))
+        self.check("mmo logs answers", code == 0, "" if code == 0 else out[-300:])
+
+    @defer.inlineCallbacks
+    def tool(self, *args: str) -> InlineCallbacks[tuple[int, str]]:
+        """Run ``mmo ARGS --yellow <the demo's>`` as an operator would: its exit status and
+        output."""
+        argv = ["-c", "from mmo.cli import main; main()", *args, "--yellow", self.yellow]
+        out, err, code = yield utils.getProcessOutputAndValue(
+            sys.executable, argv, env=dict(os.environ), reactor=self.reactor
+        )
+        return code, (out + err).decode(errors="replace").rstrip()
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
 
 
 def _child(cluster: Any, name: str) -> Any:

@@ -54,12 +54,15 @@ class Target:
         port: its client port.
         pids: name -> pid of the server processes measured.
         broker: the name in ``pids`` of the process holding the connections.
+        metrics: the ``/metrics`` URLs of the servers (with telemetry on): the generator
+            scrapes them as Prometheus would.
     """
 
     host: str
     port: int
     pids: dict[str, int] = field(default_factory=dict)
     broker: str | None = None
+    metrics: list[str] = field(default_factory=list)
 
 
 class PythonProcess(TwistdProcess):
@@ -126,6 +129,7 @@ class ServerSet:
         rate: float,
         burst: int,
         capacity: int,
+        telemetry: bool = False,
     ) -> Target:
         """Start yellow, session, sso, chat and one broker; return where to connect.
 
@@ -135,6 +139,9 @@ class ServerSet:
             rate: the broker's per-session packet rate.
             burst: the broker's per-session burst.
             capacity: sessions the broker takes.
+            telemetry: every process gets an operator listener (``--metrics``) and ships
+                its logs to a log collector (started too, and measured); without, none
+                listens and none ships (``--log-queue 0``).
         """
         yellow = f"tcp://127.0.0.1:{free_port()}"
         port = free_port()
@@ -146,12 +153,25 @@ class ServerSet:
         sso_config.write_text(f"[worker.settings]\naccounts = {json.dumps(accounts)}\n")
         provide_curve_keys(self.log_dir / "curve")
         pids: dict[str, int] = {}
+        metrics: list[str] = []
+
+        def ops() -> list[str]:
+            if not telemetry:
+                return ["--log-queue", "0"]
+            port = free_port()
+            metrics.append(f"http://127.0.0.1:{port}/metrics")
+            return ["--metrics", str(port)]
+
         p = self._start(
-            TwistdProcess("mmo-yellow", ["--listen", yellow], self.log_dir, "yellow", env)
+            TwistdProcess("mmo-yellow", ["--listen", yellow, *ops()], self.log_dir, "yellow", env)
         )
         pids["yellow"] = p.pid
+        if telemetry:
+            logs = ["--yellow", yellow, "--dir", str(self.log_dir / "collected"), *ops()]
+            p = self._start(TwistdProcess("mmo-logs", logs, self.log_dir, "logs", env))
+            pids["logs"] = p.pid
         for name, handler in (("session", SESSION), ("sso", SSO), ("chat", CHAT)):
-            args = ["--yellow", yellow, "--handler", handler, "--instance-id", name]
+            args = ["--yellow", yellow, "--handler", handler, "--instance-id", name, *ops()]
             if name == "session":
                 # More clients than accounts share them, one session each (a game's
                 # default, one session per user, would have them replace each other).
@@ -184,10 +204,11 @@ class ServerSet:
             str(burst),
             "--channel-budget",
             str(2**40),
+            *ops(),
         ]
         p = self._start(TwistdProcess("mmo-broker", args, self.log_dir, "broker", env))
         pids["broker"] = p.pid
-        return Target("127.0.0.1", port, pids, "broker")
+        return Target("127.0.0.1", port, pids, "broker", metrics)
 
     def start_floor(self) -> Target:
         """Start the floor's echo and TCP server (:mod:`mmo.bench.floor`)."""
@@ -291,3 +312,22 @@ def _ask(conn: BenchConnection, route: str) -> defer.Deferred[Frame]:
     d: defer.Deferred[Frame] = defer.Deferred()
     conn.request(route, encode_fast({}), lambda _conn, frame: d.callback(frame))
     return d
+
+
+def scrape_every(reactor: Any, urls: list[str], interval: float = 1.0) -> task.LoopingCall:
+    """Fetch every ``/metrics`` URL each ``interval`` seconds, as Prometheus would (so
+    that a run with telemetry pays for its scrapes); stop the returned loop when done."""
+    from twisted.web.client import Agent, readBody
+
+    agent = Agent(reactor)
+
+    def fetch_all() -> None:
+        for url in urls:
+            d = agent.request(b"GET", url.encode())
+            d.addCallback(readBody)
+            d.addErrback(lambda _: None)  # a scrape missed is no failure of the run
+
+    loop = task.LoopingCall(fetch_all)
+    loop.clock = reactor
+    loop.start(interval, now=False)
+    return loop

@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,21 @@ def add_parser(sub: Any) -> None:
         "--register", action="store_true", help="with --against: register accounts first"
     )
     bench.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    bench.add_argument(
+        "--telemetry",
+        choices=("off", "on", "compare"),
+        default="off",
+        help="on: every server has an operator listener (scraped each second) and ships its "
+        "logs to a collector; compare: W1, W2 and W3 run off then on, and the ratios are "
+        "printed",
+    )
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --telemetry compare: run each pair this many times, alternating, and "
+        "print the median of the ratios",
+    )
     calls = bench.add_argument_group("calls")
     calls.add_argument(
         "--concurrency", type=int, nargs="+", default=[1, 50], help="calls in flight"
@@ -210,7 +226,7 @@ def parse_against(args: argparse.Namespace) -> Any:
 @defer.inlineCallbacks
 def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     """Run each planned workload on fresh servers (or ``--against``), print its figures."""
-    from mmo.bench.servers import BenchError, ServerSet, Target, wait_ready
+    from mmo.bench.servers import BenchError, ServerSet, Target, scrape_every, wait_ready
     from mmo.bench.workloads import run_echo, run_idle, run_rooms
 
     workloads = plan(args)
@@ -230,6 +246,14 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
     }
     results: dict[str, dict[str, Any]] = {}
     failed = True
+    modes = {"off": [False], "on": [True], "compare": [False, True]}[args.telemetry]
+    runs = [
+        (w, on)
+        for _ in range(args.repeat if args.telemetry == "compare" else 1)
+        for w in workloads
+        for on in (modes if w != "floor" else [False])
+    ]
+    ratios: dict[str, list[dict[str, float]]] = {}
 
     def ready(target: Target, servers: ServerSet | None) -> defer.Deferred[None]:
         return wait_ready(
@@ -243,14 +267,20 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
         )
 
     @defer.inlineCallbacks
-    def start_servers(workload: str, servers: ServerSet) -> InlineCallbacks[Target]:
+    def start_servers(
+        workload: str, servers: ServerSet, telemetry: bool
+    ) -> InlineCallbacks[Target]:
         # A port found free may be taken before the server binds it: try afresh.
         for attempt in range(1, START_ATTEMPTS + 1):
             if workload == "floor":
                 target = servers.start_floor()
             else:
                 target = servers.start_mmo(
-                    accounts=accounts, rate=args.rate, burst=args.burst, capacity=capacity
+                    accounts=accounts,
+                    rate=args.rate,
+                    burst=args.burst,
+                    capacity=capacity,
+                    telemetry=telemetry,
                 )
             try:
                 yield ready(target, servers)
@@ -262,38 +292,88 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
         raise AssertionError("unreachable")
 
     try:
-        for workload in workloads:
+        for workload, telemetry in runs:
+            run = f"{workload}-telemetry" if telemetry else workload
             servers: ServerSet | None = None
+            scraper = None
             if workload == "floor" or against is None:
-                servers = ServerSet(logs / workload)
-                (logs / workload).mkdir()
+                servers = ServerSet(logs / run)
+                (logs / run).mkdir()
             try:
                 if servers is None:
                     assert against is not None
                     target = against
                     yield ready(target, None)
                 else:
-                    target = yield start_servers(workload, servers)
+                    target = yield start_servers(workload, servers, telemetry)
+                if target.metrics:
+                    scraper = scrape_every(reactor, target.metrics)
                 result = yield runners[workload](reactor, target, settings)
             except BenchError as e:
-                where = f"\n(server logs in {logs / workload})" if servers is not None else ""
+                where = f"\n(server logs in {logs / run})" if servers is not None else ""
                 raise CommandError(f"{workload}: {e}{where}") from e
             finally:
+                if scraper is not None:
+                    scraper.stop()
                 if servers is not None:
                     servers.stop()
             result["against"] = args.against if servers is None else None
+            result["telemetry"] = telemetry
             if workload == "w1" and "floor" in results:
                 add_floor_ratio(result, results["floor"])
-            results[workload] = result
+            if telemetry and workload in results:
+                add_telemetry_ratio(result, results[workload])
+                ratios.setdefault(workload, []).append(result["telemetry_ratio"])
+            results[run] = result
             print(json.dumps(result), flush=True)
             if not args.json:
                 print(table(result), flush=True)
+        if args.repeat > 1:
+            for workload, pairs in ratios.items():
+                median = median_ratios(workload, pairs)
+                print(json.dumps(median), flush=True)
+                if not args.json:
+                    text = ", ".join(f"{k} {v:.3f}" for k, v in median["median"].items())
+                    print(f"{workload} telemetry on/off, median of {len(pairs)} pairs: {text}")
         failed = False
     finally:
         if (not failed and not args.keep_logs) or not any(logs.iterdir()):
             shutil.rmtree(logs, ignore_errors=True)
         elif args.keep_logs and not args.json:
             print(f"server logs in {logs}", flush=True)
+
+
+#: What a run with telemetry is compared with its run without on, by workload.
+TELEMETRY_FIGURES = {
+    "w1": ("requests_per_s", "server_cpu_us_per_request", "p99_ms"),
+    "w2": ("server_cpu_total_s", "server_cpu_us_per_delivery", "p99_ms"),
+    "w3": ("rss_kib_per_conn",),
+}
+
+
+def add_telemetry_ratio(on: dict[str, Any], off: dict[str, Any]) -> None:
+    """Put the ratios of a run with telemetry to the same workload's run without (same
+    invocation) into ``on`` as ``telemetry_ratio`` (1.0: no cost)."""
+    ratios = {}
+    for figure in TELEMETRY_FIGURES.get(on["workload"], ()):
+        ours, theirs = on.get(figure), off.get(figure)
+        if ours and theirs:
+            ratios[figure] = round(ours / theirs, 3)
+    on["telemetry_ratio"] = ratios
+
+
+def median_ratios(workload: str, pairs: list[dict[str, float]]) -> dict[str, Any]:
+    """The median, over pairs of runs (without, then with telemetry), of each ratio."""
+    figures = {figure for pair in pairs for figure in pair}
+    return {
+        "workload": workload,
+        "telemetry_pairs": len(pairs),
+        "median": {
+            figure: round(statistics.median(p[figure] for p in pairs if figure in p), 3)
+            for figure in sorted(figures)
+        },
+        "pairs": pairs,
+    }
 
 
 def add_floor_ratio(w1: dict[str, Any], floor: dict[str, Any]) -> None:
@@ -385,6 +465,12 @@ def table(result: dict[str, Any]) -> str:
         ]
     if result.get("first_error"):
         rows.append(("first error", result["first_error"]))
+    if result.get("telemetry"):
+        title += " (telemetry on)"
+    ratios = result.get("telemetry_ratio")
+    if ratios:
+        text = ", ".join(f"{figure} {ratio:.3f}" for figure, ratio in ratios.items())
+        rows.append(("on/off", text))
     width = max(len(label) for label, _ in rows)
     return "\n".join([title, *(f"  {label:<{width}}  {value}" for label, value in rows)])
 

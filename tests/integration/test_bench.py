@@ -110,3 +110,25 @@ def test_w3_holds_every_idle_connection(bench_all):
     assert w3["broker_rss_before_kib"] > 0 and w3["broker_rss_after_kib"] > 0
     assert w3["rss_kib_per_conn"] is not None and 0 <= w3["rss_kib_per_conn"] < 1024
     assert "broker" in w3["rss_kib_per_conn_by_process"]
+
+
+def test_w1_with_and_without_telemetry_in_one_run() -> None:
+    """`--telemetry compare` runs W1 on servers without, then with, their operator
+    listeners scraped and their logs shipped to a collector, and gives the ratios."""
+    args = ["--no-floor", "--telemetry", "compare", "--duration", "1", "--warmup", "0.3"]
+    result = subprocess.run(
+        [*MMO, "bench", "w1", *args, "--clients", "10", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    off, on = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert (off["telemetry"], on["telemetry"]) == (False, True)
+    assert off["errors"] == on["errors"] == 0
+    assert "logs" in on["server_cpu_s"] and "logs" not in off["server_cpu_s"]
+    ratios = on["telemetry_ratio"]
+    assert set(ratios) == {"requests_per_s", "server_cpu_us_per_request", "p99_ms"}
+    assert ratios["requests_per_s"] == pytest.approx(
+        on["requests_per_s"] / off["requests_per_s"], abs=0.001
+    )

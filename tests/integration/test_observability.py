@@ -4,7 +4,10 @@ that follows a request across processes in JSON logs, readiness while draining."
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -73,6 +76,7 @@ def test_metrics_count_what_clients_did_and_a_trace_crosses_every_process(
         broker_args=("--metrics", str(ports["broker"]), "--log-format", "json"),
     )
     try:
+        edge._start("logs", "mmo-logs", ["--yellow", edge.yellow, "--dir", str(tmp_path)], edge.env)
         json_ops = ("--log-format", "json")
         edge.start_worker("echo-1", CLIENT_ECHO, ("--metrics", str(ports["echo"]), *json_ops))
         edge.start_worker("relay-1", RELAY, ("--metrics", str(ports["relay"]), *json_ops))
@@ -128,6 +132,25 @@ def test_metrics_count_what_clients_did_and_a_trace_crosses_every_process(
             assert r["role"] == "worker" and r["instance"] == "relay-1"
             assert r["level"] and r["time"].endswith("Z") and r["namespace"]
 
+        # The collector has the whole path: mmo trace prints every hop, in order.
+        def traced() -> str | None:
+            # Every hop's span, and the relay's two log events.
+            out = mmo(edge, "trace", "t-42")
+            return (
+                out if out is not None and "echo answered" in out and "<- relay-1" in out else None
+            )
+
+        path = wait_until(traced, 15, "the trace in the collector")
+        assert path.startswith("trace t-42: 4 spans in 3 processes"), path
+        hops = [line.split()[2:6] for line in path.splitlines()[1:5]]
+        assert hops == [
+            ["broker/broker-1", "client", "relay.relay", "ok"],
+            ["worker/relay-1", "server", "relay.relay", "ok"],
+            ["worker/relay-1", "client", "echo.echo", "ok"],
+            ["worker/echo-1", "server", "echo.echo", "ok"],
+        ], path
+        assert "relay: asked to relay 'hello' [trace=t-42]" in path
+
         # Untraced requests have a trace id too (born at the broker), in every event
         # they cause, but leave no spans.
         assert player.request("relay.relay", {"text": "quiet"}).kind == PacketKind.RESPONSE
@@ -142,6 +165,18 @@ def test_metrics_count_what_clients_did_and_a_trace_crosses_every_process(
         player.close()
     finally:
         edge.stop()
+
+
+def mmo(edge: EdgeCluster, *args: str) -> str | None:
+    """Run the ``mmo`` tool against ``edge``: its output, or None if it failed."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from mmo.cli import main; main()", *args, "--yellow", edge.yellow],
+        env={**os.environ, **edge.env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.stdout if done.returncode == 0 else None
 
 
 def until_routes(player: RawClient, routes: tuple[str, ...], timeout: float = 20.0) -> None:
