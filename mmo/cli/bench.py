@@ -254,6 +254,7 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
         for on in (modes if w != "floor" else [False])
     ]
     ratios: dict[str, list[dict[str, float]]] = {}
+    without: dict[str, dict[str, Any]] = {}  # the last run of each workload without
 
     def ready(target: Target, servers: ServerSet | None) -> defer.Deferred[None]:
         return wait_ready(
@@ -294,6 +295,8 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
     try:
         for workload, telemetry in runs:
             run = f"{workload}-telemetry" if telemetry else workload
+            if args.repeat > 1:
+                run += f"-{len(results)}"
             servers: ServerSet | None = None
             scraper = None
             if workload == "floor" or against is None:
@@ -321,9 +324,11 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
             result["telemetry"] = telemetry
             if workload == "w1" and "floor" in results:
                 add_floor_ratio(result, results["floor"])
-            if telemetry and workload in results:
-                add_telemetry_ratio(result, results[workload])
+            if telemetry and workload in without:
+                add_telemetry_ratio(result, without[workload])
                 ratios.setdefault(workload, []).append(result["telemetry_ratio"])
+            elif not telemetry:
+                without[workload] = result
             results[run] = result
             print(json.dumps(result), flush=True)
             if not args.json:
