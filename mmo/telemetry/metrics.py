@@ -2,7 +2,7 @@
 :class:`Telemetry` of a process that the operator listener exposes.
 
 Hot paths (every request, at the broker and at the worker) count into plain Python
-structures (:class:`Latencies`, :class:`Counts`) that are turned into Prometheus metric
+structures (:class:`Latencies`, a broker's counters) that are turned into Prometheus metric
 families only when scraped, by collectors registered in a ``prometheus_client``
 ``CollectorRegistry``. prometheus_client's own ``Counter``/``Histogram`` take a lock and a
 label lookup per sample: about 2.5 us per request and side here, some 5% of a request's
@@ -31,7 +31,6 @@ from mmo.wire import to_value
 
 __all__ = [
     "BUCKETS",
-    "Counts",
     "Latencies",
     "Metric",
     "Source",
@@ -103,27 +102,6 @@ class Latencies:
                 buckets.append((le, cumulative))
             family.add_metric(list(labels), buckets, series[-1])
         yield family
-
-
-class Counts:
-    """A counter by label values (``add(("refused", "full"))``)."""
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = labelnames
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def add(self, labels: tuple[str, ...], n: float = 1) -> None:
-        """Count ``n`` events of ``labels``."""
-        values = self.values
-        if labels not in values and len(values) >= MAX_SERIES:
-            labels = (OTHER,) * len(self.labelnames)
-        values[labels] = values.get(labels, 0) + n
-
-    def collect(self) -> Iterator[Metric]:
-        """The counter family."""
-        yield counter(self.name, self.documentation, self.labelnames, self.values.items())
 
 
 def counter(

@@ -9,8 +9,8 @@ from mmo.broker import metrics as broker_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 # A metric family's name where the code makes one: counter("mmo_..."), gauge(...),
-# Latencies(...), Counts(...) (the name is the first argument, on its line or the next).
-MADE = re.compile(r"(?:counter|gauge|Latencies|Counts)\(\s*\"(mmo_[a-z_]+)\"")
+# Latencies(...) (the name is the first argument, on its line or the next).
+MADE = re.compile(r"(?:counter|gauge|Latencies)\(\s*\"(mmo_[a-z_]+)\"")
 
 
 def exported() -> set[str]:

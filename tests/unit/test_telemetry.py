@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from mmo.errors import BadRequest, DeadlineExceeded, outcome
 from mmo.telemetry import metrics
 from mmo.telemetry.logs import PROCESS, iso_time, json_observer, record
-from mmo.telemetry.metrics import BUCKETS, Counts, Latencies, Telemetry
+from mmo.telemetry.metrics import BUCKETS, Latencies, Telemetry
 from mmo.telemetry.site import parse_listen
 from mmo.telemetry.trace import CURRENT, Trace, client_trace, header_fields, new_trace_id
 
@@ -45,13 +45,10 @@ def test_label_values_past_the_cap_are_counted_together(monkeypatch: pytest.Monk
     """A caller inventing method names cannot grow a process's series without bound."""
     monkeypatch.setattr(metrics, "MAX_SERIES", 3)
     latencies = Latencies("mmo_y_seconds", "y", ("method",))
-    counts = Counts("mmo_z", "z", ("reason",))
     for i in range(10):
         latencies.observe((f"m{i}",), 0.001)
-        counts.add((f"r{i}",))
-    assert len(latencies.series) == 4 and len(counts.values) == 4
+    assert len(latencies.series) == 4
     assert latencies.count(method=metrics.OTHER) == 7
-    assert counts.values[(metrics.OTHER,)] == 7
 
 
 def test_telemetry_shows_its_identity_and_the_process() -> None:
