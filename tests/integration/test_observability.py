@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, threads
 
 from mmo.testing import free_port
 from mmo.testing.rawclient import RawClient
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
-from .conftest import until, wait_instances, wait_until
+from .conftest import until, wait_links, wait_until
 from .edge import EdgeCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -205,21 +206,29 @@ def test_readyz_turns_false_while_a_worker_drains(cluster: Any, directory_factor
     port = free_port()
     worker = cluster.worker("echo-1", extra=("--metrics", f"127.0.0.1:{port}"))
     directory = directory_factory(cluster.yellows)
-    yield wait_instances(directory, "echo", {"echo-1"})
-    yield until(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 15)
-    _, body = get(f"http://127.0.0.1:{port}/readyz")
+    # The worker drains the calls of links that are up (a link still connecting when its
+    # instance leaves counts as lost): wait for ours.
+    yield wait_links(directory, "echo", {"echo-1"})
+
+    def status(page: str) -> defer.Deferred[tuple[int, bytes]]:
+        # In a thread: the reactor keeps serving the test's links meanwhile.
+        return threads.deferToThread(get, f"http://127.0.0.1:{port}/{page}")
+
+    yield until(lambda: status("readyz").addCallback(lambda r: r[0] == 200), 15)
+    _, body = yield status("readyz")
     ready = json.loads(body)
     assert ready["ready"] and ready["role"] == "worker" and ready["instance"] == "echo-1"
     assert ready["checks"]["serving"]["ok"] and ready["checks"]["registry"]["ok"]
 
     slow = directory.call("echo", "sleep", {"seconds": 3.0}, timeout=10)
-    yield until(lambda: sample(port, "mmo_server_requests_in_flight", service="echo") == 1, 10)
+    in_flight = "mmo_server_requests_in_flight"
+    yield until(lambda: threads.deferToThread(sample, port, in_flight, service="echo"), 10)
     worker.signal(signal.SIGTERM)  # drains: the sleep in flight finishes, nothing new starts
-    yield until(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 503, 5)
-    _, body = get(f"http://127.0.0.1:{port}/readyz")
+    yield until(lambda: status("readyz").addCallback(lambda r: r[0] == 503), 5)
+    _, body = yield status("readyz")
     drained = json.loads(body)
     assert not drained["ready"]
     assert not drained["checks"]["serving"]["ok"]
     assert "draining" in drained["checks"]["serving"]["detail"]
-    assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200  # alive all the same
+    assert (yield status("healthz"))[0] == 200  # alive all the same
     assert (yield slow) == 3.0
