@@ -13,7 +13,8 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
 from mmo.cli import build_parser
-from mmo.cli.status import histogram_quantile, render, scrape, summarize, targets
+from mmo.cli.status import render
+from mmo.ops.status import histogram_quantile, scrape, summarize, targets
 from mmo.registry import make_instance
 from mmo.telemetry.metrics import Latencies, Telemetry, gauge
 from mmo.telemetry.site import OpsListener
