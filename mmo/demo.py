@@ -64,10 +64,12 @@ def cluster_config(
     data: Path,
     sessions_cache: str | None = None,
     yellow_metrics: int = 0,
+    admin: int = 0,
 ) -> ClusterConfig:
     """The cluster of etc/cluster.toml, on the given ports, its SQLite file and collected
     logs in ``data``; with ``sessions_cache``, two session instances whose records live in
-    that cache; the yellow's operator listener on ``yellow_metrics``."""
+    that cache; the yellow's operator listener on ``yellow_metrics``, the admin console on
+    ``admin``."""
 
     def worker(name: str, handler: str, count: int = 1, *extra: str) -> dict[str, Any]:
         args = ["--yellow", yellow, "--handler", handler, *extra]
@@ -132,6 +134,14 @@ def cluster_config(
                 for i, address in enumerate(listen)
             ),
             {
+                "name": "admin",
+                "role": "mmo-admin",
+                "args": [
+                    *("--yellow", yellow, "--listen", f"tcp:{admin}:interface=127.0.0.1"),
+                    *("--target", f"127.0.0.1:{yellow_metrics}"),
+                ],
+            },
+            {
                 "name": "brokerlist",
                 "role": "mmo-brokerlist",
                 "args": ["--yellow", yellow, "--listen", f"tcp:{http}:interface=127.0.0.1"],
@@ -170,6 +180,7 @@ class Demo:
         self.http = free_port()
         self.yellow = yellow
         self.yellow_metrics = free_port()
+        self.admin = free_port()
         log_file = open(self.log_path, "w")  # noqa: SIM115 - closed below
 
         def sink(name: str, line: str) -> None:
@@ -190,6 +201,7 @@ class Demo:
             data,
             redis.url if redis is not None else None,
             self.yellow_metrics,
+            self.admin,
         )
         # As mmo-cluster --metrics does: every child gets an operator listener.
         ops = OpsConfig(metrics="127.0.0.1:0")
@@ -197,6 +209,10 @@ class Demo:
             config, reactor=self.reactor, sink=sink, child_args=lambda a: inherit_ops(ops, a)
         )
         self.say(f"mmo demo: yellow at {yellow}; process logs in {self.log_path}")
+        self.say(
+            f"the admin console: http://127.0.0.1:{self.admin}/ (admin / "
+            f"{os.environ.get('MMO_ADMIN_PASSWORD', 'admin')}; --keep to keep it running)"
+        )
         if redis is not None:
             self.say(f"session records in a Redis of the demo's own at {redis.url}")
         cluster.startService()

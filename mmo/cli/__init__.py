@@ -11,6 +11,7 @@
              [--follow] [--json]
     mmo trace ID --yellow URL [--json]
     mmo status [--yellow URL] [--interval S] [--target HOST:PORT] [--json] [--watch]
+    mmo admin-password NAME [--stdin]
 
 ``--yellow`` defaults to ``$MMO_YELLOW`` or ``tcp://127.0.0.1:5555``; several
 addresses may be given, separated by commas. Exit status: 0 on success, 1 when
@@ -33,7 +34,17 @@ __all__ = ["DEFAULT_YELLOW", "CommandError", "build_parser", "main", "to_json", 
 
 #: The subcommand modules, in the order ``mmo --help`` lists them: each has
 #: ``add_parser(subparsers)``.
-SUBCOMMANDS = ("services", "call", "bench", "chat", "fights", "keys", "logs", "status")
+SUBCOMMANDS = (
+    "services",
+    "call",
+    "bench",
+    "chat",
+    "fights",
+    "keys",
+    "logs",
+    "status",
+    "admin_password",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

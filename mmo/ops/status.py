@@ -27,6 +27,7 @@ __all__ = [
     "gather",
     "histogram_quantile",
     "parse_metrics",
+    "quiet_agent",
     "scrape",
     "summarize",
     "targets",
@@ -523,21 +524,37 @@ def _view(directory: Any) -> InlineCallbacks[Any]:
     return view
 
 
+def quiet_agent(reactor: Any, timeout: float = 2.0) -> Any:
+    """An HTTP agent that keeps its connections (one reader polling every few seconds
+    reuses them) and does not log each one it opens and closes."""
+    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+    class Quiet(_HTTP11ClientFactory):
+        noisy = False
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = Quiet
+    return Agent(reactor, connectTimeout=timeout, pool=pool)
+
+
 @defer.inlineCallbacks
 def scrape(
-    reactor: Any, directory: Any, timeout: float = 2.0, extra: Iterable[str] = ()
+    reactor: Any,
+    directory: Any,
+    timeout: float = 2.0,
+    extra: Iterable[str] = (),
+    agent: Any = None,
 ) -> InlineCallbacks[dict[str, dict[str, Any]]]:
     """Read every process the registry lists (and the listeners of ``extra``) once: their
-    ``/readyz`` and ``/metrics``, each within ``timeout`` seconds, all at once.
+    ``/readyz`` and ``/metrics``, each within ``timeout`` seconds, all at once (with
+    ``agent``, or a :func:`quiet_agent` of its own).
 
     Raises:
         NoRegistry: no yellow answered.
     """
-    from twisted.web.client import Agent
-
     view = yield _view(directory)
     found = targets(view, extra)
-    agent = Agent(reactor, connectTimeout=timeout)
+    agent = agent or quiet_agent(reactor, timeout)
     keys = list(found)
     results = yield defer.gatherResults([_read(agent, reactor, found[k], timeout) for k in keys])
     return dict(zip(keys, results, strict=True))

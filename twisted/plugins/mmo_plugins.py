@@ -44,3 +44,9 @@ mmo_logs = ServiceMaker(
     "mmo log collector: every process's log events, queried by mmo logs and mmo trace",
     "mmo-logs",
 )
+mmo_admin = ServiceMaker(
+    "mmo admin",
+    "mmo.admin.tap",
+    "mmo admin console: the cluster live in a browser; kick, push, drain",
+    "mmo-admin",
+)

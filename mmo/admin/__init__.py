@@ -1,0 +1,1 @@
+"""``twistd mmo-admin``: the operators' web console (docs/admin.md)."""
