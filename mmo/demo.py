@@ -592,6 +592,14 @@ class Demo:
         self.say(_indent(out or "(nothing)"))
         self.check("mmo logs answers", code == 0, "" if code == 0 else out[-300:])
 
+        console = f"http://127.0.0.1:{self.admin}/login"
+        self.say(f"\n18. the admin console answers at {console} (docs/admin.md)")
+        try:
+            page = yield http_fetcher(self.reactor)(console)
+            self.check("the console's login page", b'name="password"' in page)
+        except Exception as e:
+            self.check("the console's login page", False, str(e))
+
     @defer.inlineCallbacks
     def tool(self, *args: str) -> InlineCallbacks[tuple[int, str]]:
         """Run ``mmo ARGS --yellow <the demo's>`` as an operator would: its exit status and
