@@ -11,11 +11,15 @@
 The :class:`Broker` admits connections (it is the :class:`~mmo.broker.connection.Edge`
 they talk to), sweeps idle ones, keeps the registry's load current, counts, and stops
 gracefully: every client is kicked (they resume elsewhere), requests in flight are
-waited for, and the internal endpoint is closed last.
+waited for, and the internal endpoint is closed last. An operator may drain it while
+it runs (:meth:`Broker.drain`, the internal endpoint's ``drain``): it admits no new
+connection, keeps its players, says ``draining: true`` in its registry entry (the
+brokerlist stops listing it) and is not ready; taken back, it admits again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -59,6 +63,9 @@ class Broker(Service):
         counters: events counted (see :meth:`stats`).
         in_flight: the requests in flight (a stop waits for them).
         accepting: whether new connections are admitted (between start and stop).
+        draining: an operator drained it (:meth:`drain`): it admits no new connection.
+        drain_listeners: called with the new state by :meth:`drain` (the telemetry's
+            readiness).
     """
 
     log = Logger()
@@ -98,6 +105,9 @@ class Broker(Service):
         )
         self.internal = InternalEndpoint(config, context, self.table, self.gate, self.counters)
         self.accepting = False
+        self.draining = False
+        self.drain_listeners: list[Callable[[bool], None]] = []
+        self.internal.on_drain = self.drain
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self._sweeper: task.LoopingCall | None = None
         self._published_sessions = 0
@@ -130,6 +140,21 @@ class Broker(Service):
             conn.kick(ClientError.SHUTDOWN, "the broker is stopping; resume elsewhere")
         d = self.in_flight.drained(self.config.drain_timeout, self.clock)
         return d.addCallback(lambda _: self.internal.close())
+
+    def drain(self, draining: bool = True) -> None:
+        """Admit no new connection (``draining``; the players here stay, and logic still
+        reaches them), or admit again; the registry entry says so at once (meta
+        ``draining``), and :attr:`drain_listeners` are told."""
+        if draining != self.draining:
+            self.log.info(
+                "broker {id}: {what}",
+                id=self.instance_id,
+                what="drained: admitting no new players" if draining else "admitting again",
+            )
+        self.draining = draining
+        self.registration.update_meta(draining=draining)
+        for listener in self.drain_listeners:
+            listener(draining)
 
     def _sweep(self) -> None:
         """Close connections past the login or idle timeout; publish the load if it changed."""
@@ -170,6 +195,8 @@ class Broker(Service):
 
     def readiness(self) -> tuple[bool, str]:
         """Whether it admits players (a readiness check)."""
+        if self.draining:
+            return False, "not admitting players (drained by an operator)"
         if self.accepting:
             return True, f"{len(self.table.sessions)} sessions of {self.config.capacity}"
         return False, "not admitting players (starting or stopping)"
@@ -188,6 +215,10 @@ class Broker(Service):
     def connection_made(self, conn: ClientConnection) -> None:
         """A client connected: admit it unless the broker is full or its address is at the cap."""
         self.count("connections_opened")
+        if self.draining and self.accepting:
+            self.count("refused_draining")
+            conn.fail(None, ClientError.UNAVAILABLE, "the broker is draining; connect to another")
+            return
         if not self.accepting or self.table.full():
             self.count("refused_full")
             conn.fail(None, ClientError.UNAVAILABLE, "the broker is full or stopping")

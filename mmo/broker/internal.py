@@ -6,6 +6,11 @@ takes one-way requests from logic: ``push``, ``broadcast``, ``join``, ``leave``,
 header's ``targets`` name (or the channel it names). Broadcasts are held to the
 config's budgets: bytes per second per channel, and broadcasts per second caused by
 one sender. A change a resume must restore is told to the session service.
+
+One more is for operators only (header ``caller_role`` ``admin`` or ``tool``; from any
+other role it is refused, counted ``forbidden_internal`` and logged): ``drain``, body
+``{"draining": true|false}``, drains the broker (it admits no new connection, its
+players stay) or takes it back (:meth:`mmo.broker.core.Broker.drain`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from mmo.broker.counters import Counters
 from mmo.broker.limits import Buckets
 from mmo.broker.login import LoginGate
 from mmo.broker.table import SessionTable
+from mmo.logic.handler import OPERATOR_ROLES
 from mmo.logic.sessions import ALL
 from mmo.net import addresses, with_host
 from mmo.telemetry.trace import CURRENT, from_header, span
@@ -46,6 +52,8 @@ class InternalEndpoint:
 
     Attributes:
         endpoint: the address logic reaches it at, once bound.
+        on_drain: called with ``draining`` by an operator's ``drain`` (the broker's
+            :meth:`~mmo.broker.core.Broker.drain`).
     """
 
     log = Logger()
@@ -65,6 +73,7 @@ class InternalEndpoint:
         self.gate = gate
         self.counters = counters
         self.endpoint: str | None = None
+        self.on_drain: Callable[[bool], None] | None = None
         self._socket: ZmqSocket | None = None
         self._channel_budget = Buckets(config.channel_budget, config.channel_budget)
         self._sender_budget = Buckets(config.sender_rate, config.sender_burst)
@@ -213,6 +222,22 @@ class InternalEndpoint:
             conn.set_props(props)
             self.gate.track(conn, props=props)
 
+    def _drain(self, header: Header, body: bytes) -> None:
+        if header.caller_role not in OPERATOR_ROLES:
+            self.counters.count_and_log(
+                "forbidden_internal",
+                "broker: drain from {caller} refused: role {role!r} is not an operator's",
+                caller=header.caller,
+                role=header.caller_role,
+            )
+            return
+        asked = decode_value(body) if body else {}
+        draining = asked.get("draining", True) if isinstance(asked, dict) else None
+        if not isinstance(draining, bool):
+            raise ValueError('drain takes {"draining": true|false}')
+        if self.on_drain is not None:
+            self.on_drain(draining)
+
     _methods: dict[str, Callable[[InternalEndpoint, Header, bytes], None]] = {
         "push": _push,
         "broadcast": _broadcast,
@@ -222,4 +247,5 @@ class InternalEndpoint:
         "bind": _bind,
         "unbind": _unbind,
         "set": _set,
+        "drain": _drain,
     }

@@ -26,6 +26,7 @@ _FAMILIES: dict[str, tuple[str, str, str]] = {
     "resume_failures": ("resumes", "outcome", "failed"),
     "resume_bad_tokens": ("resumes", "outcome", "bad_token"),
     "refused_full": ("refusals", "reason", "full"),
+    "refused_draining": ("refusals", "reason", "draining"),
     "refused_per_address": ("refusals", "reason", "per_address"),
     "not_logged_in": ("refusals", "reason", "not_logged_in"),
     "unknown_route": ("refusals", "reason", "unknown_route"),

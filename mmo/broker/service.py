@@ -274,5 +274,10 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
     telemetry.add_metrics(lambda: broker_metrics(broker))
     telemetry.add_check("admitting", broker.readiness)
     telemetry.add_check("registry", directory.readiness)
+
+    def drained(draining: bool) -> None:
+        telemetry.draining = draining
+
+    broker.drain_listeners.append(drained)
     top.telemetry = telemetry
     return top

@@ -4,7 +4,9 @@ The service tree holds a :class:`~mmo.logic.client.Directory` watching the
 yellows, a :class:`LiveBrokers` that keeps a link open to every registered
 broker, and an HTTP site whose :class:`BrokerlistResource` answers from them on
 each request. A broker is listed while its link is up, so a killed broker drops
-out as soon as its TCP connection breaks, well before the registry expires it.
+out as soon as its TCP connection breaks, well before the registry expires it. A
+broker an operator drained (meta ``draining: true``) is not listed: it admits no
+new player.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ class BrokerState:
         address: its TCP client address ``host:port`` (meta ``address``), or None.
         websocket: its WebSocket client address ``host:port`` (meta ``websocket``), or None.
         load: its load, ``sessions / capacity`` (meta ``load``).
-        up: whether this process's link to the broker's ``rep`` socket is connected.
-        listed: whether ``GET /`` lists it (it has an address and a live link).
+        up: whether this process's link to the broker's ``rep`` socket is connected
+            (false while it drains).
+        listed: whether ``GET /`` lists it (it has an address and a live link, and is
+            not drained: meta ``draining``).
         age: seconds since this process first saw the instance (inf if unknown).
         meta: its registry metadata, decoded.
         tls: those of its addresses that speak TLS (meta ``tls``).
@@ -201,6 +205,7 @@ class LiveBrokers(Service):
             # listed whatever its link says (bounded: one killed in that time drops out
             # when it ends). After that, only the link counts.
             young = iid in links and age < self.young
+            drained = meta.get("draining") is True
             states.append(
                 BrokerState(
                     instance_id=iid,
@@ -208,7 +213,7 @@ class LiveBrokers(Service):
                     websocket=_host_port(meta.get("websocket")),
                     load=broker_load(meta),
                     up=up,
-                    listed=address is not None and (up or young),
+                    listed=address is not None and (up or young) and not drained,
                     age=age,
                     meta=meta,
                     tls=frozenset(a for a in meta.get("tls") or () if isinstance(a, str)),

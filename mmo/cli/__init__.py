@@ -6,6 +6,7 @@
     mmo bench calls [--concurrency 1 50] [--duration S] [--yellow URL] [--json]
     mmo chat --brokerlist URL --user NAME --password PW --room ROOM [--register]
     mmo fights --yellow URL [--json]
+    mmo drain INSTANCE [--undrain] [--service S] [--pool DISPATCHER] --yellow URL [--json]
     mmo keys DIR [--force]
     mmo logs --yellow URL [--role R] [--instance I] [--level L] [--trace ID] [--since T]
              [--follow] [--json]
@@ -40,6 +41,7 @@ SUBCOMMANDS = (
     "bench",
     "chat",
     "fights",
+    "drain",
     "keys",
     "logs",
     "status",

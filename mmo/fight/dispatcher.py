@@ -14,6 +14,11 @@ send the call there and stop picking this one (as with any stopping worker), whi
 its own fight processes still reach it to ``release``. The dispatcher follows the
 session service's ``online`` events, so a player who resumed on another broker is
 told of a lost fight there.
+
+Operators (:data:`~mmo.logic.handler.OPERATOR_ROLES`) may drain one fight process
+(``drain_process``: it takes no new fight, and is stopped once its fights are over) or
+the dispatcher itself (the built-in ``ops_drain``: it then answers new work as a
+draining one does, while its fights go on).
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from mmo.errors import Unavailable
 from mmo.fight.errors import BadFight, PoolDraining
 from mmo.fight.handler import moved_session, require_session
 from mmo.fight.pool import Fight, FightPool
-from mmo.logic.handler import Context, Runtime, ServiceHandler, Session, idempotent
+from mmo.logic.handler import (
+    OPERATOR_ROLES,
+    Context,
+    Runtime,
+    ServiceHandler,
+    Session,
+    callers,
+    idempotent,
+)
 from mmo.logic.sessions import SESSION_SERVICE, resumed_to
 from mmo.types import DelayedCall
 
@@ -145,10 +158,12 @@ class FightDispatcher(ServiceHandler):
         return any(i.instance_id != self.instance_id for i in directory.view.get(self.service_name))
 
     def _elsewhere(self, failure: Failure) -> Failure:
-        """While draining: new work goes to another instance, if there is one (callers
-        resend a call answered ``Unavailable``, which ran nothing, and stop picking this
-        instance); else the refusal stands (``PoolDraining``)."""
-        if failure.check(PoolDraining) and self.pool.draining and self.others_registered():
+        """While draining (stopping, or drained by an operator): new work goes to another
+        instance, if there is one (callers resend a call answered ``Unavailable``, which
+        ran nothing, and stop picking this instance); else the refusal stands
+        (``PoolDraining``)."""
+        draining = self.pool.draining or self.draining
+        if failure.check(PoolDraining) and draining and self.others_registered():
             return Failure(Unavailable(f"{self.instance_id} is draining; ask another dispatcher"))
         return failure
 
@@ -191,6 +206,21 @@ class FightDispatcher(ServiceHandler):
         """The results of the latest ended fights (oldest first)."""
         return list(self.results)[-max(0, int(limit)) :] if limit else []
 
+    @callers(*OPERATOR_ROLES)
+    def on_drain_process(self, ctx: Context, instance: str, draining: bool = True) -> Any:
+        """Drain the fight process ``instance`` (``draining``): the pool hands it no new
+        fight, its fights go on, and it is stopped once it holds none (at once if it holds
+        none now); or take it back (false): it takes fights again, if it still runs.
+
+        Returns:
+            ``{"instance", "draining", "state", "fights"}``.
+
+        Raises:
+            BadFight: no such process in this dispatcher's pool, or one that is stopping
+                taken back.
+        """
+        return self.pool.drain_process(instance, draining)
+
     # -- the fight processes' side ---------------------------------------------
 
     def on_arrived(
@@ -216,7 +246,7 @@ class FightDispatcher(ServiceHandler):
         ``fight.start`` to each (after the binding, on the same ordered link) and
         answer each with ``{"fight_id", "instance", "players"}``."""
         session = require_session(ctx)
-        if self.pool.draining:
+        if self.pool.draining or self.draining:
             return defer.fail(self._elsewhere(Failure(PoolDraining("the dispatcher is draining"))))
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= self.pool.cap:
             raise BadFight(f"size must be an integer from 1 to {self.pool.cap}")

@@ -14,7 +14,12 @@ unit tests drive it with ``task.Clock`` and a fake spawner.
 
 Terms: a process's *load* is the players of the fights it holds (reserved or
 running); it has *room* while load < cap; a *spare* is a ready or starting
-process with room.
+process with room, not drained.
+
+An operator may drain one process (:meth:`FightPool.drain_process`): it takes no new
+fight, its fights go on to their end, and once it holds none it is stopped (at once,
+not after ``idle_timeout``); others are started in its place as the spare count
+needs. Taken back before that, it takes fights again.
 """
 
 from __future__ import annotations
@@ -177,6 +182,8 @@ class FightProcess:
         peak: the highest load it ever had.
         ready_at: clock time it registered.
         idle_since: clock time its last fight ended (None while it holds fights).
+        drained: an operator drained it: it takes no new fight, and is stopped once
+            it holds none.
     """
 
     instance_id: str
@@ -191,6 +198,7 @@ class FightProcess:
     idle_since: float | None = None
     deregistered: bool = False
     adopted: bool = False
+    drained: bool = False
     start_timer: DelayedCall | None = field(default=None, repr=False)
     stopped: defer.Deferred[None] | None = field(default=None, repr=False)
 
@@ -414,7 +422,7 @@ class FightPool:
     def _pick(self, seats: int) -> FightProcess | None:
         best: FightProcess | None = None
         for proc in self.processes.values():
-            if proc.state != READY or self.cap - proc.load < seats:
+            if proc.state != READY or proc.drained or self.cap - proc.load < seats:
                 continue
             if best is None or (proc.load, proc.number) < (best.load, best.number):
                 best = proc
@@ -527,7 +535,55 @@ class FightPool:
 
     def _after_seats_freed(self) -> None:
         self._serve_waiters()
+        self._reap_drained()
         self._check_drained()
+
+    # -- what operators ask ------------------------------------------------------
+
+    def drain_process(self, instance_id: str, draining: bool = True) -> dict[str, Any]:
+        """Drain ``instance_id`` (``draining``): no new fight goes to it, its fights go on,
+        and it is stopped once it holds none (at once if it holds none now); or take it
+        back (``draining`` false): it takes fights again, if it still runs.
+
+        Returns:
+            ``{"instance", "draining", "state", "fights"}``.
+
+        Raises:
+            BadFight: no such process in this pool, or taken back while it is stopping.
+        """
+        proc = self.processes.get(instance_id) if isinstance(instance_id, str) else None
+        if proc is None:
+            raise BadFight(f"no fight process {instance_id!r} in this pool")
+        if not isinstance(draining, bool):
+            raise BadFight("draining must be true or false")
+        if not draining and proc.state == STOPPING:
+            raise BadFight(f"{instance_id} is stopping: it cannot take fights again")
+        if draining != proc.drained:
+            log.info(
+                "fight: {id} {what} ({n} fights held)",
+                id=instance_id,
+                what="drained: it takes no new fight" if draining else "takes fights again",
+                n=len(proc.fights),
+            )
+        proc.drained = draining
+        if draining:
+            self._reap_drained()
+            self.maintain()  # it no longer counts as a spare
+        else:
+            self._serve_waiters()
+        return {
+            "instance": instance_id,
+            "draining": proc.drained,
+            "state": proc.state,
+            "fights": len(proc.fights),
+        }
+
+    def _reap_drained(self) -> None:
+        """Stop the drained processes that hold no fight."""
+        for proc in list(self.processes.values()):
+            if proc.drained and proc.state == READY and not proc.fights:
+                self.counts["reaped"] += 1
+                self._stop(proc, "drained, and its fights are over")
 
     # -- what the registry and the children report ----------------------------
 
@@ -730,8 +786,9 @@ class FightPool:
             return
         # Seats to come: ready processes' free room, starting processes' whole cap,
         # handed to the waiters in the order they would be served.
-        rooms = [self.cap - p.load for p in self.processes.values() if p.state == READY]
-        rooms += [self.cap for p in self.processes.values() if p.state == STARTING]
+        taking = [p for p in self.processes.values() if not p.drained]
+        rooms = [self.cap - p.load for p in taking if p.state == READY]
+        rooms += [self.cap for p in taking if p.state == STARTING]
         new = 0
         for waiter in self._waiters:
             seats = len(waiter.players)
@@ -743,7 +800,7 @@ class FightPool:
                 new += 1
         spares = sum(1 for room in rooms if room > 0)
         new += max(0, self.config.min_spare - spares)
-        starting = sum(1 for p in self.processes.values() if p.state == STARTING)
+        starting = sum(1 for p in taking if p.state == STARTING)
         wanted = min(
             new,
             self.config.max_processes - len(self.processes),
@@ -808,13 +865,14 @@ class FightPool:
             spares = sum(
                 1
                 for p in self.processes.values()
-                if p.state in (READY, STARTING) and p.load < self.cap
+                if p.state in (READY, STARTING) and p.load < self.cap and not p.drained
             )
             idle = sorted(
                 (
                     p
                     for p in self.processes.values()
                     if p.state == READY
+                    and not p.drained
                     and not p.fights
                     and p.idle_since is not None
                     and now - p.idle_since >= self.config.idle_timeout
@@ -827,6 +885,7 @@ class FightPool:
                 spares -= 1
                 self.counts["reaped"] += 1
                 self._stop(proc, f"idle for {now - (proc.idle_since or now):.1f}s")
+        self._reap_drained()
         self.maintain()
 
     def _stop(self, proc: FightProcess, why: str) -> defer.Deferred[None]:
@@ -893,8 +952,11 @@ class FightPool:
                     "pid": p.handle.pid,
                     "state": p.state,
                     "adopted": p.adopted,
+                    "drained": p.drained,
                     "load": p.load,
-                    "room": max(0, self.cap - p.load) if p.state != STOPPING else 0,
+                    "room": max(0, self.cap - p.load)
+                    if p.state != STOPPING and not p.drained
+                    else 0,
                     "fights": len(p.fights),
                     "peak": p.peak,
                     "age": round(now - p.started_at, 3),

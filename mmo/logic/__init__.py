@@ -2,6 +2,7 @@
 
 from mmo.logic.client import Directory, connect, get_service
 from mmo.logic.handler import (
+    OPERATOR_ROLES,
     Context,
     NoSettings,
     ServiceHandler,
@@ -12,6 +13,7 @@ from mmo.logic.handler import (
 )
 
 __all__ = [
+    "OPERATOR_ROLES",
     "Context",
     "Directory",
     "NoSettings",

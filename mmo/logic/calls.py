@@ -8,8 +8,9 @@ deadline, and fires with the reply or fails with a distinct error
 * before the registry view has its first snapshot, a call waits for it (within
   its deadline); while the yellow is young, a call that finds no instance waits
   for it to know every provider;
-* an instance that answers ``Unavailable`` (stopping, it ran nothing) is drained
-  and the call sent elsewhere;
+* an instance that answers ``Unavailable`` (stopping or drained, it ran nothing) is
+  drained and the call sent elsewhere (a call bound to one instance names it in the
+  header's ``instance_id``: a drained instance serves those);
 * when an instance is lost (its connection drops, or the registry expires it),
   calls in flight to methods it marked idempotent are sent to another instance
   (at most :data:`MAX_ATTEMPTS` in all); the others fail with ``InstanceLost``;
@@ -268,10 +269,13 @@ class Calls:
         return link.instance_id
 
     def send_all(self, service: str, method: str, body: bytes, **header: Any) -> int:
-        """Send a one-way request to every live instance of ``service``; return how many."""
+        """Send a one-way request to every live instance of ``service`` (drained ones too:
+        a drained broker still holds its players); return how many."""
         sent = 0
         for link in list(self.pools.pool(service).conns.values()):
-            if not link.draining and self._send_one_way(link, service, method, body, header):
+            if link.draining and not link.drained:
+                continue
+            if self._send_one_way(link, service, method, body, header):
                 sent += 1
         return sent
 
@@ -328,6 +332,8 @@ class Calls:
             client_seq=call.client_seq,
             origin=call.origin,
             peer=call.peer,
+            # A call bound to one instance says so: a drained instance still serves it.
+            instance_id=call.instance,
         )
         if call.trace is not None:
             header.trace_id = call.trace.id

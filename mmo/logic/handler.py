@@ -17,6 +17,12 @@ Who may call what (docs/security.md):
   brokers refuse the rest before any worker sees it; the worker checks again.
 * a **cluster member** (another worker, a broker, a tool holding the cluster's
   keys) may call any method, unless :func:`callers` names the roles that may.
+
+Every handler also has built-in methods for operators, named ``ops_<name>`` (the prefix
+is reserved): ``ops_drain(draining=True)`` takes the instance out of its callers' picks
+and back (:meth:`ServiceHandler.on_ops_drain`). They are for :data:`OPERATOR_ROLES`
+only, never for players, and are left out of :meth:`ServiceHandler.method_names` and of
+the registry's lists of methods.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from twisted.internet import defer
 
-from mmo.errors import BadRequest, Forbidden, UnknownMethod
+from mmo.errors import BadRequest, Forbidden, Unavailable, UnknownMethod
 from mmo.types import Clock
 from mmo.wire.gen.mmo.ttypes import Origin, Session
 
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "OPERATOR_ROLES",
+    "OPS_PREFIX",
     "Context",
     "NoSettings",
     "Origin",
@@ -49,6 +57,14 @@ __all__ = [
     "idempotent",
     "login_method",
 ]
+
+
+#: The roles that may call operators' methods (``ops_drain``, the session service's
+#: ``channels``, the fight dispatcher's ``drain_process``, a broker's ``drain``): the
+#: admin console's directory and the ``mmo`` tool.
+OPERATOR_ROLES = ("admin", "tool")
+#: The prefix of the built-in operators' methods every handler has (``ops_drain``).
+OPS_PREFIX = "ops_"
 
 
 def idempotent(method: F) -> F:
@@ -348,19 +364,63 @@ class ServiceHandler:
         """Called once after the last request has been answered; may return a Deferred."""
         return None
 
+    # -- operators' methods ----------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        """Whether an operator drained this instance (:meth:`on_ops_drain`): it takes no new
+        calls callers could send elsewhere."""
+        server = getattr(self.runtime, "server", None)
+        return bool(getattr(server, "draining", False))
+
+    @callers(*OPERATOR_ROLES)
+    def on_ops_drain(self, ctx: Context, draining: bool = True) -> dict[str, Any]:
+        """Drain this instance (``draining`` true), or take it back (false).
+
+        A drained instance stays registered, with meta ``draining: true``: callers stop
+        picking it as soon as they see it, and its server answers ``Unavailable`` to calls
+        they would send elsewhere (they do), while it still serves what it holds (calls
+        bound to it, one-way requests, pushes) and operators' ``ops_*`` calls; its
+        readiness (``/readyz``) is false. Taken back, it is picked again.
+
+        Returns:
+            ``{"instance": <instance id>, "draining": <bool>}``.
+
+        Raises:
+            BadRequest: ``draining`` is not a boolean.
+            Unavailable: the handler is not served by a server (a test's runtime).
+        """
+        if not isinstance(draining, bool):
+            raise BadRequest(f"{ctx.service}.{ctx.method}: draining must be true or false")
+        server = getattr(self.runtime, "server", None)
+        if server is None:
+            raise Unavailable(f"{self.instance_id} is not served by a server")
+        server.drain(draining)
+        return {"instance": self.instance_id, "draining": draining}
+
     # -- dispatch --------------------------------------------------------------
 
     @classmethod
     def method_names(cls) -> dict[str, bool]:
-        """Every method this handler serves, mapped to whether it is idempotent."""
-        return {name: m.idempotent for name, m in cls._methods.items()}
+        """Every method this handler serves, mapped to whether it is idempotent (not the
+        built-in operators' methods: :meth:`ops_names`)."""
+        return {
+            name: m.idempotent
+            for name, m in cls._methods.items()
+            if not name.startswith(OPS_PREFIX)
+        }
+
+    @classmethod
+    def ops_names(cls) -> frozenset[str]:
+        """The operators' methods it serves (``ops_drain``...)."""
+        return frozenset(name for name in cls._methods if name.startswith(OPS_PREFIX))
 
     @classmethod
     def registry_meta(cls) -> dict[str, Any]:
         """What the registry tells callers of this handler's methods: all of them,
         the idempotent ones, those players may call after login (``client``) and
-        before it (``login``), and the handler class."""
-        methods = cls._methods
+        before it (``login``), and the handler class (the operators' methods are left out)."""
+        methods = {n: m for n, m in cls._methods.items() if not n.startswith(OPS_PREFIX)}
         return {
             "methods": sorted(methods),
             "idempotent": sorted(n for n, m in methods.items() if m.idempotent),

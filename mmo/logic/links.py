@@ -7,6 +7,14 @@ and closes them as instances come and go, and tells its owner what links carry
 (replies) and which links are lost (their connection dropped, or the registry
 expired or restarted the instance). A link to an instance that deregistered drains:
 it takes no new calls and closes once nothing is outstanding on it.
+
+An instance an operator drained (registry meta ``draining: true``, see
+``ServiceHandler.on_ops_drain``) is *drained*: its link is draining too (no call goes
+to it by load or by session, and ``connected`` leaves it out), but it stays open and a
+call or one-way request that names the instance still reaches it (what it holds, the
+operator's own ``ops_*`` calls, a broker's players' pushes and broadcasts). Its ``pull``
+endpoint is disconnected, so pushes go to the others. An UP whose meta no longer says
+``draining`` takes it back.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from typing import Any, Generic, TypeVar
 import zmq
 
 from mmo.registry import Change, Instance, RegistryView, meta_names
+from mmo.wire import WireError, from_value
 from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, ZmqContext, ZmqSocket
 
-__all__ = ["Link", "Pool", "Pools"]
+__all__ = ["Link", "Pool", "Pools", "drained"]
 
 #: What is outstanding on a link (the calls in flight: :class:`mmo.logic.calls.Call`).
 C = TypeVar("C")
@@ -33,6 +42,17 @@ _LINK_OPTIONS = {
     zmq.SNDHWM: 0,
     zmq.RCVHWM: 0,
 }
+
+
+def drained(instance: Instance) -> bool:
+    """Whether an operator drained ``instance`` (its registry meta says ``draining: true``)."""
+    value = (instance.meta or {}).get("draining")
+    if value is None:
+        return False
+    try:
+        return from_value(value) is True
+    except WireError:
+        return False
 
 
 def _rendezvous(key: str, instance_id: str) -> bytes:
@@ -50,7 +70,9 @@ class Link(Generic[C]):
 
     Attributes:
         up: whether the connection is up.
-        draining: the instance is leaving: no new calls go to it.
+        draining: the instance is leaving, or drained: no new calls go to it.
+        drained: an operator drained the instance (meta ``draining``): the link stays
+            open, and calls naming the instance still go to it.
         outstanding: call id -> what is in flight on it (its owner keeps this).
         sent: messages sent on it.
         idempotent: the methods the instance says are safe to run twice.
@@ -68,7 +90,8 @@ class Link(Generic[C]):
         self.on_reply = on_reply
         self.on_lost = on_lost
         self.up = False
-        self.draining = False
+        self.drained = drained(instance)
+        self.draining = self.drained
         self.outstanding: dict[int, C] = {}
         self.sent = 0
         self.idempotent = meta_names(instance, "idempotent")
@@ -83,6 +106,7 @@ class Link(Generic[C]):
         """The instance's record changed (same endpoint)."""
         self.instance = instance
         self.idempotent = meta_names(instance, "idempotent")
+        self.drained = drained(instance)
 
     def send(self, frames: list[bytes]) -> None:
         """Send one message (raises ``zmq.ZMQError`` if it cannot)."""
@@ -137,7 +161,8 @@ class Pool(Generic[C]):
         prefer: str | None = None,
     ) -> Link[C] | None:
         """The live instance with the fewest calls outstanding (connected ones first),
-        or ``instance`` if given (None if it is not live), or, with ``affinity``, the
+        or ``instance`` if given (None if it is not live or leaving; a drained one is
+        taken), or, with ``affinity``, the
         connected instance that key hashes to (rendezvous hashing: every process that
         knows the same instances picks the same one, and losing one moves only its keys).
         ``prefer`` is taken while its link is connected, else the pick goes on as without
@@ -148,7 +173,7 @@ class Pool(Generic[C]):
                 return link
         if instance is not None:
             link = self.conns.get(instance)
-            if link is None or link.draining or instance in exclude:
+            if link is None or (link.draining and not link.drained) or instance in exclude:
                 return None
             return link
         if affinity is not None:
@@ -225,7 +250,8 @@ class Pools(Generic[C]):
         return {iid: link.up for iid, link in self.pool(service).conns.items() if not link.draining}
 
     def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per service and instance: messages sent, outstanding, connected, draining."""
+        """Per service and instance: messages sent, outstanding, connected, draining,
+        drained by an operator."""
         return {
             name: {
                 iid: {
@@ -233,6 +259,7 @@ class Pools(Generic[C]):
                     "outstanding": len(link.outstanding),
                     "up": link.up,
                     "draining": link.draining,
+                    "drained": link.drained,
                 }
                 for iid, link in pool.conns.items()
             }
@@ -244,8 +271,9 @@ class Pools(Generic[C]):
         return [link for pool in self.pools.values() for link in pool.conns.values()]
 
     def release(self, link: Link[C]) -> None:
-        """Close a draining link once nothing is outstanding on it."""
-        if link.draining and not link.outstanding:
+        """Close a draining link once nothing is outstanding on it (not a drained one:
+        its instance stays)."""
+        if link.draining and not link.drained and not link.outstanding:
             self._remove(link)
 
     def close(self) -> None:
@@ -275,7 +303,7 @@ class Pools(Generic[C]):
             return
         if reason == "deregistered" and link.up:
             # A graceful stop: the instance answers what it holds, then leaves.
-            link.draining = True
+            link.draining, link.drained = True, False
             self.release(link)
         else:
             self.on_lost(link, reason)
@@ -292,12 +320,15 @@ class Pools(Generic[C]):
             link = None
         if link is not None:
             link.update(instance)
-            link.draining = False
+            # Back (an UP ends a goodbye), or drained by an operator.
+            link.draining = link.drained
         elif "rep" in endpoints:
             pool.conns[iid] = Link(self.context, instance, self.on_reply, self.on_lost)
+        off = drained(instance)
         for kind, sock in pool.sockets.items():
             known = pool.endpoints.setdefault(kind, {})
-            address = endpoints.get(kind)
+            # A drained instance takes no new pushes: they go to the others.
+            address = None if off and kind == "pull" else endpoints.get(kind)
             if known.get(iid) == address:
                 continue
             old = known.pop(iid, None)

@@ -151,6 +151,8 @@ class WorkerService(PreparedService):
     database and cache services, above it in the role's tree, stop after it). A failed
     start is logged and stops this service's children; what the process does then is
     its own choice (``twistd mmo-worker`` exits: :func:`mmo.tap.exit_if_start_fails`).
+    An operator's drain of the server (the handler's ``ops_drain``) is published in the
+    registry entry at once (meta ``draining``), so that callers stop picking it.
 
     Args:
         handler: the handler.
@@ -178,6 +180,11 @@ class WorkerService(PreparedService):
         server.setServiceParent(self)
         registration.setName("registration")
         registration.setServiceParent(self)
+        server.drain_listeners.append(self._drained)
+
+    def _drained(self, draining: bool) -> None:
+        """An operator drained the server, or took it back: the registry entry says so."""
+        self.registration.update_meta(draining=draining)
 
     @override
     def prepare(self) -> defer.Deferred[Any]:
@@ -231,8 +238,13 @@ def worker_telemetry(
 ) -> Telemetry:
     """The telemetry of a tree serving ``worker``: its calls made and served, its data
     services; ready when registered-and-serving, its registry view synced, its database
-    and cache reachable, and not draining."""
+    and cache reachable, and not draining (an operator's drain of its server included)."""
     telemetry = Telemetry(role, worker.handler.instance_id)
+
+    def drained(draining: bool) -> None:
+        telemetry.draining = draining
+
+    worker.server.drain_listeners.append(drained)
     telemetry.directory = directory
     telemetry.advertise_host = advertise_host
     telemetry.registrations.append(worker.registration)

@@ -5,7 +5,11 @@ A :class:`HandlerServer` binds three ZeroMQ sockets (see docs/protocol.md):
 (PULL: one-way pushes) and ``pub`` (PUB: events the handler publishes). It
 dispatches to a :class:`~mmo.logic.handler.ServiceHandler` and, when stopped,
 drains: it stops taking work, answers what it holds (up to a limit), then closes.
-A client request resent to a non-idempotent method is answered from the
+An operator may also drain it while it runs (:meth:`HandlerServer.drain`, called by
+the handler's built-in ``ops_drain``): it then answers ``Unavailable`` to the calls
+its callers may send elsewhere, and still serves what it holds (calls bound to its
+instance, one-way requests, pushes) and the operators' ``ops_*`` calls, until it is
+taken back. A client request resent to a non-idempotent method is answered from the
 :class:`~mmo.logic.memo.ReplyMemo` instead of running again.
 
 A player's one-way request (a NOTIFY the broker forwarded) that fails is answered
@@ -18,7 +22,7 @@ the repeats, so that no player can flood the log; errors the caller caused
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -29,7 +33,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable, outcome
-from mmo.logic.handler import Context, ServiceHandler
+from mmo.logic.handler import OPS_PREFIX, Context, ServiceHandler
 from mmo.logic.memo import Entry, Key, ReplyMemo
 from mmo.net import with_host
 from mmo.telemetry.metrics import Latencies, Metric, counter, gauge
@@ -133,6 +137,9 @@ class HandlerServer(Service):
         latencies: requests served, by method and outcome, with how long they took
             (``mmo_server_request_duration_seconds``; a method the handler does not have
             is counted as ``(unknown)``).
+        draining: an operator drained it (:meth:`drain`).
+        drain_listeners: called with the new state by :meth:`drain` (the registry
+            entry's meta, the telemetry's readiness).
     """
 
     def __init__(
@@ -156,7 +163,7 @@ class HandlerServer(Service):
         self.errors = ErrorReport(context.reactor)
         methods = handler.method_names()
         self._idempotent = {name for name, safe in methods.items() if safe}
-        self._methods = set(methods)
+        self._methods = set(methods) | handler.ops_names()
         self.latencies = Latencies(
             "mmo_server_request_duration_seconds",
             "Requests this process served, by outcome, and how long they took.",
@@ -167,6 +174,8 @@ class HandlerServer(Service):
         self.served = 0
         self.bad_messages = 0
         self.accepting = False
+        self.draining = False
+        self.drain_listeners: list[Callable[[bool], None]] = []
         self._rep: ZmqSocket | None = None
         self._pull: ZmqSocket | None = None
         self._pub: ZmqSocket | None = None
@@ -214,6 +223,31 @@ class HandlerServer(Service):
         self._close(None)
         return defer.succeed(None)
 
+    def drain(self, draining: bool = True) -> None:
+        """Drain (``draining``): answer ``Unavailable`` to new calls callers may send
+        elsewhere, serve the rest (:meth:`held`); or take every call again. Tells
+        :attr:`drain_listeners` (each time: a repeat re-announces the state)."""
+        if draining != self.draining:
+            log.info(
+                "worker {id}: {what}",
+                id=self.handler.instance_id,
+                what="drained: taking no new calls" if draining else "taking calls again",
+            )
+        self.draining = draining
+        for listener in self.drain_listeners:
+            listener(draining)
+
+    def held(self, header: Header) -> bool:
+        """Whether a drained server still takes this request (one that is stopping takes
+        none): what its callers cannot send elsewhere, an operator's (``ops_*``), a
+        one-way request, or a call bound to this instance (its caller names the instance
+        in the header's ``instance_id``: a session's or a fight's)."""
+        return (
+            bool(header.one_way)
+            or (header.method or "").startswith(OPS_PREFIX)
+            or header.instance_id == self.handler.instance_id
+        )
+
     def _close(self, _: Any) -> None:
         for sock in (self._rep, self._pub):
             if sock is not None:
@@ -260,9 +294,11 @@ class HandlerServer(Service):
             )
 
     def readiness(self) -> tuple[bool, str]:
-        """Whether it takes requests (a readiness check)."""
+        """Whether it takes requests (a readiness check; a drained one is not ready
+        either, by the telemetry's ``draining``)."""
         if self.accepting:
-            return True, f"serving on {self.endpoints.get('rep')}"
+            drained = " (drained: only what it holds)" if self.draining else ""
+            return True, f"serving on {self.endpoints.get('rep')}{drained}"
         return False, "not taking requests (starting or draining)"
 
     # -- incoming ------------------------------------------------------------
@@ -290,6 +326,7 @@ class HandlerServer(Service):
         timeout_ms = header.timeout_ms if header.timeout_ms is not None else 5000
         if timeout_ms <= 0:
             return
+        taking = self.accepting and (not self.draining or self.held(header))
         memo: tuple[Key, Entry] | None = None
         if (
             self.memo is not None
@@ -304,12 +341,13 @@ class HandlerServer(Service):
             if known is not None:
                 self._resent(known, ident, header.call_id)
                 return
-            if self.accepting:
+            if taking:
                 memo = (key, self.memo.start(key, fingerprint))
-        if not self.accepting:
-            # Stopping: nothing runs, so the caller may resend it anywhere.
+        if not taking:
+            # Stopping or drained: nothing runs, so the caller may resend it anywhere.
+            why = "is draining" if self.accepting else "is stopping"
             self._error(
-                Failure(Unavailable(f"{self.handler.instance_id} is stopping")),
+                Failure(Unavailable(f"{self.handler.instance_id} {why}")),
                 ident,
                 header.call_id,
             )

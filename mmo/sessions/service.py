@@ -18,10 +18,14 @@ instance only (the store's claims decide which).
 
 Only brokers call ``open``, ``resume``, ``refresh``, ``closed``, ``logout`` and
 ``track`` (:func:`~mmo.logic.callers`), and the broker a call is about is the
-caller itself, never a value in the body. No method is a client route. A user
-holds at most :attr:`Settings.max_sessions_per_user` sessions: by default a new
-login replaces the old session (its connection is kicked, the record ends with
-reason ``replaced``), as a game with one connection per account wants.
+caller itself, never a value in the body; only operators (the admin console, the
+``mmo`` tool: :data:`~mmo.logic.OPERATOR_ROLES`) call ``channels`` (each channel
+with its members); ``get`` and ``find`` (what an admin page shows of a session:
+broker, channels, bindings, props, since when) are any member's. No method is a
+client route. A user holds at most :attr:`Settings.max_sessions_per_user`
+sessions: by default a new login replaces the old session (its connection is
+kicked, the record ends with reason ``replaced``), as a game with one connection
+per account wants.
 
 A session's resume token is signed (:mod:`mmo.data.tokens`, purpose ``"resume"``,
 subject the session id) with the key the brokers share, so a broker turns away a
@@ -50,7 +54,7 @@ from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.data.memory import MemoryCache
 from mmo.errors import BadRequest, MmoError
-from mmo.logic import Context, ServiceHandler, callers, idempotent
+from mmo.logic import OPERATOR_ROLES, Context, ServiceHandler, callers, idempotent
 from mmo.logic.sessions import BROKER_SERVICE, RESUME_PURPOSE
 from mmo.registry import Change, Instance
 from mmo.sessions.store import SessionStore, StoredSession
@@ -159,6 +163,21 @@ def _strings(method: str, name: str, value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequest(f"session.{method}: {name} must be a list of strings")
     return value
+
+
+def _described(record: StoredSession) -> dict[str, Any]:
+    """A session as ``get`` and ``find`` answer it (never its token)."""
+    return {
+        "session_id": record.session_id,
+        "user_id": record.user_id,
+        "broker": record.broker,
+        "online": record.online,
+        "since": record.created,
+        "offline_until": record.deadline,
+        "props": record.props,
+        "channels": sorted(record.channels),
+        "bindings": record.bindings,
+    }
 
 
 class SessionService(ServiceHandler):
@@ -426,33 +445,44 @@ class SessionService(ServiceHandler):
         """The session's record, or None if there is no such session.
 
         Returns:
-            ``{"user_id", "broker", "online", "props", "channels", "bindings"}``
-            (never the token).
+            ``{"session_id", "user_id", "broker", "online", "since", "offline_until",
+            "props", "channels", "bindings"}`` (never the token): ``since`` is when it
+            was opened, ``offline_until`` when an offline one's grace ends (None online).
         """
         record = yield self._lookup(session_id, whole=True)
         if record is None:
             return None
-        return {
-            "user_id": record.user_id,
-            "broker": record.broker,
-            "online": record.online,
-            "props": record.props,
-            "channels": sorted(record.channels),
-            "bindings": record.bindings,
-        }
+        return _described(record)
 
     @idempotent
     @defer.inlineCallbacks
     def on_find(self, ctx: Context, user_id: Any) -> Any:
-        """The sessions of ``user_id``, oldest first: ``[{"session_id", "broker", "online"}]``."""
+        """The sessions of ``user_id``, oldest first, each as :meth:`on_get` describes it:
+        ``[{"session_id", "user_id", "broker", "online", "since", "offline_until",
+        "props", "channels", "bindings"}]``."""
         found = []
         for session_id in (yield self.store.of_user(_user_id("find", user_id))):
-            record = yield self.store.get(session_id)
+            record = yield self.store.get(session_id, whole=True)
             if record is not None:
-                found.append(
-                    {"session_id": session_id, "broker": record.broker, "online": record.online}
-                )
+                found.append(_described(record))
         return found
+
+    @callers(*OPERATOR_ROLES)
+    @idempotent
+    @defer.inlineCallbacks
+    def on_channels(self, ctx: Context, prefix: str = "", limit: int = 1000) -> Any:
+        """The channels sessions are in, with how many (online sessions and offline ones
+        within their grace): ``{channel: members}``, the ``limit`` largest whose name
+        starts with ``prefix``, largest first (then by name). Reads every session's
+        record: for operators (``admin``, ``tool``), not for a game's hot path.
+        """
+        if not isinstance(prefix, str):
+            raise BadRequest("session.channels: prefix must be a string")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise BadRequest("session.channels: limit must be a whole number >= 0")
+        members = yield self.store.channel_members(prefix)
+        largest = sorted(members.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return dict(largest)
 
     # -- internals -------------------------------------------------------------
 

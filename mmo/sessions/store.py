@@ -143,6 +143,37 @@ class SessionStore:
         return self.cache.smembers(self._brokers)
 
     @defer.inlineCallbacks
+    def session_ids(self) -> Any:
+        """The ids of every session: online at a broker, or offline within its grace."""
+        ids = set((yield self.cache.hgetall(self._offline)))
+        for broker in (yield self.brokers()):
+            ids |= yield self.online_at(broker)
+        return ids
+
+    @defer.inlineCallbacks
+    def channel_members(self, prefix: str = "", batch: int = 500) -> Any:
+        """Channel -> how many sessions are in it (online and offline ones: a resume
+        restores their channels), for the channels whose name starts with ``prefix``.
+
+        Reads every session's channels, ``batch`` sessions at a time.
+        """
+        members: dict[str, int] = {}
+        ids = sorted((yield self.session_ids()))
+        for start in range(0, len(ids), batch):
+            held = yield defer.gatherResults(
+                [
+                    self.cache.smembers(self._record(sid, ":channels"))
+                    for sid in ids[start : start + batch]
+                ],
+                consumeErrors=True,
+            )
+            for channels in held:
+                for channel in channels:
+                    if channel.startswith(prefix):
+                        members[channel] = members.get(channel, 0) + 1
+        return members
+
+    @defer.inlineCallbacks
     def overdue(self, now: float) -> Any:
         """The ids of offline sessions whose grace ended before ``now``."""
         offline = yield self.cache.hgetall(self._offline)

@@ -51,6 +51,11 @@ def stored(svc: SessionService) -> list[str]:
     return [k for k in svc.store.cache.live_keys() if k != "session:brokers"]  # type: ignore[attr-defined]
 
 
+def brief(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sessions as ``find`` answers them, cut down to id, broker and online flag."""
+    return [{k: s[k] for k in ("session_id", "broker", "online")} for s in found]
+
+
 def as_broker(instance_id: Any) -> dict[str, Any]:
     """The options of ``mmo.testing.call`` that make a call broker ``instance_id``'s (the
     caller a session is held by)."""
@@ -112,17 +117,30 @@ def test_open_gives_every_session_its_own_id_and_token(svc: SessionService) -> N
     assert a["token"] != b["token"]
 
 
-def test_get_returns_the_record_without_the_token(svc: SessionService) -> None:
-    """get shows user, broker, online, props, channels and bindings, never the token."""
+def test_get_returns_the_record_without_the_token(svc: SessionService, clock: task.Clock) -> None:
+    """get shows user, broker, online, since when, props, channels and bindings, never the
+    token; offline, until when it may be resumed."""
+    clock.advance(100.0)
     sid = call(svc, "open", user_id="alice", **as_broker("b1"), props={"level": 3})["session_id"]
     assert call(svc, "get", session_id=sid) == {
+        "session_id": sid,
         "user_id": "alice",
         "broker": "b1",
         "online": True,
+        "since": 100.0,
+        "offline_until": None,
         "props": {"level": 3},
         "channels": [],
         "bindings": {},
     }
+    clock.advance(5.0)
+    call(svc, "closed", session_id=sid, **as_broker("b1"))
+    record = call(svc, "get", session_id=sid)
+    assert (record["online"], record["since"], record["offline_until"]) == (
+        False,
+        100.0,
+        105.0 + GRACE,
+    )
 
 
 def test_get_of_an_unknown_session_is_none(svc: SessionService) -> None:
@@ -134,7 +152,9 @@ def test_numeric_user_ids_are_kept_as_strings(svc: SessionService) -> None:
     """A numeric user id (as some auth services answer) is stored and found as a string."""
     sid = call(svc, "open", user_id=42, **as_broker("b1"))["session_id"]
     assert call(svc, "get", session_id=sid)["user_id"] == "42"
-    assert call(svc, "find", user_id=42) == [{"session_id": sid, "broker": "b1", "online": True}]
+    assert brief(call(svc, "find", user_id=42)) == [
+        {"session_id": sid, "broker": "b1", "online": True}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -156,16 +176,18 @@ def test_open_refuses_bad_arguments(
 
 
 def test_find_lists_a_users_sessions_oldest_first(clock: task.Clock) -> None:
-    """find answers each of the user's sessions with broker and online flag, oldest first."""
+    """find answers each of the user's sessions as get does (broker, online flag...),
+    oldest first."""
     svc = handler_factory(SessionService, clock=clock, settings={"max_sessions_per_user": 2})
     a = open_session(svc, "alice", "b1")["session_id"]
     open_session(svc, "bob", "b1")
     b = open_session(svc, "alice", "b2")["session_id"]
     call(svc, "closed", session_id=a, **as_broker("b1"))
-    assert call(svc, "find", user_id="alice") == [
+    assert brief(call(svc, "find", user_id="alice")) == [
         {"session_id": a, "broker": "b1", "online": False},
         {"session_id": b, "broker": "b2", "online": True},
     ]
+    assert call(svc, "find", user_id="alice")[1] == call(svc, "get", session_id=b)
     assert call(svc, "find", user_id="carol") == []
 
 
@@ -175,7 +197,17 @@ def test_what_a_broker_reports_is_retried_on_another_instance_but_open_and_resum
     open and resume are not (a second run would open a second session, or find the token
     already replaced)."""
     methods = SessionService.method_names()
-    assert set(methods) == {"open", "resume", "refresh", "closed", "logout", "track", "get", "find"}
+    assert set(methods) == {
+        "open",
+        "resume",
+        "refresh",
+        "closed",
+        "logout",
+        "track",
+        "get",
+        "find",
+        "channels",
+    }
     assert {m for m, safe in methods.items() if not safe} == {"open", "resume"}
 
 
@@ -491,6 +523,48 @@ def test_logout_of_an_offline_session_cancels_its_grace_period(
     assert topics(svc) == ["enter", "offline", "leave"]
 
 
+# -- channels (for operators) ------------------------------------------------------
+
+
+def test_channels_counts_the_members_of_every_channel_largest_first(
+    svc: SessionService,
+) -> None:
+    """channels answers each channel with how many sessions are in it, online or offline
+    (a resume restores their channels), largest first then by name; left channels and
+    ended sessions are not counted; ``prefix`` and ``limit`` narrow it."""
+    sids = [open_session(svc, f"user{i}", f"b{i % 2}")["session_id"] for i in range(4)]
+    for i, sid in enumerate(sids):
+        rooms = ["room:all", "guild:red" if i % 2 else "guild:blue", *(["room:x"] * (i == 0))]
+        call(svc, "track", session_id=sid, **as_broker(f"b{i % 2}"), joined=rooms)
+    call(svc, "track", session_id=sids[0], **as_broker("b0"), left=["room:all"])
+    call(svc, "closed", session_id=sids[1], **as_broker("b1"))  # offline: still counted
+    call(svc, "logout", session_id=sids[2], **as_broker("b0"))  # ended: gone
+    operator = {"caller_role": "admin"}
+    assert call(svc, "channels", **operator) == {
+        "guild:red": 2,
+        "room:all": 2,
+        "guild:blue": 1,
+        "room:x": 1,
+    }
+    assert call(svc, "channels", prefix="room:", **operator) == {"room:all": 2, "room:x": 1}
+    assert call(svc, "channels", limit=1, caller_role="tool") == {"guild:red": 2}
+    assert call(svc, "channels", prefix="nope", **operator) == {}
+
+
+def test_channels_is_for_operators_only(svc: SessionService) -> None:
+    """Another member gets Forbidden, a player a method that does not exist; bad
+    arguments are BadRequest; the method is no client route."""
+    open_session(svc)
+    with pytest.raises(Forbidden):
+        call(svc, "channels", caller_role="broker")
+    with pytest.raises(UnknownMethod):
+        call(svc, "channels", **as_player(Session(id="s", user_id="eve", broker="b1")))
+    for wrong in ({"prefix": 3}, {"limit": -1}, {"limit": True}):
+        with pytest.raises(BadRequest):
+            call(svc, "channels", caller_role="tool", **wrong)
+    assert "channels" not in SessionService.registry_meta()["client"]
+
+
 # -- track --------------------------------------------------------------------------
 
 
@@ -681,7 +755,7 @@ def test_a_new_login_replaces_the_users_session(svc: SessionService) -> None:
     first = open_session(svc, "alice", "b1")["session_id"]
     second = open_session(svc, "alice", "b2")["session_id"]
     assert call(svc, "get", session_id=first) is None
-    assert call(svc, "find", user_id="alice") == [
+    assert brief(call(svc, "find", user_id="alice")) == [
         {"session_id": second, "broker": "b2", "online": True}
     ]
     ((kicked, reason),) = kicks(svc)
