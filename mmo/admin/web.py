@@ -317,14 +317,7 @@ class Console(resource.Resource):
         if not user:
             raise ActionError("say whose sessions (user)")
         found = yield self.directory.call(SESSION_SERVICE, "find", {"user_id": user})
-        sessions = []
-        for entry in found:
-            record = yield self.directory.call(
-                SESSION_SERVICE, "get", {"session_id": entry["session_id"]}
-            )
-            if record is not None:
-                sessions.append({"session_id": entry["session_id"], **record})
-        return {"user": user, "sessions": sessions}
+        return {"user": user, "sessions": found}
 
     def _channels(self, args: dict[str, str]) -> Any:
         return self.directory.call(SESSION_SERVICE, "channels", {"prefix": args.get("prefix", "")})
