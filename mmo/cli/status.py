@@ -32,6 +32,7 @@ from mmo.types import InlineCallbacks
 
 __all__ = ["add_parser", "cmd_status", "render"]
 
+
 def _num(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
