@@ -165,7 +165,8 @@ class ClusterState(Service):
         if instance is not None:
             row["endpoints"] = dict(instance.endpoints or {})
             meta = {k: from_value(v) for k, v in (instance.meta or {}).items()}
-        row["draining"] = bool(meta.get("draining"))
+        # Drained by an operator, or (a fight dispatcher) draining as it stops.
+        row["draining"] = bool(meta.get("drained") or meta.get("draining"))
         row["load"] = meta.get("load")
         row["version"] = row["uptime_s"] = row["connections"] = None
         text = snapshot.get("metrics")

@@ -13,7 +13,7 @@ they talk to), sweeps idle ones, keeps the registry's load current, counts, and 
 gracefully: every client is kicked (they resume elsewhere), requests in flight are
 waited for, and the internal endpoint is closed last. An operator may drain it while
 it runs (:meth:`Broker.drain`, the internal endpoint's ``drain``): it admits no new
-connection, keeps its players, says ``draining: true`` in its registry entry (the
+connection, keeps its players, says ``drained: true`` in its registry entry (the
 brokerlist stops listing it) and is not ready; taken back, it admits again.
 """
 
@@ -152,7 +152,7 @@ class Broker(Service):
                 what="drained: admitting no new players" if draining else "admitting again",
             )
         self.draining = draining
-        self.registration.update_meta(draining=draining)
+        self.registration.update_meta(drained=draining)
         for listener in self.drain_listeners:
             listener(draining)
 

@@ -5,7 +5,7 @@ yellows, a :class:`LiveBrokers` that keeps a link open to every registered
 broker, and an HTTP site whose :class:`BrokerlistResource` answers from them on
 each request. A broker is listed while its link is up, so a killed broker drops
 out as soon as its TCP connection breaks, well before the registry expires it. A
-broker an operator drained (meta ``draining: true``) is not listed: it admits no
+broker an operator drained (meta ``drained: true``) is not listed: it admits no
 new player.
 """
 
@@ -205,7 +205,7 @@ class LiveBrokers(Service):
             # listed whatever its link says (bounded: one killed in that time drops out
             # when it ends). After that, only the link counts.
             young = iid in links and age < self.young
-            drained = meta.get("draining") is True
+            drained = meta.get("drained") is True
             states.append(
                 BrokerState(
                     instance_id=iid,

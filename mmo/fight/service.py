@@ -58,8 +58,6 @@ class PoolService(Service):
             adopted when they leave).
         instance_id: the dispatcher's instance id.
         adopt_wait: seconds the start waits for the registry view before it adopts.
-        server: the dispatcher's server: while an operator has drained it, the meta says
-            ``draining`` too.
     """
 
     #: After a dispatcher of the service leaves, its processes are asked this many seconds
@@ -76,10 +74,8 @@ class PoolService(Service):
         service: str = "fight",
         instance_id: str = "",
         adopt_wait: float = 5.0,
-        server: HandlerServer | None = None,
     ) -> None:
         self.pool = pool
-        self.server = server
         self.directory = directory
         self.registration = registration
         self.worker_service = worker_service
@@ -205,7 +201,7 @@ class PoolService(Service):
             "fights": status["fights"],
             "players": status["players"],
             "cap": status["cap"],
-            "draining": status["draining"] or bool(self.server and self.server.draining),
+            "draining": status["draining"],
         }
         if meta != self._meta:
             self._meta = meta
@@ -276,7 +272,6 @@ def make_fight_service(
         config.worker_service,
         service=config.service,
         instance_id=instance_id,
-        server=server,
     )
     pool_service.setName("pool")
     pool_service.setServiceParent(top)

@@ -377,7 +377,7 @@ class ServiceHandler:
     def on_ops_drain(self, ctx: Context, draining: bool = True) -> dict[str, Any]:
         """Drain this instance (``draining`` true), or take it back (false).
 
-        A drained instance stays registered, with meta ``draining: true``: callers stop
+        A drained instance stays registered, with meta ``drained: true``: callers stop
         picking it as soon as they see it, and its server answers ``Unavailable`` to calls
         they would send elsewhere (they do), while it still serves what it holds (calls
         bound to it, one-way requests, pushes) and operators' ``ops_*`` calls; its

@@ -8,7 +8,7 @@ and closes them as instances come and go, and tells its owner what links carry
 expired or restarted the instance). A link to an instance that deregistered drains:
 it takes no new calls and closes once nothing is outstanding on it.
 
-An instance an operator drained (registry meta ``draining: true``, see
+An instance an operator drained (registry meta ``drained: true``, see
 ``ServiceHandler.on_ops_drain``) is *drained*: its link is draining too (no call goes
 to it by load or by session, and ``connected`` leaves it out), but it stays open and a
 call or one-way request that names the instance still reaches it (what it holds, the
@@ -45,8 +45,9 @@ _LINK_OPTIONS = {
 
 
 def drained(instance: Instance) -> bool:
-    """Whether an operator drained ``instance`` (its registry meta says ``draining: true``)."""
-    value = (instance.meta or {}).get("draining")
+    """Whether an operator drained ``instance`` (its registry meta says ``drained: true``;
+    ``draining``, which a fight dispatcher publishes while it stops, is not that)."""
+    value = (instance.meta or {}).get("drained")
     if value is None:
         return False
     try:

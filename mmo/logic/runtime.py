@@ -184,7 +184,7 @@ class WorkerService(PreparedService):
 
     def _drained(self, draining: bool) -> None:
         """An operator drained the server, or took it back: the registry entry says so."""
-        self.registration.update_meta(draining=draining)
+        self.registration.update_meta(drained=draining)
 
     @override
     def prepare(self) -> defer.Deferred[Any]:

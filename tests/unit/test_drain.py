@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -51,7 +50,6 @@ from .test_broker_service import client, make_tree
 from .test_brokerlist import broker_meta, http
 from .test_directory import YELLOW, Yellow, error, ignore, link_to, live, rep, reply, requests
 from .test_fight_pool import make_pool, ready_all
-from .test_fight_pool_service import Rig
 from .test_memo import answers, serving
 
 
@@ -202,11 +200,11 @@ def test_a_workers_drain_is_in_its_registry_entry_and_its_readiness(
         worker = tree.getServiceNamed("worker")
         worker.server.drain(True)
         meta = worker.registration.instance.meta
-        assert from_value(meta["draining"]) is True
+        assert from_value(meta["drained"]) is True
         ready, checks = tree.telemetry.readiness()
         assert not ready and checks["draining"]["ok"] is False
         worker.server.drain(False)
-        assert from_value(meta["draining"]) is False
+        assert from_value(meta["drained"]) is False
         assert "draining" not in tree.telemetry.readiness()[1]
     finally:
         tree.services[0].context.close()
@@ -220,7 +218,7 @@ def inst(iid: str, *, draining: bool | None = None, service: str = "echo") -> In
     endpoints = {kind: f"tcp://{iid}.test:{port}" for kind, port in {"rep": 1, "pull": 2}.items()}
     meta: dict[str, Any] = {"idempotent": []}
     if draining is not None:
-        meta["draining"] = draining
+        meta["drained"] = draining
     return make_instance(service, iid, endpoints, meta)
 
 
@@ -342,7 +340,7 @@ def test_a_drained_broker_admits_no_one_new_and_keeps_its_players() -> None:
         assert tree.broker.draining
         register = tree.told()[-1]
         assert register.op == RegistryOp.REGISTER and register.instance is not None
-        assert from_value((register.instance.meta or {})["draining"]) is True
+        assert from_value((register.instance.meta or {})["drained"]) is True
         assert tree.broker.readiness()[0] is False
         _, fresh = client(tree)
         (refusal,) = parse_output(fresh.value())
@@ -359,7 +357,7 @@ def test_a_drained_broker_admits_no_one_new_and_keeps_its_players() -> None:
 
         drain_broker(tree, False)
         assert not tree.broker.draining and tree.broker.readiness()[0] is True
-        assert from_value((tree.told()[-1].instance.meta or {})["draining"]) is False
+        assert from_value((tree.told()[-1].instance.meta or {})["drained"]) is False
         _, admitted = client(tree)
         assert all(p.kind != PacketKind.ERROR for p in parse_output(admitted.value()))
     finally:
@@ -401,12 +399,12 @@ def test_the_brokerlist_does_not_list_a_drained_broker() -> None:
     brokers = LiveBrokers(directory)  # type: ignore[arg-type]
     brokers.startService()
     resource = BrokerlistResource(brokers)
-    directory.register("broker", "broker-a", meta={**broker_meta(7001), "draining": True})
-    directory.register("broker", "broker-b", meta={**broker_meta(7002), "draining": False})
+    directory.register("broker", "broker-a", meta={**broker_meta(7001), "drained": True})
+    directory.register("broker", "broker-b", meta={**broker_meta(7002), "drained": False})
     assert http(resource).json()["brokerList"] == {"127.0.0.1:7002": 0.25}
     status = http(resource, b"/status").json()["brokers"]
-    assert status["broker-a"]["listed"] is False and status["broker-a"]["meta"]["draining"]
-    directory.register("broker", "broker-a", meta={**broker_meta(7001), "draining": False})
+    assert status["broker-a"]["listed"] is False and status["broker-a"]["meta"]["drained"]
+    directory.register("broker", "broker-a", meta={**broker_meta(7001), "drained": False})
     assert set(http(resource).json()["brokerList"]) == {"127.0.0.1:7001", "127.0.0.1:7002"}
 
 
@@ -470,22 +468,6 @@ def test_the_dispatchers_drain_process_is_for_operators() -> None:
         dispatch(dispatcher, "drain_process", instance="nope", caller_role="tool")
 
 
-def test_a_drained_dispatcher_says_so_in_its_pools_meta_too() -> None:
-    """The pool's meta updates keep ``draining`` true while an operator has drained the
-    dispatcher's server (they would undo the drain otherwise)."""
-    rig = Rig()
-    server = SimpleNamespace(draining=False)
-    rig.service.server = server  # type: ignore[assignment]
-    rig.service.startService()
-    server.draining = True
-    rig.clock.advance(1)
-    assert rig.registration.updates[-1][1]["draining"] is True
-    server.draining = False
-    rig.clock.advance(1)
-    assert rig.registration.updates[-1][1]["draining"] is False
-    rig.service.stopService()
-
-
 def test_mmo_drain_parses() -> None:
     """``mmo drain INSTANCE [--undrain] [--pool DISPATCHER]``."""
     args = build_parser().parse_args(["drain", "echo-1", "--undrain", "--yellow", "tcp://y:1"])
@@ -513,7 +495,7 @@ def test_mmo_drain_tells_a_broker_and_waits_for_its_entry_to_say_so(
     assert (sent.service, sent.method, sent.instance) == ("broker", "drain", "broker-a")
     assert decode_value(sent.body) == {"draining": True}
     assert not done.called, "it waits for the registry entry"
-    tool.register("broker", "broker-a", meta={**broker_meta(7001), "draining": True})
+    tool.register("broker", "broker-a", meta={**broker_meta(7001), "drained": True})
     result_of(done)
     assert json.loads(capsys.readouterr().out) == {"instance": "broker-a", "draining": True}
 
