@@ -27,6 +27,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from mmo.admin.accounts import Accounts
@@ -51,8 +52,10 @@ HEADERS = {
 }
 #: The route of an admin's message to players, and what travels with it.
 MESSAGE_ROUTE = "admin.message"
-#: Log levels, from the least severe.
-LEVELS = ("debug", "info", "warn", "error", "critical")
+#: Failed logins from one address within :data:`LOGIN_WINDOW` seconds before it is made
+#: to wait (a guess then costs the guesser the rest of the window, not only scrypt's time).
+LOGIN_FAILURES = 10
+LOGIN_WINDOW = 300.0
 
 
 class AdminSession:
@@ -137,6 +140,7 @@ class Console(resource.Resource):
         self.players = Sessions(directory, instance_id)
         self.admins: dict[str, AdminSession] = {}
         self.audit: deque[dict[str, Any]] = deque(maxlen=200)
+        self.failures: dict[str, deque[float]] = {}
         self.static = _Static()
 
     # -- routing ---------------------------------------------------------------
@@ -209,6 +213,15 @@ class Console(resource.Resource):
         if not expected or not secrets.compare_digest(token, expected):
             request.setResponseCode(403)
             return self._login_page(request, "The form expired: try again.")
+        peer = _peer(request)
+        now = self.clock.seconds()
+        failed = self.failures.get(peer)
+        while failed and failed[0] < now - LOGIN_WINDOW:
+            failed.popleft()
+        if failed is not None and len(failed) >= LOGIN_FAILURES:
+            log.warn("admin: login from {peer} refused: too many failures", peer=peer)
+            request.setResponseCode(429)
+            return self._login_page(request, "Too many failed logins: wait a few minutes.")
 
         def checked(ok: bool) -> None:
             if ok:
@@ -219,7 +232,8 @@ class Console(resource.Resource):
                 request.redirect(b"/")
                 request.finish()
                 return
-            log.warn("admin: failed login as {name!r} from {peer}", name=name, peer=_peer(request))
+            log.warn("admin: failed login as {name!r} from {peer}", name=name, peer=peer)
+            self.failures.setdefault(peer, deque()).append(self.clock.seconds())
             request.setResponseCode(401)
             request.write(self._login_page(request, "Wrong name or password."))
             request.finish()
@@ -335,7 +349,10 @@ class Console(resource.Resource):
 
     @defer.inlineCallbacks
     def _logs(self, args: dict[str, str]) -> Any:
-        query: dict[str, Any] = {"limit": min(int(args.get("limit") or 200), 1000)}
+        limit = args.get("limit") or "200"
+        if not limit.isdigit():
+            raise ActionError("limit: a count of events")
+        query: dict[str, Any] = {"limit": min(int(limit), 1000)}
         for key in ("role", "instance", "level", "trace", "since"):
             if args.get(key):
                 query[key] = args[key]
@@ -377,10 +394,12 @@ class Console(resource.Resource):
         if action is None:
             return _json(request, {"error": "no such action"}, 404)
         d = defer.maybeDeferred(action, body)
-        d.addCallback(self._audited, admin, path.decode().rsplit("/", 1)[1], body)
+        d.addBoth(self._audited, admin, path.decode().rsplit("/", 1)[1], body)
         return self._answer(request, d)
 
-    def _audited(self, result: Any, admin: AdminSession, action: str, body: Any) -> Any:
+    def _audited(self, outcome: Any, admin: AdminSession, action: str, body: Any) -> Any:
+        """Keep and log what an admin did and how it went (a failure too)."""
+        result = f"failed: {outcome.value}" if isinstance(outcome, Failure) else outcome
         entry = {
             "time": self.clock.seconds(),
             "admin": admin.name,
@@ -390,13 +409,13 @@ class Console(resource.Resource):
         }
         self.audit.append(entry)
         audit.info(
-            "admin {admin}: {action} {what}",
+            "admin {admin}: {action} {what}: {result}",
             admin=admin.name,
             action=action,
             what=json.dumps(body, sort_keys=True),
             result=json.dumps(result, default=repr),
         )
-        return result
+        return outcome
 
     @defer.inlineCallbacks
     def _session(self, session_id: str) -> Any:
@@ -433,7 +452,7 @@ class Console(resource.Resource):
     @defer.inlineCallbacks
     def _drain(self, body: dict[str, Any]) -> Any:
         service, instance = str(body.get("service") or ""), str(body.get("instance") or "")
-        draining = bool(body.get("draining", True))
+        draining = _flag(body, "draining")
         if not service or not instance:
             raise ActionError("say which service and instance")
         if service == "broker":
@@ -456,9 +475,17 @@ class Console(resource.Resource):
         return self.directory.call(
             service,
             "drain_process",
-            {"instance": process, "draining": bool(body.get("draining", True))},
+            {"instance": process, "draining": _flag(body, "draining")},
             instance=pool or None,
         )
+
+
+def _flag(body: dict[str, Any], name: str, default: bool = True) -> bool:
+    """``body[name]``, a JSON true or false (a string is refused, not read as true)."""
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise ActionError(f"{name}: true or false")
+    return value
 
 
 def _peer(request: server.Request) -> str:

@@ -28,6 +28,8 @@ class EdgeCluster:
     Args:
         env: more environment for the yellow, the workers and the brokerlist (say, a
             ``PYTHONPATH`` that holds a test's handlers).
+        yellow_args, brokerlist_args: more arguments of the yellow and of the brokerlist
+            (say, ``("--metrics", ADDRESS)``), as ``broker_args`` are the brokers'.
     """
 
     def __init__(
@@ -38,6 +40,8 @@ class EdgeCluster:
         workers: dict[str, str] | None = None,
         accounts: str = ACCOUNTS,
         env: dict[str, str] | None = None,
+        yellow_args: tuple[str, ...] = (),
+        brokerlist_args: tuple[str, ...] = (),
     ) -> None:
         self.log_dir = log_dir
         self.yellow = f"tcp://127.0.0.1:{free_port()}"
@@ -49,7 +53,7 @@ class EdgeCluster:
         self.env = {"MMO_DEMO": "1", **(env or {})}
         #: Handler settings (``--set``) of the workers, by name.
         self.settings = {"sso": {"accounts": accounts}}
-        self._start("yellow", "mmo-yellow", ["--listen", self.yellow], self.env)
+        self._start("yellow", "mmo-yellow", ["--listen", self.yellow, *yellow_args], self.env)
         for name, handler in (WORKERS if workers is None else workers).items():
             self.start_worker(name, handler)
         for i in range(brokers):
@@ -57,7 +61,13 @@ class EdgeCluster:
         self._start(
             "brokerlist",
             "mmo-brokerlist",
-            ["--yellow", self.yellow, "--listen", f"tcp:{self.http_port}:interface=127.0.0.1"],
+            [
+                "--yellow",
+                self.yellow,
+                "--listen",
+                f"tcp:{self.http_port}:interface=127.0.0.1",
+                *brokerlist_args,
+            ],
             self.env,
         )
 

@@ -219,3 +219,35 @@ def test_push_and_drain_ask_the_cluster(console: Any) -> Any:
     assert status == 200
     drained = directory.sent[-1]
     assert (drained.method, decode_value(drained.body)) == ("drain", {"draining": True})
+
+
+@pytest_twisted.inlineCallbacks
+def test_bad_input_is_a_clear_400_and_failed_actions_are_audited(console: Any) -> Any:
+    directory, browser = console
+    token = yield logged_in(browser)
+    csrf = {"X-CSRF-Token": token}
+    status, _, body = yield browser.get("/api/logs?limit=abc")
+    assert status == 400 and "limit" in json.loads(body)["error"]
+    drain = {"service": "echo", "instance": "echo-1", "draining": "false"}
+    status, _, body = yield browser.post("/api/drain", drain, **csrf)
+    assert status == 400 and "draining: true or false" in json.loads(body)["error"]
+    assert not [c for c in directory.calls if c.method == "ops_drain"]
+    _, _, body = yield browser.get("/api/audit")
+    (entry,) = json.loads(body)
+    assert entry["action"] == "drain" and entry["result"].startswith("failed: ")
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_address_guessing_passwords_is_made_to_wait(
+    console: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    from mmo.admin import web
+
+    monkeypatch.setattr(web, "LOGIN_FAILURES", 3)
+    _, browser = console
+    _, _, page = yield browser.get("/login")
+    guess = {"name": "ann", "password": "guess", "csrf": form_token(page)}
+    for _ in range(3):
+        assert (yield browser.post("/login", guess))[0] == 401
+    status, _, page = yield browser.post("/login", {**guess, "password": "pw-ann-1"})
+    assert status == 429 and b"Too many failed logins" in page

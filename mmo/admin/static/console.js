@@ -97,7 +97,8 @@ function renderProcesses(state) {
     el("td", { class: "num" }, num(row.rss_mib)), el("td", { class: "num" }, row.sessions ?? "-"),
     el("td", { class: "num" }, row.connections ?? "-"), el("td", {}, row.version || "-"),
     el("td", {}, duration(row.uptime_s)),
-    el("td", {}, Object.entries(row.endpoints || {}).map(([k, v]) => `${k} ${v}`).join(", ")),
+    el("td", { class: "endpoints" },
+      Object.entries(row.endpoints || {}).map(([k, v]) => `${k} ${v}`).join(", ")),
     el("td", {}, drainButton(row)))));
   const c = state.cluster;
   document.getElementById("summary").textContent =
