@@ -943,6 +943,8 @@ class FightPool:
             "max_processes": self.config.max_processes,
             "draining": self.draining,
             "fights": len(self.fights),
+            # Handed out, and some player has not arrived yet (expires unclaimed).
+            "reserved": sum(1 for fight in self.fights.values() if not fight.claimed),
             "players": sum(p.load for p in procs),
             "waiting": len(self._waiters),
             "counts": dict(self.counts),

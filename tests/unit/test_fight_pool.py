@@ -447,6 +447,7 @@ def test_status_shows_processes_load_and_counts():
     result(pool.allocate(["a", "b", "c"], timeout=1))
     status = pool.status()
     assert status["cap"] == 4 and status["fights"] == 1 and status["players"] == 3
+    assert status["reserved"] == 1  # no player has arrived yet
     proc = status["processes"][0]
     assert proc["instance"] == "fight-1" and proc["state"] == READY
     assert (proc["load"], proc["room"], proc["fights"], proc["peak"]) == (3, 1, 1, 3)

@@ -156,7 +156,8 @@ async function findPlayer(event) {
       const input = el("input", { placeholder: "message to this player", class: "push-text" });
       return el("div", { class: "session", "data-session": s.session_id },
         el("div", {}, el("b", {}, s.user_id), ` session ${s.session_id} on ${s.broker} `,
-          s.online ? "(online)" : "(offline)"),
+          s.online ? "(online)" : "(offline)",
+          s.since ? `, since ${new Date(s.since * 1000).toISOString()}` : ""),
         el("div", {}, `channels: ${s.channels.join(", ") || "none"}; bindings: ` +
           `${JSON.stringify(s.bindings)}; props: ${JSON.stringify(s.props)}`),
         el("button", { type: "button", class: "kick", onclick: () =>
@@ -203,7 +204,8 @@ async function loadFights() {
   try {
     const pools = await api("/api/fights");
     box.replaceChildren(...Object.values(pools).map((pool) => el("div", { class: "pool" },
-      el("h3", {}, `${pool.service} (${pool.instance}): ${pool.fights} fights, ` +
+      el("h3", {}, `${pool.service} (${pool.instance}): ${pool.fights} fights ` +
+        `(${pool.reserved ?? 0} reserved, waiting for players), ` +
         `${pool.players} players, ${pool.waiting} waiting, cap ${pool.cap}` +
         (pool.draining ? ", draining" : "")),
       el("table", { class: "fight-processes" }, el("thead", {}, el("tr", {},
