@@ -137,6 +137,24 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     return config
 
 
+def check_server_endpoint(key: str, description: str, example: str) -> None:
+    """Check that ``description`` parses as a Twisted server endpoint (``tcp:...``,
+    ``ssl:...``); it is never listened on here.
+
+    Raises:
+        ConfigError: it does not (naming ``key``, with ``example``).
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # Parsing only: the endpoint is built around a placeholder and never listens.
+        serverFromString(object(), description)
+    except Exception as e:
+        raise ConfigError(
+            key, f"not a server endpoint: {description!r} ({e}); e.g. {example}"
+        ) from e
+
+
 def check_zmq_address(key: str, address: str) -> None:
     """Reject a value that is not a ZeroMQ address (``tcp://HOST:PORT``, ``ipc://...``)."""
     if not address.startswith(("tcp://", "ipc://", "inproc://")):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmo.config import ConfigError, check_zmq_address
+from mmo.config import ConfigError, check_server_endpoint, check_zmq_address
 
 #: Where the console listens unless told otherwise (loopback only).
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
@@ -40,14 +40,7 @@ class AdminConfig:
             raise ConfigError("yellow", "at least one yellow address is required")
         for address in self.yellow:
             check_zmq_address("yellow", address)
-        from twisted.internet.endpoints import serverFromString
-
-        try:
-            serverFromString(object(), self.listen)
-        except Exception as e:
-            raise ConfigError(
-                "listen", f"not a server endpoint: {self.listen!r} ({e}); e.g. {DEFAULT_LISTEN}"
-            ) from e
+        check_server_endpoint("listen", self.listen, DEFAULT_LISTEN)
         if not 0.2 <= self.poll <= 60:
             raise ConfigError("poll", "must be between 0.2 and 60 seconds")
         if not self.poll * 2 <= self.history <= 86400:

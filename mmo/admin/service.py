@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application import strports
@@ -14,9 +13,9 @@ from mmo.admin.state import ClusterState
 from mmo.admin.web import Console
 from mmo.config import demo_mode
 from mmo.logic.client import Directory
-from mmo.registry import Registration, default_instance_id, make_instance
+from mmo.ops import register_member
+from mmo.registry import default_instance_id
 from mmo.service import OrderedMultiService
-from mmo.telemetry.metrics import Telemetry
 from mmo.zmq import ZmqContextService
 
 __all__ = ["make_admin_service"]
@@ -59,14 +58,5 @@ def make_admin_service(
     web = strports.service(config.listen, site, reactor=ctx.reactor)
     web.setName("web")
     web.setServiceParent(top)
-    instance = make_instance("admin", instance_id, {}, {"pid": os.getpid()})
-    registration = Registration(ctx, config.yellow, instance)
-    registration.setName("registration")
-    registration.setServiceParent(top)
-    telemetry = Telemetry("admin", instance_id)
-    telemetry.directory = directory
-    telemetry.registrations.append(registration)
-    telemetry.add_metrics(directory.metrics)
-    telemetry.add_check("registry", directory.readiness)
-    top.telemetry = telemetry
+    register_member(top, ctx, config.yellow, "admin", instance_id, directory)
     return top

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmo.config import ConfigError, check_zmq_address
+from mmo.config import ConfigError, check_server_endpoint, check_zmq_address
 
 #: Where the brokerlist listens unless told otherwise (loopback only).
 DEFAULT_LISTEN = "tcp:6000:interface=127.0.0.1"
@@ -29,12 +29,4 @@ class BrokerlistConfig:
             raise ConfigError("yellow", "at least one yellow address is required")
         for address in self.yellow:
             check_zmq_address("yellow", address)
-        from twisted.internet.endpoints import serverFromString
-
-        try:
-            # Parsing only: the endpoint is built around a placeholder and never listens.
-            serverFromString(object(), self.listen)
-        except Exception as e:
-            raise ConfigError(
-                "listen", f"not a server endpoint: {self.listen!r} ({e}); e.g. {DEFAULT_LISTEN}"
-            ) from e
+        check_server_endpoint("listen", self.listen, DEFAULT_LISTEN)

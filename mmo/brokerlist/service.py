@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,9 +27,10 @@ from typing_extensions import override
 from mmo import __version__
 from mmo.brokerlist.config import BrokerlistConfig
 from mmo.logic.client import Directory
-from mmo.registry import Change, Instance, Registration, default_instance_id, make_instance
+from mmo.ops import register_member
+from mmo.registry import Change, Instance, default_instance_id
 from mmo.service import OrderedMultiService
-from mmo.telemetry.metrics import Metric, Telemetry, gauge
+from mmo.telemetry.metrics import Metric, gauge
 from mmo.wire import WireError, from_value
 from mmo.zmq import ZmqContextService
 
@@ -342,16 +342,6 @@ def make_brokerlist_service(config: BrokerlistConfig, *, reactor: Any = None) ->
     http = strports.service(config.listen, site, reactor=ctx.reactor)
     http.setName("http")
     http.setServiceParent(top)
-    # Registered (it serves no calls) so that operators' tools and Prometheus find it.
-    instance = make_instance("brokerlist", instance_id, {}, {"pid": os.getpid()})
-    registration = Registration(ctx, config.yellow, instance)
-    registration.setName("registration")
-    registration.setServiceParent(top)
-    telemetry = Telemetry("brokerlist", instance_id)
-    telemetry.directory = directory
-    telemetry.registrations.append(registration)
-    telemetry.add_metrics(directory.metrics)
+    telemetry = register_member(top, ctx, config.yellow, "brokerlist", instance_id, directory)
     telemetry.add_metrics(brokers.metrics)
-    telemetry.add_check("registry", directory.readiness)
-    top.telemetry = telemetry
     return top

@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -13,7 +14,15 @@ from twisted.internet import defer
 from mmo.errors import MmoError, RemoteError
 from mmo.types import InlineCallbacks
 
-__all__ = ["DEFAULT_YELLOW", "CommandError", "add_yellow", "call_once", "to_json", "yellows"]
+__all__ = [
+    "DEFAULT_YELLOW",
+    "CommandError",
+    "add_yellow",
+    "call_once",
+    "connected",
+    "to_json",
+    "yellows",
+]
 
 DEFAULT_YELLOW = "tcp://127.0.0.1:5555"
 
@@ -48,22 +57,36 @@ def add_yellow(parser: argparse.ArgumentParser) -> None:
 
 
 @defer.inlineCallbacks
-def call_once(
-    reactor: Any, yellow: str, service: str, method: str, kwargs: dict[str, Any], timeout: float
+def connected(
+    reactor: Any, yellow: str, work: Callable[[Any], defer.Deferred[Any]]
 ) -> InlineCallbacks[Any]:
-    """Call ``service.method`` through the cluster at ``yellow`` and return the reply.
+    """``work(directory)`` with a directory of the cluster at ``yellow`` (stopped after):
+    what it returns.
 
     Raises:
-        CommandError: the call failed (the error's type and message).
+        CommandError: a call failed (the error's type and message).
     """
     from mmo.logic import connect
 
     directory = connect(yellow, reactor=reactor, caller_id=f"mmo-cli-{os.getpid()}")
     try:
-        return (yield directory.call(service, method, kwargs, timeout=timeout))
+        return (yield work(directory))
     except RemoteError as e:
         raise CommandError(f"RemoteError: {e.type}: {e.message}") from e
     except MmoError as e:
         raise CommandError(f"{type(e).__name__}: {e}") from e
     finally:
         yield directory.stopService()
+
+
+def call_once(
+    reactor: Any, yellow: str, service: str, method: str, kwargs: dict[str, Any], timeout: float
+) -> defer.Deferred[Any]:
+    """Call ``service.method`` through the cluster at ``yellow`` and return the reply.
+
+    Raises:
+        CommandError: the call failed (the error's type and message).
+    """
+    return connected(
+        reactor, yellow, lambda directory: directory.call(service, method, kwargs, timeout=timeout)
+    )

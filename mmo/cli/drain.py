@@ -16,13 +16,11 @@ over). The command calls as role ``tool`` (docs/operations.md, "Drain and undrai
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from twisted.internet import defer
 
-from mmo.cli.common import CommandError, add_yellow, to_json
-from mmo.errors import MmoError, RemoteError
+from mmo.cli.common import CommandError, add_yellow, connected, to_json
 from mmo.types import InlineCallbacks
 
 __all__ = ["add_parser", "cmd_drain"]
@@ -91,11 +89,11 @@ def _drain_broker(directory: Any, instance_id: str, draining: bool, timeout: flo
 @defer.inlineCallbacks
 def cmd_drain(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     """Drain INSTANCE (or take it back with ``--undrain``) and print the outcome."""
-    from mmo.logic import connect
 
     draining = not args.undrain
-    directory = connect(args.yellow, reactor=reactor, caller_id=f"mmo-cli-{os.getpid()}")
-    try:
+
+    @defer.inlineCallbacks
+    def drain(directory: Any) -> InlineCallbacks[tuple[str, Any]]:
         if args.pool:
             service = yield _find(directory, args.pool, args.service, args.timeout)
             answer = yield directory.call(
@@ -105,24 +103,21 @@ def cmd_drain(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
                 instance=args.pool,
                 timeout=args.timeout,
             )
+            return service, answer
+        service = yield _find(directory, args.instance, args.service, args.timeout)
+        if service == BROKER_SERVICE:
+            answer = yield _drain_broker(directory, args.instance, draining, args.timeout)
         else:
-            service = yield _find(directory, args.instance, args.service, args.timeout)
-            if service == BROKER_SERVICE:
-                answer = yield _drain_broker(directory, args.instance, draining, args.timeout)
-            else:
-                answer = yield directory.call(
-                    service,
-                    "ops_drain",
-                    {"draining": draining},
-                    instance=args.instance,
-                    timeout=args.timeout,
-                )
-    except RemoteError as e:
-        raise CommandError(f"RemoteError: {e.type}: {e.message}") from e
-    except MmoError as e:
-        raise CommandError(f"{type(e).__name__}: {e}") from e
-    finally:
-        yield directory.stopService()
+            answer = yield directory.call(
+                service,
+                "ops_drain",
+                {"draining": draining},
+                instance=args.instance,
+                timeout=args.timeout,
+            )
+        return service, answer
+
+    service, answer = yield connected(reactor, args.yellow, drain)
     if args.json:
         print(to_json(answer))
     else:

@@ -8,6 +8,7 @@ the command line) and :func:`attach` adds what they ask for to the role's tree, 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from mmo.telemetry.metrics import Telemetry
 from mmo.telemetry.site import OpsListener, parse_listen
 from mmo.zmq import ZmqContextService
 
-__all__ = ["OPS_KEYS", "OpsConfig", "attach", "telemetry_of"]
+__all__ = ["OPS_KEYS", "OpsConfig", "attach", "register_member", "telemetry_of"]
 
 #: The settings every role takes for its operators, as TOML keys.
 OPS_KEYS = ("metrics", "log-format", "log-queue", "otel-endpoint")
@@ -67,6 +68,32 @@ def telemetry_of(tree: IService) -> Telemetry:
     telemetry = getattr(tree, "telemetry", None)
     if not isinstance(telemetry, Telemetry):
         raise TypeError(f"{tree!r} carries no telemetry")
+    return telemetry
+
+
+def register_member(
+    tree: MultiService,
+    context: Any,
+    yellows: tuple[str, ...],
+    role: str,
+    instance_id: str,
+    directory: Any,
+) -> Telemetry:
+    """Register a member that serves no calls (the brokerlist, the admin console) under
+    service ``role``, so that operators' tools and Prometheus find it, and give ``tree``
+    its telemetry: its directory's metrics, ready while its registry view is synced."""
+    from mmo.registry import Registration, make_instance
+
+    instance = make_instance(role, instance_id, {}, {"pid": os.getpid()})
+    registration = Registration(context, yellows, instance)
+    registration.setName("registration")
+    registration.setServiceParent(tree)
+    telemetry = Telemetry(role, instance_id)
+    telemetry.directory = directory
+    telemetry.registrations.append(registration)
+    telemetry.add_metrics(directory.metrics)
+    telemetry.add_check("registry", directory.readiness)
+    tree.telemetry = telemetry  # type: ignore[attr-defined]
     return telemetry
 
 
