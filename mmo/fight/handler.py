@@ -34,6 +34,9 @@ __all__ = ["FightHandler", "FightSettings", "require_session"]
 
 log = Logger()
 
+#: Seconds a dispatcher must have been gone or out of reach before this process says so.
+ORPHAN_NOTICE = 2.0
+
 #: Deadline of the calls a fight process makes to its dispatcher, in seconds.
 DISPATCHER_TIMEOUT = 3.0
 
@@ -140,6 +143,7 @@ class FightHandler(ServiceHandler):
         self.held: dict[str, HeldFight] = {}
         #: Clock time since which this process's dispatcher is not registered (None: it is).
         self.orphaned_since: float | None = None
+        self._orphan_told = False
         #: Whether a dispatcher adopted this process (it is then no child of that one).
         self.adopted = False
         self._parent = os.getppid()
@@ -218,12 +222,16 @@ class FightHandler(ServiceHandler):
         now = self.clock.seconds()
         if self.orphaned_since is None:
             self.orphaned_since = now
+            self._orphan_told = False
+        elif not self._orphan_told and now - self.orphaned_since >= ORPHAN_NOTICE:
+            # Said once it lasts (a link still connecting at start is no orphan).
+            self._orphan_told = True
             log.warn(
                 "fight: dispatcher {id} is gone; waiting up to {s:g}s to be adopted",
                 id=self.dispatcher_id,
                 s=self.settings.orphan_timeout,
             )
-        elif now - self.orphaned_since >= self.settings.orphan_timeout:
+        if now - self.orphaned_since >= self.settings.orphan_timeout:
             log.warn(
                 "fight: no dispatcher adopted this process in {s:g}s; stopping ({n} fights held)",
                 s=self.settings.orphan_timeout,
