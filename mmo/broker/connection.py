@@ -367,9 +367,13 @@ class TCPClientProtocol(_Carrier, Int32StringReceiver):
 
     def __init__(self, broker: Edge) -> None:
         self.broker = broker
-        self.MAX_LENGTH = broker.config.max_frame
         self.connection: ClientConnection | None = None
         self._queue: _OutboundQueue | None = None
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        """The largest frame: the broker's ``max-frame`` now (a reload changes it)."""
+        return self.broker.config.max_frame
 
     @override
     def connectionMade(self) -> None:

@@ -19,8 +19,9 @@ brokerlist stops listing it) and is not ready; taken back, it admits again.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -112,6 +113,53 @@ class Broker(Service):
         self._sweeper: task.LoopingCall | None = None
         self._published_sessions = 0
         directory.on_one_way_error = self.forwarder.notify_failed
+
+    #: The settings :meth:`reload` applies while the broker runs; the others (listeners,
+    #: addresses, instance id, yellow, TLS, login routes) need a restart.
+    LIVE: ClassVar[frozenset[str]] = frozenset(
+        {
+            "max_frame",
+            "rate",
+            "burst",
+            "idle_timeout",
+            "login_timeout",
+            "heartbeat",
+            "max_outbound",
+            "capacity",
+            "max_per_address",
+            "max_channels",
+            "max_channel_name",
+            "channel_budget",
+            "sender_rate",
+            "sender_burst",
+            "request_timeout",
+            "trace_sample",
+            "drain_timeout",
+            "routes",
+            "listen_routes",
+            "websocket_routes",
+        }
+    )
+
+    def reload(self, config: BrokerConfig) -> frozenset[str]:
+        """Apply the :attr:`LIVE` settings of ``config`` (checked already; a reload of the
+        process's configuration): limits, routes, client-route narrowing. Connections in
+        place take the new limits from their next packet (their outbound queue's
+        ``max-outbound`` excepted: new connections get it). Returns the settings applied."""
+        config = dataclasses.replace(
+            self.config, **{name: getattr(config, name) for name in self.LIVE}
+        )
+        capacity_changed = config.capacity != self.config.capacity
+        self.config = self.table.config = self.forwarder.config = self.gate.config = config
+        self.internal.reconfigure(config)
+        self.routes.routes = dict(config.routes)
+        self.tcp_routes.set(config.listen_routes)
+        self.websocket_routes.set(config.websocket_routes)
+        if self._sweeper is not None:
+            self._sweeper.interval = min(1.0, config.login_timeout / 2)
+        if capacity_changed and self.running:
+            self.registration.update_meta(now=False, **self.load_meta())
+        return self.LIVE
 
     # -- lifecycle -------------------------------------------------------------
 

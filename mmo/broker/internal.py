@@ -78,6 +78,13 @@ class InternalEndpoint:
         self._channel_budget = Buckets(config.channel_budget, config.channel_budget)
         self._sender_budget = Buckets(config.sender_rate, config.sender_burst)
 
+    def reconfigure(self, config: BrokerConfig) -> None:
+        """Take the budgets of ``config`` (a reload): the buckets keep their levels."""
+        self.config = config
+        self._channel_budget.rate = self._channel_budget.burst = config.channel_budget
+        self._sender_budget.rate = config.sender_rate
+        self._sender_budget.burst = config.sender_burst
+
     def bind(self) -> str:
         """Bind the ROUTER socket (once); the address to register."""
         if self.endpoint is None:

@@ -83,6 +83,11 @@ class RoutePatterns:
     """
 
     def __init__(self, patterns: Iterable[str]) -> None:
+        self.set(patterns)
+
+    def set(self, patterns: Iterable[str]) -> None:
+        """Accept ``patterns`` from now on (a reload): the connections that came in on the
+        listener ask the same object, so they follow from their next request."""
         self.patterns = tuple(patterns)
         self.everything = "*" in self.patterns
         # Only declared routes are ever asked about, so this stays small.

@@ -280,4 +280,5 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
 
     broker.drain_listeners.append(drained)
     top.telemetry = telemetry
+    top.reload = broker.reload  # type: ignore[attr-defined]
     return top

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 
 from mmo.config import ConfigError
-from mmo.telemetry.logs import PROCESS
+from mmo.telemetry.logs import LEVELS, PROCESS
 from mmo.telemetry.metrics import Telemetry
 from mmo.telemetry.site import OpsListener, parse_listen
 from mmo.zmq import ZmqContextService
@@ -23,7 +23,7 @@ from mmo.zmq import ZmqContextService
 __all__ = ["OPS_KEYS", "OpsConfig", "attach", "register_member", "telemetry_of"]
 
 #: The settings every role takes for its operators, as TOML keys.
-OPS_KEYS = ("metrics", "log-format", "log-queue", "otel-endpoint")
+OPS_KEYS = ("metrics", "log-format", "log-level", "log-queue", "otel-endpoint")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class OpsConfig:
             listens: ``PORT`` (on 127.0.0.1), ``HOST:PORT``; port 0 picks a free one (the
             registry entry says which). None: no listener.
         log_format: ``text`` (twistd's own) or ``json`` (one object per line).
+        log_level: the least severe events the process logs (and ships): ``debug``
+            (everything, the default), ``info``, ``warn`` or ``error``; a reload
+            (SIGHUP) changes it live.
         log_queue: log events held for the log collector at most, while it is slow or
             away (the oldest are dropped first, and counted); 0: do not ship logs.
         otel_endpoint: an OTLP/HTTP endpoint (``http://host:4318/v1/traces``) traced
@@ -43,6 +46,7 @@ class OpsConfig:
 
     metrics: str | None = None
     log_format: str = "text"
+    log_level: str = "debug"
     log_queue: int = 10_000
     otel_endpoint: str | None = None
 
@@ -55,6 +59,10 @@ class OpsConfig:
                 raise ConfigError("metrics", str(e)) from None
         if self.log_format not in ("text", "json"):
             raise ConfigError("log-format", f"expected text or json, got {self.log_format!r}")
+        if self.log_level not in LEVELS:
+            raise ConfigError(
+                "log-level", f"expected one of {', '.join(LEVELS)}, got {self.log_level!r}"
+            )
         if not 0 <= self.log_queue <= 10_000_000:
             raise ConfigError("log-queue", "must be between 0 and 10000000")
         if self.otel_endpoint is not None and not self.otel_endpoint.startswith(

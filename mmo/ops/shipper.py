@@ -48,11 +48,17 @@ from itertools import islice
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogPublisher,
+    PredicateResult,
+    globalLogPublisher,
+)
 from typing_extensions import override
 from zope.interface import provider
 
-from mmo.telemetry.logs import record
+from mmo.telemetry.logs import LEVEL, record
 from mmo.telemetry.metrics import Metric, counter, gauge
 from mmo.telemetry.trace import CURRENT
 from mmo.types import DelayedCall
@@ -178,7 +184,7 @@ class LogShipper(Service):
     # -- the observer (in the emitter's call: cheap, never raises) ---------------
 
     def _observe(self, event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == NAMESPACE:
+        if event.get("log_namespace") == NAMESPACE or LEVEL(event) is PredicateResult.no:
             return
         in_reactor = threading.get_ident() == self._thread
         if self._flushing and in_reactor:
