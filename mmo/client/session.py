@@ -171,8 +171,10 @@ def pick_broker(
 
 def http_fetcher(reactor: Any, timeout: float = 5.0) -> Fetcher:
     """A :data:`Fetcher` with ``twisted.web.client.Agent`` (``timeout`` s for the whole GET)."""
-    from twisted.web.client import Agent, readBody
+    from twisted.web.client import Agent
     from twisted.web.http_headers import Headers
+
+    from mmo.client.http import read_body
 
     agent = Agent(reactor, connectTimeout=timeout)
 
@@ -180,7 +182,7 @@ def http_fetcher(reactor: Any, timeout: float = 5.0) -> Fetcher:
         d = agent.request(b"GET", url.encode("utf-8"), Headers({b"Accept": [b"application/json"]}))
 
         def got(response: Any) -> defer.Deferred[bytes]:
-            body = readBody(response)
+            body = read_body(response)
             if response.code != 200:
 
                 def refuse(_: bytes) -> bytes:

@@ -18,8 +18,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, task
 
+from mmo.client.http import read_body
 from mmo.types import InlineCallbacks
 
 __all__ = [
@@ -416,43 +417,6 @@ def _reason(failure: Any, timeout: float) -> str:
     return text.splitlines()[0][:200]
 
 
-class _Body(protocol.Protocol):
-    """Collects a response's body (twisted.web's ``readBody`` warns when the body is
-    already in, as it is for every small page)."""
-
-    def __init__(self, done: defer.Deferred[bytes]) -> None:
-        self.done = done
-        self.parts: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        from twisted.web.client import ResponseDone
-        from twisted.web.http import PotentialDataLoss
-
-        if self.done.called:
-            return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-def _body(response: Any) -> defer.Deferred[bytes]:
-    """The body of ``response``; cancelling stops reading it (closes the connection)."""
-
-    def cancel(_: defer.Deferred[bytes]) -> None:
-        transport: Any = reader.transport  # the response's producer
-        if transport is not None:
-            transport.stopProducing()
-
-    done: defer.Deferred[bytes] = defer.Deferred(cancel)
-    reader = _Body(done)
-    response.deliverBody(reader)
-    return done
-
-
 @defer.inlineCallbacks
 def _get(
     agent: Any, reactor: Any, url: str, timeout: float
@@ -463,7 +427,7 @@ def _get(
 
     def body(response: Any) -> defer.Deferred[tuple[int, bytes, float]]:
         when = reactor.seconds()
-        return _body(response).addCallback(lambda data: (response.code, data, when))
+        return read_body(response).addCallback(lambda data: (response.code, data, when))
 
     d = agent.request(b"GET", url.encode(), Headers({b"accept": [b"text/plain"]}))
     d.addCallback(body)
