@@ -7,6 +7,7 @@
     mmo chat --brokerlist URL --user NAME --password PW --room ROOM [--register]
     mmo fights --yellow URL [--json]
     mmo drain INSTANCE [--undrain] [--service S] [--pool DISPATCHER] --yellow URL [--json]
+    mmo reload SERVICE [--batch N] [--yellow URL] [--timeout S] [--json]
     mmo keys DIR [--force]
     mmo logs --yellow URL [--role R] [--instance I] [--level L] [--trace ID] [--since T]
              [--follow] [--json]
@@ -42,6 +43,7 @@ SUBCOMMANDS = (
     "chat",
     "fights",
     "drain",
+    "reload",
     "keys",
     "logs",
     "status",

@@ -50,11 +50,14 @@ class ClusterConfig:
         process: the children, in start order (stopped in reverse).
         stop_timeout: seconds a child has to exit after SIGTERM before SIGKILL.
         backoff_max: longest wait, in seconds, before restarting a child that keeps dying.
+        yellow: the yellow(s) (comma-separated) the supervisor's control endpoint (service
+            ``cluster``: ``children``, ``reload``) registers in; none: no endpoint.
     """
 
     process: tuple[dict[str, Any], ...] = ()
     stop_timeout: float = 15.0
     backoff_max: float = 30.0
+    yellow: str | None = None
 
     def validate(self) -> None:
         """Check every child spec and that names are unique."""

@@ -90,6 +90,7 @@ def make_cluster_service(
     # Each [[cluster.process]] table is a tier: started in order, stopped in reverse,
     # so that workers drain and deregister while the yellow is still there.
     children: list[ChildProcess] = []
+    specs: dict[ChildProcess, tuple[str, tuple[str, ...]]] = {}
     for spec in config.specs():
         tier = MultiService()
         tier.setServiceParent(top)
@@ -107,6 +108,13 @@ def make_cluster_service(
             child.setName(name)
             child.setServiceParent(tier)
             children.append(child)
+            specs[child] = (spec.role, tuple(args))
+    if config.yellow:
+        from mmo.cluster.control import make_control_tree
+
+        # Last: started once every tier runs, stopped first (no reload while stopping).
+        yellow = tuple(y.strip() for y in config.yellow.split(",") if y.strip())
+        make_control_tree(yellow, children, specs, reactor=reactor, sink=sink).setServiceParent(top)
     telemetry = Telemetry("cluster", f"cluster-{os.getpid()}")
     telemetry.add_metrics(lambda: _children_metrics(children))
     telemetry.add_check("children", lambda: _children_running(children))

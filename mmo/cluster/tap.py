@@ -45,6 +45,12 @@ class Options(RoleOptions):
     optParameters: ClassVar[list[list[Any]]] = [
         *RoleOptions.optParameters,
         ["stop-timeout", None, None, "Seconds a child has to exit after SIGTERM."],
+        [
+            "yellow",
+            None,
+            None,
+            "Yellow address(es) the control endpoint (service cluster: reload) registers in.",
+        ],
     ]
 
     @override

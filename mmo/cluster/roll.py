@@ -1,0 +1,194 @@
+"""A rolling reload: the supervised instances of one service replaced, a batch at a time,
+by processes running the code now on disk, without a failed call.
+
+For each batch: start the new processes (same arguments, a new name: ``echo-1`` becomes
+``echo-1.r1``, then ``echo-1.r2``...), wait until each is listed in the registry and
+ready, drain the old ones (``ops_drain``: callers stop picking them and resend what they
+answer ``Unavailable``), give callers a moment to see it, then stop the old ones
+(SIGTERM: they deregister and finish their calls in flight) and supervise the new ones
+in their place. A new process that exits or is not ready in time stops the roll: it is
+stopped, and the old ones, not drained yet, keep serving.
+
+:class:`Roll` holds the sequence; what it acts on is behind two small interfaces
+(:class:`Supervisor`, :class:`Registry`), which the cluster implements
+(:mod:`mmo.cluster.control`) and a unit test fakes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from mmo.errors import MmoError, RemoteError
+from mmo.types import Clock, InlineCallbacks
+
+__all__ = ["Registry", "Roll", "RollError", "Supervisor", "next_name"]
+
+log = Logger()
+
+_GENERATION = re.compile(r"^(?P<base>.+)\.r(?P<n>\d+)$")
+
+
+def next_name(name: str) -> str:
+    """The name of the process that replaces ``name``: ``echo-1`` -> ``echo-1.r1``,
+    ``echo-1.r1`` -> ``echo-1.r2``."""
+    match = _GENERATION.match(name)
+    if match is None:
+        return f"{name}.r1"
+    return f"{match['base']}.r{int(match['n']) + 1}"
+
+
+class RollError(MmoError):
+    """A rolling reload stopped: the message says which child and why (its callers get
+    it as an error of type ``RollError``; the server logs no traceback for it)."""
+
+    code = RemoteError.code
+
+
+class Supervisor(Protocol):
+    """What a roll needs of the process supervisor."""
+
+    def candidates(self, service: str) -> list[Any]:
+        """The supervised children serving ``service`` (in their start order)."""
+
+    def instance_of(self, child: Any) -> str:
+        """The instance id ``child`` registers as."""
+
+    def spawn(self, old: Any) -> Any:
+        """Start (not yet supervise) a new child like ``old``, named after it."""
+
+    def exited(self, child: Any) -> bool:
+        """Whether ``child``'s process has exited."""
+
+    def output_tail(self, child: Any) -> str:
+        """The last lines ``child`` printed."""
+
+    def discard(self, child: Any) -> defer.Deferred[Any]:
+        """Stop a new child that will not be kept."""
+
+    def replace(self, old: Any, new: Any) -> defer.Deferred[Any]:
+        """Stop ``old`` (gently) and supervise ``new`` in its place."""
+
+
+class Registry(Protocol):
+    """What a roll needs of the cluster's registry."""
+
+    def ready(self, service: str, instance_id: str) -> defer.Deferred[bool]:
+        """Whether ``instance_id`` is listed under ``service`` and ready to serve."""
+
+    def drain(self, service: str, instance_id: str) -> defer.Deferred[Any]:
+        """Drain ``instance_id`` (``ops_drain(draining=True)``)."""
+
+
+class Roll:
+    """Replaces the instances of a service, ``batch`` at a time (see the module).
+
+    Args:
+        supervisor: the children.
+        registry: the registry and the instances' drain.
+        clock: the reactor's clock.
+        ready_timeout: seconds a new process has to be listed and ready.
+        settle: seconds between draining the old instances and stopping them (for
+            callers to see the drain in the registry).
+        poll: seconds between checks of a new process.
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        registry: Registry,
+        clock: Clock,
+        *,
+        ready_timeout: float = 30.0,
+        settle: float = 1.5,
+        poll: float = 0.2,
+    ) -> None:
+        self.supervisor = supervisor
+        self.registry = registry
+        self.clock = clock
+        self.ready_timeout = ready_timeout
+        self.settle = settle
+        self.poll = poll
+        #: The service being rolled now, if any (one roll at a time).
+        self.rolling: str | None = None
+
+    @defer.inlineCallbacks
+    def run(self, service: str, batch: int = 1) -> InlineCallbacks[dict[str, Any]]:
+        """Roll ``service``; fire with ``{"service", "replaced": [[old, new], ...]}``.
+
+        Raises (through the Deferred):
+            RollError: nothing to roll, a roll under way, or a new process that exited or
+                was not ready in time (the roll stops there; what was replaced stays so).
+        """
+        if batch < 1:
+            raise RollError(f"batch must be at least 1, not {batch}")
+        if self.rolling is not None:
+            raise RollError(f"a reload of {self.rolling!r} is under way")
+        olds = self.supervisor.candidates(service)
+        if not olds:
+            raise RollError(f"no supervised mmo-worker serves {service!r}")
+        self.rolling = service
+        replaced: list[list[str]] = []
+        try:
+            for start in range(0, len(olds), batch):
+                group = olds[start : start + batch]
+                yield self._batch(service, group, replaced)
+        except RollError as e:
+            log.error("cluster: reload of {service} stopped: {e}", service=service, e=e)
+            raise
+        finally:
+            self.rolling = None
+        log.info(
+            "cluster: reload of {service} done: {replaced}", service=service, replaced=replaced
+        )
+        return {"service": service, "replaced": replaced}
+
+    @defer.inlineCallbacks
+    def _batch(self, service: str, olds: list[Any], replaced: list[list[str]]) -> Any:
+        sup = self.supervisor
+        news = [sup.spawn(old) for old in olds]
+        waits = [self._wait_ready(service, new) for new in news]
+        results = yield defer.DeferredList(waits, consumeErrors=True)
+        errors = [str(outcome.value) for ok, outcome in results if not ok]
+        if errors:
+            yield defer.DeferredList([sup.discard(new) for new in news], consumeErrors=True)
+            done = f" (replaced before: {replaced})" if replaced else ""
+            raise RollError("; ".join(errors) + done)
+        pairs = list(zip(olds, news, strict=True))
+        ids = [[sup.instance_of(old), sup.instance_of(new)] for old, new in pairs]
+        for old, _ in pairs:
+            try:
+                yield self.registry.drain(service, sup.instance_of(old))
+            except Exception as e:  # it is stopped anyway: SIGTERM deregisters and drains
+                log.warn(
+                    "cluster: could not drain {old} before stopping it: {e}",
+                    old=sup.instance_of(old),
+                    e=e,
+                )
+        yield task.deferLater(self.clock, self.settle, lambda: None)  # type: ignore[arg-type]
+        yield defer.gatherResults([sup.replace(old, new) for old, new in pairs], consumeErrors=True)
+        replaced.extend(ids)
+
+    @defer.inlineCallbacks
+    def _wait_ready(self, service: str, new: Any) -> InlineCallbacks[None]:
+        sup = self.supervisor
+        instance_id = sup.instance_of(new)
+        deadline = self.clock.seconds() + self.ready_timeout
+        while True:
+            if sup.exited(new):
+                raise RollError(
+                    f"{instance_id} exited before it was ready; its output ends with:\n"
+                    f"{sup.output_tail(new)}"
+                )
+            ready = yield self.registry.ready(service, instance_id)
+            if ready:
+                return
+            if self.clock.seconds() >= deadline:
+                raise RollError(
+                    f"{instance_id} was not ready within {self.ready_timeout:g} s; its output "
+                    f"ends with:\n{sup.output_tail(new)}"
+                )
+            yield task.deferLater(self.clock, self.poll, lambda: None)  # type: ignore[arg-type]

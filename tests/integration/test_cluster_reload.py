@@ -1,0 +1,187 @@
+"""`mmo reload SERVICE` under `twistd mmo-cluster`: a rolling replacement of a service's
+instances by processes running the code on disk now, without a failed call."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import pytest
+import pytest_twisted  # type: ignore[import-untyped]
+from twisted.internet import defer, reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from mmo.testing import free_port
+from mmo.testing.processes import TwistdProcess
+
+from .conftest import instances, sleep, until, wait_links
+
+pytestmark = pytest.mark.timeout(150)
+
+HANDLER = '''
+from mmo.examples.echo import EchoService
+
+
+class RollEcho(EchoService):
+    """EchoService, from a module the test rewrites."""
+'''
+BROKEN = HANDLER + "\nraise RuntimeError('broken on purpose')\n"
+
+
+@pytest.fixture(scope="module")
+def reload_cluster(tmp_path_factory: Any) -> Any:
+    """`twistd mmo-cluster`: a yellow, two echo workers of a handler in a module of the
+    test's own, and the control endpoint registered in the yellow."""
+    tmp = tmp_path_factory.mktemp("reload")
+    (tmp / "rollecho.py").write_text(HANDLER)
+    yellow = f"tcp://127.0.0.1:{free_port()}"
+    config = tmp / "cluster.toml"
+    config.write_text(
+        f"""
+[cluster]
+stop-timeout = 10.0
+yellow = "{yellow}"
+metrics = "127.0.0.1:{free_port()}"
+[[cluster.process]]
+name = "yellow"
+role = "mmo-yellow"
+args = ["--listen", "{yellow}"]
+[[cluster.process]]
+name = "echo"
+role = "mmo-worker"
+count = 2
+args = ["--yellow", "{yellow}", "--service", "echo", "--handler", "rollecho:RollEcho"]
+"""
+    )
+    path = os.pathsep.join(p for p in (str(tmp), os.environ.get("PYTHONPATH", "")) if p)
+    cluster = TwistdProcess(
+        "mmo-cluster", ["--config", str(config)], tmp, "cluster", env={"PYTHONPATH": path}
+    ).start()
+    yield yellow, cluster, tmp
+    cluster.stop(timeout=30)
+    print(cluster.log_tail(80))
+
+
+def mmo_reload(yellow: str, *args: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
+    """Run `mmo reload ...` without blocking the reactor: (stdout, stderr, status)."""
+    return getProcessOutputAndValue(
+        sys.executable,
+        ["-c", "from mmo.cli import main; main()", "reload", *args, "--yellow", yellow],
+        env=dict(os.environ),
+        reactor=reactor,
+    )
+
+
+class Load:
+    """Echo calls sent steadily (``rate`` a second) until stopped; every answer kept."""
+
+    def __init__(self, directory: Any, rate: float = 50.0) -> None:
+        self.directory = directory
+        self.interval = 1.0 / rate
+        self.sent = 0
+        self.answers: dict[int, list[Any]] = {}
+        self.failures: list[str] = []
+        self.pending: list[defer.Deferred[Any]] = []
+        self.running = True
+
+    @defer.inlineCallbacks
+    def run(self) -> Any:
+        while self.running:
+            i = self.sent
+            self.sent += 1
+            d = self.directory.call("echo", "echo", {"i": i}, timeout=15)
+            d.addCallbacks(
+                lambda reply, i=i: self.answers.setdefault(i, []).append(reply),
+                lambda f, i=i: self.failures.append(f"{i}: {f.getErrorMessage()}"),
+            )
+            self.pending.append(d)
+            yield sleep(self.interval)
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        self.running = False
+        yield defer.DeferredList(self.pending)
+
+    def check(self) -> None:
+        assert self.failures == [], self.failures[:10]
+        assert sorted(self.answers) == list(range(self.sent))
+        assert all(v == [{"i": i}] for i, v in self.answers.items())
+
+
+def pids(directory: Any) -> dict[str, int]:
+    from mmo.wire import from_value
+
+    return {i.instance_id: from_value(i.meta["pid"]) for i in directory.view.get("echo")}
+
+
+@defer.inlineCallbacks
+def ready_directory(directory_factory: Any, yellow: str) -> Any:
+    directory = directory_factory([yellow], caller_role="tool")
+    yield until(lambda: len(instances(directory, "echo")) == 2, what="two echo instances")
+    yield until(lambda: instances(directory, "cluster"), what="the cluster's control endpoint")
+    yield wait_links(directory, "echo", instances(directory, "echo"))
+    return directory
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_replaces_every_instance_without_a_failed_call(reload_cluster, directory_factory):
+    yellow, _, _ = reload_cluster
+    directory = yield ready_directory(directory_factory, yellow)
+    before = pids(directory)
+    children = yield directory.call("cluster", "children", {}, timeout=5)
+    assert {c["name"] for c in children} == {"yellow", "echo-1", "echo-2"}
+    assert all(c["running"] and c["pid"] for c in children)
+
+    load = Load(directory)
+    loading = load.run()
+    yield sleep(1.0)
+    out, err, code = yield mmo_reload(yellow, "echo", "--json")
+    assert code == 0, (out, err)
+    answer = json.loads(out)
+    old_ids = sorted(before)
+    assert answer == {
+        "service": "echo",
+        "replaced": [[old, f"{old}.r1"] for old in old_ids],
+    }
+    yield sleep(1.5)
+    yield load.stop()
+    yield loading
+    load.check()
+    assert load.sent > 50
+
+    new_ids = {f"{old}.r1" for old in old_ids}
+    yield until(lambda: instances(directory, "echo") == new_ids, what="only the new instances")
+    after = pids(directory)
+    assert not set(after.values()) & set(before.values())
+    children = yield directory.call("cluster", "children", {}, timeout=5)
+    by_name = {c["name"]: c for c in children}
+    assert set(by_name) == {"yellow", *new_ids}
+    assert {by_name[i]["pid"] for i in new_ids} == set(after.values())
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reload_whose_code_fails_leaves_the_old_instances(reload_cluster, directory_factory):
+    yellow, _, tmp = reload_cluster
+    directory = yield ready_directory(directory_factory, yellow)
+    before = pids(directory)
+    (tmp / "rollecho.py").write_text(BROKEN)
+    load = Load(directory)
+    loading = load.run()
+    try:
+        out, err, code = yield mmo_reload(yellow, "echo", "--timeout", "60")
+    finally:
+        (tmp / "rollecho.py").write_text(HANDLER)
+    assert code == 1, (out, err)
+    text = err.decode()
+    assert "RollError" in text and "exited before it was ready" in text, text
+    assert "broken on purpose" in text, text
+    yield sleep(1.0)
+    yield load.stop()
+    yield loading
+    load.check()
+    assert pids(directory) == before
+    children = yield directory.call("cluster", "children", {}, timeout=5)
+    assert {c["name"] for c in children} == {"yellow", *before}
+    assert all(c["running"] for c in children)
