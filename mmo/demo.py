@@ -148,6 +148,7 @@ def cluster_config(
             },
         ),
         stop_timeout=10.0,
+        yellow=yellow,
     )
 
 
@@ -587,7 +588,30 @@ class Demo:
         good = code == 0 and "broker" in out
         self.check("mmo status answers", good, "" if good else out[-300:])
 
-        self.say("\n17. `mmo logs --level warn --since 10m`: what went wrong, from every process:")
+        self.say("\n17. `mmo reload echo`: both echo workers replaced, one at a time, by processes")
+        self.say("    running the code now on disk, while a caller sends echo calls:")
+        sent, failed = [0], []
+
+        def call() -> None:
+            sent[0] += 1
+            echo.echo(n=sent[0]).addErrback(failed.append)
+
+        caller = task.LoopingCall(call)
+        caller.clock = self.reactor
+        caller.start(0.02)
+        try:
+            code, out = yield self.tool("reload", "echo")
+        finally:
+            caller.stop()
+        yield self.sleep(0.5)  # the last calls answered
+        self.say(_indent(out))
+        self.check(
+            f"rolled with {sent[0]} calls sent, {len(failed)} failed",
+            code == 0 and not failed,
+            "" if code == 0 and not failed else f"{out[-300:]} {failed[:1]}",
+        )
+
+        self.say("\n17b. `mmo logs --level warn --since 10m`: what went wrong, from every process:")
         code, out = yield self.tool("logs", "--level", "warn", "--since", "10m", "--limit", "8")
         self.say(_indent(out or "(nothing)"))
         self.check("mmo logs answers", code == 0, "" if code == 0 else out[-300:])

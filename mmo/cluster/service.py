@@ -64,6 +64,22 @@ class FreshKeys(Service):
             self.directory = None
 
 
+class BuiltOnStart(MultiService):
+    """A service whose tree is built when it starts (``build()``), not before: the
+    cluster's control endpoint needs the keys :class:`FreshKeys` makes at start."""
+
+    def __init__(self, build: Callable[[], Service]) -> None:
+        super().__init__()
+        self._build = build
+
+    @override
+    def startService(self) -> None:
+        """Build the tree (once), then start it."""
+        if not list(self):
+            self._build().setServiceParent(self)
+        super().startService()
+
+
 def make_cluster_service(
     config: ClusterConfig,
     *,
@@ -112,9 +128,14 @@ def make_cluster_service(
     if config.yellow:
         from mmo.cluster.control import make_control_tree
 
-        # Last: started once every tier runs, stopped first (no reload while stopping).
+        # Last: started once every tier runs, stopped first (no reload while stopping);
+        # built when it starts, with the CURVE keys FreshKeys made by then.
         yellow = tuple(y.strip() for y in config.yellow.split(",") if y.strip())
-        make_control_tree(yellow, children, specs, reactor=reactor, sink=sink).setServiceParent(top)
+        control = BuiltOnStart(
+            lambda: make_control_tree(yellow, children, specs, reactor=reactor, sink=sink)
+        )
+        control.setName("control")
+        control.setServiceParent(top)
     telemetry = Telemetry("cluster", f"cluster-{os.getpid()}")
     telemetry.add_metrics(lambda: _children_metrics(children))
     telemetry.add_check("children", lambda: _children_running(children))
