@@ -590,7 +590,8 @@ class Demo:
 
         self.say("\n17. `mmo reload echo`: both echo workers replaced, one at a time, by processes")
         self.say("    running the code now on disk, while a caller sends echo calls:")
-        sent, failed = [0], []
+        sent: list[int] = [0]
+        failed: list[Any] = []
 
         def call() -> None:
             sent[0] += 1
