@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmo.config import ConfigError, build
@@ -42,6 +42,75 @@ class ProcessSpec:
         return [(f"{self.name}-{i}", self) for i in range(1, self.count + 1)]
 
 
+#: What a scale policy follows (see :mod:`mmo.cluster.scale`).
+SIGNALS = ("outstanding", "p99", "cpu")
+
+
+@dataclass(frozen=True)
+class ScalePolicy:
+    """How a stateless service scales (a ``[cluster.scale.SERVICE]`` table).
+
+    Attributes:
+        service: the service (a worker child of the cluster serves it).
+        min, max: the fewest and most instances.
+        signal: ``outstanding`` (requests in flight per instance), ``p99`` (ms, what the
+            service served over the last interval) or ``cpu`` (percent per instance).
+        target: the signal's value to keep.
+        interval: seconds between decisions.
+        up_cooldown, down_cooldown: seconds after a change before the next scale up / down.
+    """
+
+    service: str
+    min: int = 1
+    max: int = 4
+    signal: str = "outstanding"
+    target: float = 1.0
+    interval: float = 2.0
+    up_cooldown: float = 5.0
+    down_cooldown: float = 20.0
+
+    def validate(self) -> None:
+        """Check the values."""
+        key = f"scale.{self.service}"
+        if self.min < 1:
+            raise ConfigError(f"{key}.min", "must be at least 1")
+        if self.max < self.min:
+            raise ConfigError(f"{key}.max", f"must be at least min ({self.min})")
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"{key}.signal", f"{self.signal!r} is not one of {SIGNALS}")
+        if self.target <= 0:
+            raise ConfigError(f"{key}.target", "must be above 0")
+        if self.interval <= 0:
+            raise ConfigError(f"{key}.interval", "must be above 0")
+        if self.up_cooldown < 0 or self.down_cooldown < 0:
+            raise ConfigError(f"{key}.up_cooldown", "cooldowns must not be negative")
+
+
+def worker_service(args: tuple[str, ...]) -> str | None:
+    """The service an ``mmo-worker`` child with ``args`` serves: its ``--service``, else
+    its ``--handler``'s default service (None when neither tells)."""
+    found = None
+    handler = None
+    for i, arg in enumerate(args):
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if arg in ("--service", "-s") and nxt is not None:
+            found = nxt
+        elif arg.startswith("--service="):
+            found = arg.partition("=")[2]
+        elif arg == "--handler" and nxt is not None:
+            handler = nxt
+        elif arg.startswith("--handler="):
+            handler = arg.partition("=")[2]
+    if found or not handler:
+        return found or None
+    try:
+        from mmo.logic.runtime import load_handler
+
+        return str(load_handler(handler).default_service)
+    except Exception:
+        return None
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Settings of ``twistd mmo-cluster`` (TOML section ``[cluster]``).
@@ -52,12 +121,15 @@ class ClusterConfig:
         backoff_max: longest wait, in seconds, before restarting a child that keeps dying.
         yellow: the yellow(s) (comma-separated) the supervisor's control endpoint (service
             ``cluster``: ``children``, ``reload``) registers in; none: no endpoint.
+        scale: auto-scaling policies by service (``[cluster.scale.SERVICE]`` tables,
+            :class:`ScalePolicy`); they need ``yellow``.
     """
 
     process: tuple[dict[str, Any], ...] = ()
     stop_timeout: float = 15.0
     backoff_max: float = 30.0
     yellow: str | None = None
+    scale: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Check every child spec and that names are unique."""
@@ -67,6 +139,27 @@ class ClusterConfig:
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ConfigError("cluster.process", f"duplicate names: {sorted(dupes)}")
+        policies = self.policies()
+        if policies and not self.yellow:
+            raise ConfigError("cluster.scale", "auto-scaling needs [cluster] yellow")
+        served = {worker_service(spec.args) for spec in self.specs() if spec.role == "mmo-worker"}
+        for policy in policies:
+            if policy.service not in served:
+                raise ConfigError(
+                    f"cluster.scale.{policy.service}", "no mmo-worker child serves this service"
+                )
+
+    def policies(self) -> list[ScalePolicy]:
+        """The scale policies, validated."""
+        policies = []
+        for service, table in self.scale.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"cluster.scale.{service}", "must be a table")
+            if "service" in table:
+                raise ConfigError(f"cluster.scale.{service}.service", "unknown setting")
+            values = {**table, "service": service}
+            policies.append(build(ScalePolicy, values, prefix=f"scale.{service}."))
+        return policies
 
     def specs(self) -> list[ProcessSpec]:
         """The child specs, validated."""

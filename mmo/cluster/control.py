@@ -14,7 +14,9 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mmo.cluster.config import ScalePolicy
 from mmo.cluster.roll import Roll, next_name
+from mmo.cluster.scale import LocalProcesses, Scaler, ScaleService, StatusSignal
 from mmo.logic import OPERATOR_ROLES, Context, Directory, ServiceHandler, callers, idempotent
 from mmo.logic.runtime import load_handler, make_worker_tree
 from mmo.process import ChildProcess, twistd_argv
@@ -100,13 +102,17 @@ class ClusterSupervisor:
         _, args = self.specs[child]
         return _option(args, "--instance-id") or str(child.name)
 
-    def spawn(self, old: ChildProcess) -> ChildProcess:
-        """Start a child like ``old`` under the next name (not supervised yet)."""
+    def spawn(self, old: ChildProcess, name: str | None = None) -> ChildProcess:
+        """Start a child like ``old`` under ``name`` (by default the next name of
+        ``old``'s), not supervised yet."""
         role, args = self.specs[old]
-        name = next_name(str(old.name))
         own_id = _option(args, "--instance-id")
         if own_id:
-            args = _replace_option(args, "--instance-id", next_name(own_id))
+            args = _replace_option(
+                args, "--instance-id", name if name is not None else next_name(own_id)
+            )
+        if name is None:
+            name = next_name(str(old.name))
         tail: collections.deque[str] = collections.deque(maxlen=TAIL)
 
         def sink(child_name: str, line: str) -> None:
@@ -163,6 +169,29 @@ class ClusterSupervisor:
         self.specs.pop(old, None)
         stopped = tier.removeService(old)
         old.parent = None
+        return defer.maybeDeferred(lambda: stopped)
+
+    def adopt(self, new: ChildProcess, like: ChildProcess) -> None:
+        """Supervise ``new`` (started by :meth:`spawn`) in ``like``'s tier, after it."""
+        tier = like.parent
+        assert isinstance(tier, MultiService)
+        # Inserted by hand: addService would start it again.
+        new.parent = tier
+        tier.services.append(new)
+        tier.namedServices[str(new.name)] = new
+        new.restart = like.restart
+        self.tails.pop(new, None)
+        self.children.append(new)
+
+    def retire(self, child: ChildProcess) -> defer.Deferred[Any]:
+        """Stop supervising ``child`` and stop it (SIGTERM: it deregisters and drains)."""
+        tier = child.parent
+        assert isinstance(tier, MultiService)
+        if child in self.children:
+            self.children.remove(child)
+        self.specs.pop(child, None)
+        stopped = tier.removeService(child)
+        child.parent = None
         return defer.maybeDeferred(lambda: stopped)
 
 
@@ -253,6 +282,11 @@ class ClusterControl(ServiceHandler):
         return self.roll.run(str(service), int(batch))
 
 
+def _rolling(roll: Roll, service: str) -> Callable[[], bool]:
+    """Whether ``roll`` rolls ``service`` now."""
+    return lambda: roll.rolling == service
+
+
 def make_control_tree(
     yellow: tuple[str, ...],
     children: list[ChildProcess],
@@ -260,8 +294,11 @@ def make_control_tree(
     *,
     reactor: Any = None,
     sink: Callable[[str, str], None] | None = None,
+    policies: tuple[ScalePolicy, ...] = (),
+    scalers: list[Scaler] | None = None,
 ) -> OrderedMultiService:
-    """The served tree of the control endpoint (not started)."""
+    """The served tree of the control endpoint (not started), with a :class:`Scaler` per
+    policy (started last; each is also put in ``scalers``, for the cluster's telemetry)."""
     tree = make_worker_tree(
         ClusterControl,
         service="cluster",
@@ -275,6 +312,21 @@ def make_control_tree(
     supervisor = ClusterSupervisor(children, specs, sink)
     handler.supervisor = supervisor
     directory = next(s for s in tree if isinstance(s, Directory))
-    handler.roll = Roll(supervisor, ClusterRegistry(directory, handler.clock), handler.clock)
+    roll = Roll(supervisor, ClusterRegistry(directory, handler.clock), handler.clock)
+    handler.roll = roll
+    if policies:
+        backend = LocalProcesses(roll)
+        read = StatusSignal(handler.clock, directory)
+        for policy in policies:
+            scaler = Scaler(
+                policy,
+                backend,
+                read,
+                handler.clock,
+                busy=_rolling(roll, policy.service),
+            )
+            if scalers is not None:
+                scalers.append(scaler)
+            ScaleService(scaler).setServiceParent(tree)
     tree.setName("control")
     return tree

@@ -150,7 +150,7 @@ class Roll:
     def _batch(self, service: str, olds: list[Any], replaced: list[list[str]]) -> Any:
         sup = self.supervisor
         news = [sup.spawn(old) for old in olds]
-        waits = [self._wait_ready(service, new) for new in news]
+        waits = [self.wait_ready(service, new) for new in news]
         results = yield defer.DeferredList(waits, consumeErrors=True)
         errors = [str(outcome.value) for ok, outcome in results if not ok]
         if errors:
@@ -173,7 +173,12 @@ class Roll:
         replaced.extend(ids)
 
     @defer.inlineCallbacks
-    def _wait_ready(self, service: str, new: Any) -> InlineCallbacks[None]:
+    def wait_ready(self, service: str, new: Any) -> InlineCallbacks[None]:
+        """Fire once the new child ``new`` is listed under ``service`` and ready.
+
+        Raises (through the Deferred):
+            RollError: it exited, or was not ready within ``ready_timeout``.
+        """
         sup = self.supervisor
         instance_id = sup.instance_of(new)
         deadline = self.clock.seconds() + self.ready_timeout

@@ -125,19 +125,30 @@ def make_cluster_service(
             child.setServiceParent(tier)
             children.append(child)
             specs[child] = (spec.role, tuple(args))
+    scalers: list[Any] = []
     if config.yellow:
         from mmo.cluster.control import make_control_tree
 
         # Last: started once every tier runs, stopped first (no reload while stopping);
         # built when it starts, with the CURVE keys FreshKeys made by then.
         yellow = tuple(y.strip() for y in config.yellow.split(",") if y.strip())
+        policies = tuple(config.policies())
         control = BuiltOnStart(
-            lambda: make_control_tree(yellow, children, specs, reactor=reactor, sink=sink)
+            lambda: make_control_tree(
+                yellow,
+                children,
+                specs,
+                reactor=reactor,
+                sink=sink,
+                policies=policies,
+                scalers=scalers,
+            )
         )
         control.setName("control")
         control.setServiceParent(top)
     telemetry = Telemetry("cluster", f"cluster-{os.getpid()}")
     telemetry.add_metrics(lambda: _children_metrics(children))
+    telemetry.add_metrics(lambda: _scale_metrics(scalers))
     telemetry.add_check("children", lambda: _children_running(children))
     top.telemetry = telemetry
     return top
@@ -155,6 +166,27 @@ def _children_metrics(children: list[ChildProcess]) -> Iterator[Metric]:
         "Times each supervised child was started again after it died.",
         ("child",),
         [((str(c.name),), c.restarts) for c in children],
+    )
+
+
+def _scale_metrics(scalers: list[Any]) -> Iterator[Metric]:
+    if not scalers:
+        return
+    yield counter(
+        "mmo_cluster_scale_decisions",
+        "Auto-scaling changes made, by service and direction (up, down).",
+        ("service", "direction"),
+        [
+            ((s.policy.service, direction), n)
+            for s in scalers
+            for direction, n in sorted(s.decisions.items())
+        ],
+    )
+    yield gauge(
+        "mmo_cluster_scale_instances",
+        "Instances of each auto-scaled service the cluster runs now.",
+        ("service",),
+        [((s.policy.service,), s.instances()) for s in scalers],
     )
 
 
