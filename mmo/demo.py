@@ -14,7 +14,9 @@ each with an operator listener (metrics, health), then:
   logs in;
 * part 3, operations: every process in Prometheus' discovery (the yellow's ``/sd``) and
   ready, a request traced across processes (``mmo trace``), ``mmo status`` while a
-  caller sends requests, and the warnings ``mmo logs`` finds in the collected logs.
+  caller sends requests, a rolling reload of the echo workers under calls (``mmo
+  reload``), echo scaled up under load, the warnings ``mmo logs`` finds in the
+  collected logs, and the admin console.
 
 The cluster runs on the embedded defaults (SQLite, in-process caches: no servers),
 but for the session records: when ``redis-server`` is installed the demo starts one
@@ -149,6 +151,18 @@ def cluster_config(
         ),
         stop_timeout=10.0,
         yellow=yellow,
+        # The echo workers follow their calls in flight: 2 at rest, up to 3 under load.
+        scale={
+            "echo": {
+                "min": 2,
+                "max": 3,
+                "signal": "outstanding",
+                "target": 4,
+                "interval": 1,
+                "up_cooldown": 2,
+                "down_cooldown": 60,
+            }
+        },
     )
 
 
@@ -612,7 +626,37 @@ class Demo:
             "" if code == 0 and not failed else f"{out[-300:]} {failed[:1]}",
         )
 
-        self.say("\n17b. `mmo logs --level warn --since 10m`: what went wrong, from every process:")
+        self.say("\n17b. auto-scaling: 20 slow echo calls kept in flight (echo.sleep 0.2 s);")
+        self.say("    the policy for echo (2 to 3 instances, 4 calls in flight each) grows it:")
+        view = directory.view
+        loaded: list[bool] = [True]
+        errors: list[Any] = []
+
+        def keep_busy() -> None:
+            if loaded[0]:
+                d = echo.sleep(seconds=0.2)
+                d.addErrback(errors.append)
+                d.addBoth(lambda _: keep_busy())
+
+        started = self.reactor.seconds()
+        for _ in range(20):
+            keep_busy()
+        try:
+            yield view.wait_for(lambda: len(view.get("echo")) >= 3, timeout=30)
+            grew = self.reactor.seconds() - started
+        except defer.TimeoutError:
+            grew = None
+        finally:
+            loaded[0] = False
+        names = sorted(i.instance_id for i in view.get("echo"))
+        self.check(
+            f"scaled up to {len(names)} echo instances ({', '.join(names)})"
+            + (f" {grew:.1f} s after the load began" if grew is not None else ""),
+            grew is not None and not errors,
+            "" if grew is not None and not errors else f"{names} {errors[:1]}",
+        )
+
+        self.say("\n17c. `mmo logs --level warn --since 10m`: what went wrong, from every process:")
         code, out = yield self.tool("logs", "--level", "warn", "--since", "10m", "--limit", "8")
         self.say(_indent(out or "(nothing)"))
         self.check("mmo logs answers", code == 0, "" if code == 0 else out[-300:])
