@@ -151,13 +151,14 @@ def cluster_config(
         ),
         stop_timeout=10.0,
         yellow=yellow,
-        # The echo workers follow their calls in flight: 2 at rest, up to 3 under load.
+        # The echo workers follow their calls in flight: 2 at rest, up to 3 under load
+        # (the load of step 17b, not the calls of the earlier steps: 8 at most each).
         scale={
             "echo": {
                 "min": 2,
                 "max": 3,
                 "signal": "outstanding",
-                "target": 4,
+                "target": 10,
                 "interval": 1,
                 "up_cooldown": 2,
                 "down_cooldown": 60,
@@ -249,6 +250,8 @@ class Demo:
             if redis is not None:
                 redis.stop()
             log_file.close()
+            # Its SQLite file, Redis, collected logs: the demo's own, gone with it.
+            shutil.rmtree(data, ignore_errors=True)
             self.say("stopped.")
 
     @defer.inlineCallbacks
@@ -339,7 +342,9 @@ class Demo:
         yield defer.gatherResults(loops)
         self.check(f"{ok[0]} calls answered, {len(errors)} failed", ok[0] > 0 and not errors)
         view = directory.view
-        yield view.wait_for(lambda: len(view.get("echo")) == 2, timeout=20)
+        yield view.wait_for(
+            lambda: "echo-1" in {i.instance_id for i in view.get("echo")}, timeout=20
+        )
         self.check(
             "the supervisor restarted echo-1",
             victim.pid not in (None, old_pid),
@@ -626,8 +631,8 @@ class Demo:
             "" if code == 0 and not failed else f"{out[-300:]} {failed[:1]}",
         )
 
-        self.say("\n17b. auto-scaling: 20 slow echo calls kept in flight (echo.sleep 0.2 s);")
-        self.say("    the policy for echo (2 to 3 instances, 4 calls in flight each) grows it:")
+        self.say("\n17b. auto-scaling: 40 slow echo calls kept in flight (echo.sleep 0.2 s);")
+        self.say("    the policy for echo (2 to 3 instances, 10 calls in flight each) grows it:")
         view = directory.view
         loaded: list[bool] = [True]
         errors: list[Any] = []
@@ -638,8 +643,9 @@ class Demo:
                 d.addErrback(errors.append)
                 d.addBoth(lambda _: keep_busy())
 
+        before = len(view.get("echo"))
         started = self.reactor.seconds()
-        for _ in range(20):
+        for _ in range(40):
             keep_busy()
         try:
             yield view.wait_for(lambda: len(view.get("echo")) >= 3, timeout=30)
@@ -652,7 +658,7 @@ class Demo:
         self.check(
             f"scaled up to {len(names)} echo instances ({', '.join(names)})"
             + (f" {grew:.1f} s after the load began" if grew is not None else ""),
-            grew is not None and not errors,
+            grew is not None and before < 3 and not errors,
             "" if grew is not None and not errors else f"{names} {errors[:1]}",
         )
 
