@@ -19,7 +19,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from typing_extensions import override
 
-from mmo.ops.status import NoRegistry, parse_metrics, quiet_agent, scrape, summarize
+from mmo.ops.status import NoRegistry, quiet_agent, samples_of, scrape, summarize
 from mmo.wire import from_value
 
 __all__ = ["ClusterState"]
@@ -169,9 +169,8 @@ class ClusterState(Service):
         row["draining"] = bool(meta.get("drained") or meta.get("draining"))
         row["load"] = meta.get("load")
         row["version"] = row["uptime_s"] = row["connections"] = None
-        text = snapshot.get("metrics")
-        if text:
-            samples = parse_metrics(text)
+        samples = samples_of(snapshot) if snapshot else None
+        if samples is not None:
             info = _first(samples, "mmo_info")
             if info is not None:
                 row["version"] = info[0].get("version")

@@ -390,10 +390,11 @@ class Calls:
         if call.d.called:
             return
         took = self.clock.seconds() - (call.deadline - call.timeout)
-        self.latencies.observe((call.service, call.method, outcome(error)), took)
+        ended = outcome(error)
+        self.latencies.observe((call.service, call.method, ended), took)
         if call.trace is not None and call.trace.traced:
             peer = call.link.instance_id if call.link is not None else ""
-            span(call.trace, "client", call.service, call.method, outcome(error), took, peer)
+            span(call.trace, "client", call.service, call.method, ended, took, peer)
         if error is None:
             call.d.callback(result)
         else:

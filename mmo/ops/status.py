@@ -29,6 +29,7 @@ __all__ = [
     "histogram_quantile",
     "parse_metrics",
     "quiet_agent",
+    "samples_of",
     "scrape",
     "summarize",
     "targets",
@@ -67,6 +68,19 @@ def parse_metrics(text: str) -> Samples:
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return samples
+
+
+def samples_of(snapshot: Mapping[str, Any]) -> Samples | None:
+    """The samples of a read's ``/metrics`` (None if it has none), parsed once: a read is
+    the second of one summary and the first of the next, and the console reads it too."""
+    if snapshot.get("error") or not snapshot.get("metrics"):
+        return None
+    parsed: Samples | None = snapshot.get("samples")
+    if parsed is None:
+        parsed = parse_metrics(snapshot["metrics"])
+        if isinstance(snapshot, dict):  # what scrape() reads: kept for the next summary
+            snapshot["samples"] = parsed
+    return parsed
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:
@@ -275,19 +289,17 @@ def summarize(
             "forwarded_per_s": None,
         }
         processes.append(row)
-        text = snap.get("metrics") if not snap.get("error") else None
-        if not text:
+        new_samples = samples_of(snap)
+        if new_samples is None:
             continue
-        new_samples = parse_metrics(text)
         rss = _value(new_samples, RSS)
         row["rss_mib"] = None if rss is None else round(rss / 2**20, 1)
         sessions = _value(new_samples, SESSIONS)
         row["sessions"] = None if sessions is None else int(sessions)
-        old_text = old.get("metrics") if old is not None and not old.get("error") else None
-        if not old_text:
+        old_samples = samples_of(old) if old is not None else None
+        if old_samples is None:
             continue
         assert old is not None
-        old_samples = parse_metrics(old_text)
         seconds = interval
         t0, t1 = old.get("time"), snap.get("time")
         if isinstance(t0, int | float) and isinstance(t1, int | float) and t1 > t0:

@@ -190,3 +190,25 @@ def wait_links(
         timeout,
         f"links to {sorted(ids)} up",
     )
+
+
+def controlled_cluster_config(yellow: str, handler: str, count: int, extra: str = "") -> str:
+    """An ``mmo-cluster`` config: a yellow at ``yellow`` and ``count`` workers of service
+    ``echo`` serving ``handler``, with the cluster's control endpoint registered in that
+    yellow and its operator listener (what a rolling reload and auto-scaling need);
+    ``extra`` is more TOML (a scale policy)."""
+    return f"""
+[cluster]
+stop-timeout = 10.0
+yellow = "{yellow}"
+metrics = "127.0.0.1:{free_port()}"
+[[cluster.process]]
+name = "yellow"
+role = "mmo-yellow"
+args = ["--listen", "{yellow}"]
+[[cluster.process]]
+name = "echo"
+role = "mmo-worker"
+count = {count}
+args = ["--yellow", "{yellow}", "--service", "echo", "--handler", "{handler}"]
+{extra}"""

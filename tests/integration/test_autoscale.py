@@ -12,7 +12,7 @@ from twisted.internet import defer
 from mmo.testing import free_port
 from mmo.testing.processes import TwistdProcess
 
-from .conftest import instances, sleep, until
+from .conftest import controlled_cluster_config, instances, sleep, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,22 +21,7 @@ pytestmark = pytest.mark.timeout(90)
 def scaled_cluster(tmp_path: Any) -> Any:
     yellow = f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "cluster.toml"
-    config.write_text(
-        f"""
-[cluster]
-stop-timeout = 10.0
-yellow = "{yellow}"
-metrics = "127.0.0.1:{free_port()}"
-[[cluster.process]]
-name = "yellow"
-role = "mmo-yellow"
-args = ["--listen", "{yellow}"]
-[[cluster.process]]
-name = "echo"
-role = "mmo-worker"
-count = 1
-args = ["--yellow", "{yellow}", "--service", "echo", "--handler", "mmo.examples.echo:EchoService"]
-[cluster.scale.echo]
+    policy = """[cluster.scale.echo]
 min = 1
 max = 3
 signal = "outstanding"
@@ -45,7 +30,7 @@ interval = 1
 up_cooldown = 2
 down_cooldown = 4
 """
-    )
+    config.write_text(controlled_cluster_config(yellow, "mmo.examples.echo:EchoService", 1, policy))
     cluster = TwistdProcess("mmo-cluster", ["--config", str(config)], tmp_path, "cluster").start()
     yield yellow, cluster
     cluster.stop(timeout=30)

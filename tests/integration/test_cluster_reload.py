@@ -16,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from mmo.testing import free_port
 from mmo.testing.processes import TwistdProcess
 
-from .conftest import instances, sleep, until, wait_links
+from .conftest import controlled_cluster_config, instances, sleep, until, wait_links
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -38,23 +38,7 @@ def reload_cluster(tmp_path_factory: Any) -> Any:
     (tmp / "rollecho.py").write_text(HANDLER)
     yellow = f"tcp://127.0.0.1:{free_port()}"
     config = tmp / "cluster.toml"
-    config.write_text(
-        f"""
-[cluster]
-stop-timeout = 10.0
-yellow = "{yellow}"
-metrics = "127.0.0.1:{free_port()}"
-[[cluster.process]]
-name = "yellow"
-role = "mmo-yellow"
-args = ["--listen", "{yellow}"]
-[[cluster.process]]
-name = "echo"
-role = "mmo-worker"
-count = 2
-args = ["--yellow", "{yellow}", "--service", "echo", "--handler", "rollecho:RollEcho"]
-"""
-    )
+    config.write_text(controlled_cluster_config(yellow, "rollecho:RollEcho", 2))
     path = os.pathsep.join(p for p in (str(tmp), os.environ.get("PYTHONPATH", "")) if p)
     cluster = TwistdProcess(
         "mmo-cluster", ["--config", str(config)], tmp, "cluster", env={"PYTHONPATH": path}
