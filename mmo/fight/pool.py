@@ -263,6 +263,9 @@ class FightPool:
         self._drained: defer.Deferred[None] | None = None
         self._stopped: defer.Deferred[None] | None = None
         self._drain_limit: DelayedCall | None = None
+        #: Called with the instance id of each process that ended: its registry record,
+        #: if it still has one (it was killed), must not outlive it.
+        self.on_gone: Callable[[str], None] = lambda _instance_id: None
         #: While True no process is started: the processes already running (a previous
         #: dispatcher's) are being asked for first, so that they count against the maximum.
         self.adopting = False
@@ -652,6 +655,7 @@ class FightPool:
         if proc is None:
             return
         self._cancel(proc.start_timer)
+        self.on_gone(instance_id)
         if proc.adopted:
             cast(AdoptedHandle, proc.handle).exited()
         if proc.state == STARTING:

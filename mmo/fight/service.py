@@ -89,6 +89,7 @@ class PoolService(Service):
         #: every registry change, only when a dispatcher leaves.
         self._refused: set[str] = set()
         self.directory.view.listen(self._changed)
+        pool.on_gone = lambda iid: registration.forget(worker_service, iid)
 
     @override
     def startService(self) -> None:

@@ -214,6 +214,16 @@ class Registration(Service):
         if now and self.running:
             self.beat()
 
+    def forget(self, service: str, instance_id: str) -> None:
+        """Tell every yellow to drop another instance's record at once: one this process
+        knows is dead (a child it killed), which would otherwise be routed to until its
+        lease ran out."""
+        msg = RegistryMessage(
+            op=RegistryOp.DEREGISTER, service_name=service, instance_id=instance_id
+        )
+        for link in self._links:
+            link.send(msg)
+
     @override
     def stopService(self) -> defer.Deferred[None]:
         """Deregister from every yellow (waiting up to 1 s for them), then close."""

@@ -172,14 +172,20 @@ class FakeRegistryView(RegistryView):
 class FakeRegistration:
     """Stands in for a role's :class:`~mmo.registry.Registration` (a broker's, a fight
     dispatcher's): it registers nowhere and records each metadata update (the load a
-    broker or a dispatcher publishes), as ``(now, meta)``."""
+    broker or a dispatcher publishes), as ``(now, meta)``, and each record it is told to
+    drop (:meth:`forget`)."""
 
     def __init__(self) -> None:
         self.updates: list[tuple[bool, dict[str, Any]]] = []
+        self.forgotten: list[tuple[str, str]] = []
 
     def update_meta(self, now: bool = True, **meta: Any) -> None:
         """Record the update."""
         self.updates.append((now, meta))
+
+    def forget(self, service: str, instance_id: str) -> None:
+        """Record the ``(service, instance_id)`` the registry was told to drop."""
+        self.forgotten.append((service, instance_id))
 
 
 #: What a scripted service does with a call: its answer, a Deferred of it, or a raise.

@@ -95,6 +95,20 @@ def test_a_process_the_registry_drops_is_killed_and_its_fights_lost(rig: Rig) ->
     assert [fid for fid, _ in rig.listener.lost] == [fight.fight_id]
 
 
+def test_a_killed_process_is_dropped_from_the_registry_once_it_is_dead(rig: Rig) -> None:
+    """A process killed after the registry dropped it (a cut network) may have registered
+    again meanwhile (the cut healed): once it is dead its record is dropped at once, so
+    brokers stop routing players' calls to it (they would wait for its lease to run out)."""
+    rig.service.startService()
+    rig.register("fight-1", pid=1000)
+    rig.spawner.auto_exit = False
+    rig.directory.deregister(WORKERS, "fight-1", "expired")
+    rig.register("fight-1", pid=1000)  # back before the kill took effect
+    assert rig.registration.forgotten == []
+    rig.spawner.children["fight-1"].exit("was killed by signal 9")
+    assert rig.registration.forgotten == [(WORKERS, "fight-1")]
+
+
 def test_a_process_saying_goodbye_takes_no_new_fights_and_is_not_killed(rig: Rig) -> None:
     """A fight process that deregisters (it is stopping by itself) is neither killed nor
     given new fights; its fights are not declared lost yet."""
