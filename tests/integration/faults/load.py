@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import random
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -764,6 +765,82 @@ def run_with_load(edge: EdgeCluster, data: DataWorkload | None = None) -> Any:
         yield close_clients(clients)
         raise
     return clients, traffic
+
+
+class ChatTraffic(Traffic):
+    """The load, also keeping the order in which each member heard each sender, and the
+    errors the senders got."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        #: (member, sender) -> the sender's message numbers, in the order heard.
+        self.order: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.notify_errors: list[tuple[float, str]] = []
+        super().__init__(clients)
+        for user in SENDERS:
+            clients[user].on_error(functools.partial(self._refused, user))
+
+    def _heard(self, user: str, route: str, body: Any) -> None:
+        super()._heard(user, route, body)
+        if isinstance(body, dict) and isinstance(body.get("content"), str):
+            sender, _, n = body["content"].rpartition(":")
+            self.order[(user, sender)].append(int(n))
+
+    def _refused(self, user: str, error: ClientRequestError) -> None:
+        self.notify_errors.append((reactor.seconds(), f"{user}: {error}"))
+
+    def heard_by(self, content: str) -> int:
+        """How many members got message ``content``."""
+        return sum(1 for user in self.clients if self.heard[(user, content)])
+
+    def lost(self) -> list[str]:
+        """Messages no member got, in the order they were sent."""
+        return sorted((c for c in self.sent if not self.heard_by(c)), key=self.sent.__getitem__)
+
+    def partial(self) -> list[str]:
+        """Messages some members got and others not."""
+        return [c for c in self.sent if 0 < self.heard_by(c) < len(self.clients)]
+
+    def out_of_order(self) -> list[tuple[str, str, list[int]]]:
+        """(member, sender, what the member heard) where a message came after a later one."""
+        return [
+            (member, sender, heard)
+            for (member, sender), heard in self.order.items()
+            if any(a >= b for a, b in itertools.pairwise(heard))
+        ]
+
+    def delivered_since(self, sender: str, since: float) -> float | None:
+        """When the first message of ``sender`` sent at ``since`` or later that every member
+        got was sent, None if none has been yet."""
+        return min(
+            (
+                at
+                for content, at in self.sent.items()
+                if at >= since
+                and content.rpartition(":")[0] == sender
+                and self.heard_by(content) == len(self.clients)
+            ),
+            default=None,
+        )
+
+
+@defer.inlineCallbacks
+def bindings(directory: Any, clients: dict[str, Client]) -> Any:
+    """The chat instance each user's session is bound to, as its broker told the session
+    service (``session.get``)."""
+    bound = {}
+    for user, client in clients.items():
+        record = yield directory.call("session", "get", {"session_id": client.session_id})
+        bound[user] = (record.get("bindings") or {}).get("chat")
+    return bound
+
+
+@defer.inlineCallbacks
+def members_on_each(directory: Any, instances: Iterable[str]) -> Any:
+    """The room's members as each of the chat ``instances`` lists them."""
+    lists = {}
+    for instance in instances:
+        lists[instance] = yield directory.call("chat", "members", {"room": ROOM}, instance=instance)
+    return lists
 
 
 # -- data servers restarted ----------------------------------------------------------
