@@ -1,5 +1,6 @@
 """``mmo reload``: replace the instances of a service that ``mmo-cluster`` supervises by
-processes running the code on disk now, a batch at a time, without a failed call.
+processes running the code on disk now, a batch at a time, without a failed call (a fight
+pool's processes: each finishes its fights, then stops, and fresh ones take new fights).
 
     mmo reload SERVICE [--batch N] [--yellow URL] [--timeout S] [--json]
 
@@ -52,8 +53,18 @@ def cmd_reload(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     if args.json:
         print(to_json(answer))
         return
+    service = answer.get("service", args.service)
+    if "recycled" in answer:
+        recycled = answer["recycled"]
+        print(
+            f"{service}: {len(recycled)} fight process(es) drained: they finish their "
+            f"{answer.get('fights', 0)} fight(s) and stop; fresh ones take new fights"
+        )
+        for instance_id in recycled:
+            print(f"  {instance_id}")
+        return
     replaced = answer.get("replaced") or []
-    print(f"{answer.get('service', args.service)}: {len(replaced)} instance(s) replaced")
+    print(f"{service}: {len(replaced)} instance(s) replaced")
     for old, new in replaced:
         print(f"  {old} -> {new}")
 

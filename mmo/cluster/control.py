@@ -30,6 +30,7 @@ log = Logger()
 #: Lines of a new child's output kept for the error of a failed reload.
 TAIL = 30
 WORKER_ROLE = "mmo-worker"
+FIGHT_ROLE = "mmo-fight"
 
 
 def _option(args: tuple[str, ...], *names: str) -> str | None:
@@ -96,6 +97,16 @@ class ClusterSupervisor:
     def candidates(self, service: str) -> list[ChildProcess]:
         """The supervised workers of ``service``."""
         return [c for c in self.children if self.service_of(c) == service]
+
+    def pools(self, service: str) -> list[ChildProcess]:
+        """The supervised fight dispatchers of service ``service`` (``--service``, else
+        ``fight``)."""
+        return [
+            c
+            for c in self.children
+            if self.specs[c][0] == FIGHT_ROLE
+            and (_option(self.specs[c][1], "--service") or "fight") == service
+        ]
 
     def instance_of(self, child: ChildProcess) -> str:
         """``--instance-id``, else the child's name (``$MMO_NAME``)."""
@@ -247,6 +258,14 @@ class ClusterRegistry:
         """``ops_drain(draining=True)`` on the instance."""
         d: defer.Deferred[Any] = self.directory.call(
             service, "ops_drain", {"draining": True}, instance=instance_id, timeout=self.timeout
+        )
+        return d
+
+
+    def recycle(self, service: str, instance_id: str) -> defer.Deferred[dict[str, Any]]:
+        """``recycle()`` on the fight dispatcher."""
+        d: defer.Deferred[dict[str, Any]] = self.directory.call(
+            service, "recycle", {}, instance=instance_id, timeout=self.timeout
         )
         return d
 

@@ -9,6 +9,10 @@ answer ``Unavailable``), give callers a moment to see it, then stop the old ones
 in their place. A new process that exits or is not ready in time stops the roll: it is
 stopped, and the old ones, not drained yet, keep serving.
 
+A fight pool (a supervised ``mmo-fight`` of the service named) is reloaded its own way,
+finish-then-reap: its dispatcher drains every fight process (each finishes its fights,
+then stops) and starts fresh ones (``FightDispatcher.on_recycle``).
+
 :class:`Roll` holds the sequence; what it acts on is behind two small interfaces
 (:class:`Supervisor`, :class:`Registry`), which the cluster implements
 (:mod:`mmo.cluster.control`) and a unit test fakes.
@@ -54,6 +58,10 @@ class Supervisor(Protocol):
     def candidates(self, service: str) -> list[Any]:
         """The supervised children serving ``service`` (in their start order)."""
 
+    def pools(self, service: str) -> list[Any]:
+        """The supervised fight dispatchers of service ``service``: their pools' fight
+        processes are what a reload of ``service`` replaces."""
+
     def instance_of(self, child: Any) -> str:
         """The instance id ``child`` registers as."""
 
@@ -81,6 +89,9 @@ class Registry(Protocol):
 
     def drain(self, service: str, instance_id: str) -> defer.Deferred[Any]:
         """Drain ``instance_id`` (``ops_drain(draining=True)``)."""
+
+    def recycle(self, service: str, instance_id: str) -> defer.Deferred[dict[str, Any]]:
+        """Recycle the pool of dispatcher ``instance_id`` (its ``recycle()``)."""
 
 
 class Roll:
@@ -128,8 +139,11 @@ class Roll:
         if self.rolling is not None:
             raise RollError(f"a reload of {self.rolling!r} is under way")
         olds = self.supervisor.candidates(service)
-        if not olds:
-            raise RollError(f"no supervised mmo-worker serves {service!r}")
+        pools = [] if olds else self.supervisor.pools(service)
+        if not olds and not pools:
+            raise RollError(f"no supervised mmo-worker or mmo-fight serves {service!r}")
+        if pools:
+            return (yield self._recycle(service, pools))
         self.rolling = service
         replaced: list[list[str]] = []
         try:
@@ -145,6 +159,31 @@ class Roll:
             "cluster: reload of {service} done: {replaced}", service=service, replaced=replaced
         )
         return {"service": service, "replaced": replaced}
+
+    @defer.inlineCallbacks
+    def _recycle(self, service: str, pools: list[Any]) -> InlineCallbacks[dict[str, Any]]:
+        """A fight pool's reload: each dispatcher drains its fight processes, which finish
+        their fights and stop, and starts fresh ones (finish-then-reap); the dispatchers
+        themselves stay. Fires with ``{"service", "recycled": [process ids], "fights"}``
+        (what the old processes still hold) without waiting for those fights to end."""
+        recycled: list[str] = []
+        fights = 0
+        for pool in pools:
+            instance_id = self.supervisor.instance_of(pool)
+            try:
+                answer = yield self.registry.recycle(service, instance_id)
+            except Exception as e:
+                raise RollError(f"{instance_id} could not recycle its pool: {e}") from e
+            recycled += answer["recycled"]
+            fights += answer["fights"]
+        log.info(
+            "cluster: reload of {service}: fight processes {ids} finish their {n} fights "
+            "and stop; fresh ones take new fights",
+            service=service,
+            ids=recycled,
+            n=fights,
+        )
+        return {"service": service, "recycled": recycled, "fights": fights}
 
     @defer.inlineCallbacks
     def _batch(self, service: str, olds: list[Any], replaced: list[list[str]]) -> Any:

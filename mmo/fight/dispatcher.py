@@ -16,7 +16,8 @@ session service's ``online`` events, so a player who resumed on another broker i
 told of a lost fight there.
 
 Operators (:data:`~mmo.logic.handler.OPERATOR_ROLES`) may drain one fight process
-(``drain_process``: it takes no new fight, and is stopped once its fights are over) or
+(``drain_process``: it takes no new fight, and is stopped once its fights are over), all
+of them at once for fresh ones running the code now on disk (``recycle``: a reload), or
 the dispatcher itself (the built-in ``ops_drain``: it then answers new work as a
 draining one does, while its fights go on).
 """
@@ -220,6 +221,21 @@ class FightDispatcher(ServiceHandler):
                 taken back.
         """
         return self.pool.drain_process(instance, draining)
+
+    @callers(*OPERATOR_ROLES)
+    def on_recycle(self, ctx: Context) -> dict[str, Any]:
+        """Reload the fight logic (``mmo reload`` of this service): every fight process
+        running now is drained, finishes its fights and is stopped; fresh processes,
+        running the handler's code now on disk, take the new fights.
+
+        Returns:
+            ``{"instance", "recycled": [process ids], "fights": fights they still hold}``.
+        """
+        recycled = self.pool.recycle()
+        held = sum(
+            len(self.pool.processes[i].fights) for i in recycled if i in self.pool.processes
+        )
+        return {"instance": self.instance_id, "recycled": recycled, "fights": held}
 
     # -- the fight processes' side ---------------------------------------------
 

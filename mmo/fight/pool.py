@@ -250,6 +250,7 @@ class FightPool:
                 "released",
                 "expired",
                 "lost",
+                "recycled",
             ),
             0,
         )
@@ -580,6 +581,27 @@ class FightPool:
             "state": proc.state,
             "fights": len(proc.fights),
         }
+
+    def recycle(self) -> list[str]:
+        """Drain every process running now (finish-then-reap: each takes no new fight
+        and is stopped once its fights are over) and start fresh ones, which load the
+        fight handler's code as it is on disk now, as the spare count and waiting
+        allocations need; the ids of the processes drained.
+
+        A process still starting is drained too (it may have loaded the old code).
+        """
+        recycled = [
+            proc.instance_id
+            for proc in self.processes.values()
+            if proc.state != STOPPING and not proc.drained
+        ]
+        log.info("fight: recycling the pool: {ids} drained", ids=recycled)
+        for instance_id in recycled:
+            self.processes[instance_id].drained = True
+        self.counts["recycled"] += len(recycled)
+        self._reap_drained()
+        self.maintain()
+        return recycled
 
     def _reap_drained(self) -> None:
         """Stop the drained processes that hold no fight."""

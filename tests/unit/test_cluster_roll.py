@@ -31,6 +31,9 @@ class Fakes:
     def candidates(self, service: str) -> list[Child]:
         return list(self.children) if service == "echo" else []
 
+    def pools(self, service: str) -> list[Child]:
+        return [Child("fight-a"), Child("fight-b")] if service == "fight" else []
+
     def instance_of(self, child: Child) -> str:
         return child.name
 
@@ -67,6 +70,12 @@ class Fakes:
     def drain(self, service: str, instance_id: str) -> defer.Deferred[Any]:
         self.log.append(("drain", instance_id))
         return defer.succeed({"draining": True})
+
+    def recycle(self, service: str, instance_id: str) -> defer.Deferred[dict[str, Any]]:
+        self.log.append(("recycle", instance_id))
+        if instance_id in self.dies:
+            return defer.fail(RuntimeError("no answer"))
+        return defer.succeed({"recycled": [f"{instance_id}-1"], "fights": 2})
 
 
 def run(clock: task.Clock, d: defer.Deferred[Any], seconds: float = 120) -> Any:
@@ -242,3 +251,33 @@ def test_a_discarded_successor_is_stopped_and_not_restarted():
     assert len(reactor.spawned) == 5
     sup.discard(new)
     assert [s.name for s in tier] == ["yellow", "echo-1", "echo-2", "chat"]
+
+
+def test_a_fight_pool_is_recycled_by_each_dispatcher_without_replacing_it():
+    """No worker serves ``fight``, dispatchers of it do: each recycles its pool (its fight
+    processes finish their fights, then stop), the dispatchers themselves stay."""
+    clock = task.Clock()
+    fakes = Fakes(clock, ["echo-1"])
+    roll = Roll(fakes, fakes, clock)
+    assert run(clock, roll.run("fight")) == {
+        "service": "fight",
+        "recycled": ["fight-a-1", "fight-b-1"],
+        "fights": 4,
+    }
+    assert fakes.log == [("recycle", "fight-a"), ("recycle", "fight-b")]
+
+
+def test_a_dispatcher_that_cannot_recycle_is_reported():
+    clock = task.Clock()
+    fakes = Fakes(clock, ["echo-1"])
+    fakes.dies.add("fight-b")
+    failure = run(clock, Roll(fakes, fakes, clock).run("fight"))
+    assert isinstance(failure.value, RollError)
+    assert "fight-b could not recycle its pool: no answer" in str(failure.value)
+
+
+def test_a_service_nothing_supervised_serves_is_refused():
+    clock = task.Clock()
+    fakes = Fakes(clock, ["echo-1"])
+    failure = run(clock, Roll(fakes, fakes, clock).run("chat"))
+    assert "no supervised mmo-worker or mmo-fight serves 'chat'" in str(failure.value)

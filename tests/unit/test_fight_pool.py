@@ -584,3 +584,22 @@ def test_adopted_processes_keep_their_fights_count_against_the_maximum_and_start
     pool.process_down("old-3", "expired")
     assert handle.killed and handle.gone and "old-3" not in pool.processes
     assert {fid for fid, _ in listener.lost} == {"f1", served.fight_id}
+
+
+def test_recycle_lets_every_fight_finish_on_its_process_and_starts_fresh_ones():
+    """A reload: the processes running now take no new fight; an idle one stops at once,
+    one holding a fight stops when it ends; fresh processes take the new fights."""
+    pool, _, spawner, listener = make_pool(cap=2, min_spare=1)
+    ready_all(pool)
+    held = result(pool.allocate(["a", "b"], timeout=1))  # fills fight-1
+    ready_all(pool)  # fight-2: the spare
+    spawner.auto_exit = False
+    assert pool.recycle() == ["fight-1", "fight-2"]
+    assert spawner.children["fight-2"].terminated and not spawner.children["fight-1"].terminated
+    ready_all(pool)  # fight-3: the fresh spare
+    fresh = result(pool.allocate(["c"], timeout=1))
+    assert fresh.instance_id == "fight-3"
+    assert pool.processes["fight-1"].fights == {held.fight_id: held}
+    pool.release(held.fight_id)
+    assert spawner.children["fight-1"].terminated
+    assert listener.lost == [] and pool.counts["recycled"] == 2
