@@ -6,8 +6,10 @@ files run at once on a small machine, so any pause may last longer than planned.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -212,3 +214,15 @@ role = "mmo-worker"
 count = {count}
 args = ["--yellow", "{yellow}", "--service", "echo", "--handler", "{handler}"]
 {extra}"""
+
+
+def start_cluster(directory: Path, config: str) -> TwistdProcess:
+    """Start ``twistd mmo-cluster`` with the TOML ``config`` (written to
+    ``directory/cluster.toml``; its log goes there too), with ``directory`` on its
+    children's ``PYTHONPATH``: the handler modules a test writes there."""
+    path = directory / "cluster.toml"
+    path.write_text(config)
+    pythonpath = os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))
+    return TwistdProcess(
+        "mmo-cluster", ["--config", str(path)], directory, "cluster", env={"PYTHONPATH": pythonpath}
+    ).start()

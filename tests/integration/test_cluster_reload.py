@@ -14,9 +14,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
 from mmo.testing import free_port
-from mmo.testing.processes import TwistdProcess
 
-from .conftest import controlled_cluster_config, instances, sleep, until, wait_links
+from .conftest import controlled_cluster_config, instances, sleep, start_cluster, until, wait_links
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -37,12 +36,7 @@ def reload_cluster(tmp_path_factory: Any) -> Any:
     tmp = tmp_path_factory.mktemp("reload")
     (tmp / "rollecho.py").write_text(HANDLER)
     yellow = f"tcp://127.0.0.1:{free_port()}"
-    config = tmp / "cluster.toml"
-    config.write_text(controlled_cluster_config(yellow, "rollecho:RollEcho", 2))
-    path = os.pathsep.join(p for p in (str(tmp), os.environ.get("PYTHONPATH", "")) if p)
-    cluster = TwistdProcess(
-        "mmo-cluster", ["--config", str(config)], tmp, "cluster", env={"PYTHONPATH": path}
-    ).start()
+    cluster = start_cluster(tmp, controlled_cluster_config(yellow, "rollecho:RollEcho", 2))
     yield yellow, cluster, tmp
     cluster.stop(timeout=30)
     print(cluster.log_tail(80))
@@ -169,3 +163,96 @@ def test_a_reload_whose_code_fails_leaves_the_old_instances(reload_cluster, dire
     children = yield directory.call("cluster", "children", {}, timeout=5)
     assert {c["name"] for c in children} == {"yellow", *before}
     assert all(c["running"] for c in children)
+
+
+FIGHT_HANDLER = '''
+from mmo.examples.fight import TurnFight
+
+VERSION = {version}
+
+
+class RollFight(TurnFight):
+    """TurnFight, from a module the test rewrites."""
+
+    def on_version(self, ctx):
+        return VERSION
+'''
+
+
+@pytest_twisted.inlineCallbacks
+def test_reloading_a_fight_pool_lets_fights_finish_on_the_old_code(
+    tmp_path: Any, directory_factory: Any
+) -> None:
+    """`mmo reload fight` under mmo-cluster: the fight processes running then take no new
+    fight, the one holding a fight keeps it (old code) and stops once it ends; a fresh
+    process running the code now on disk takes the new fights."""
+    (tmp_path / "rollfight.py").write_text(FIGHT_HANDLER.format(version=1))
+    yellow = f"tcp://127.0.0.1:{free_port()}"
+    cluster = start_cluster(
+        tmp_path,
+        f"""
+[cluster]
+stop-timeout = 10.0
+yellow = "{yellow}"
+[[cluster.process]]
+name = "yellow"
+role = "mmo-yellow"
+args = ["--listen", "{yellow}"]
+[[cluster.process]]
+name = "fight"
+role = "mmo-fight"
+args = ["--yellow", "{yellow}", "--handler", "rollfight:RollFight", "--cap", "2",
+        "--min-spare", "1", "--reservation-timeout", "120", "--drain-timeout", "2"]
+""",
+    )
+    try:
+        directory = directory_factory([yellow], caller_role="tool")
+        fight = directory.get_service("fight", timeout=10)
+
+        def version(instance: str) -> defer.Deferred[Any]:
+            return directory.call("fight-worker", "version", {}, instance=instance, timeout=5)
+
+        @defer.inlineCallbacks
+        def processes(predicate: Any) -> Any:
+            found: list[Any] = []
+
+            @defer.inlineCallbacks
+            def check() -> Any:
+                status = yield fight.status()
+                found[:] = status["processes"]
+                return predicate(found)
+
+            yield until(lambda: check().addErrback(lambda _: False), what="the pool's status")
+            return {p["instance"]: p for p in found}
+
+        yield until(lambda: instances(directory, "cluster"), what="the cluster's control endpoint")
+        yield processes(lambda ps: [p["state"] for p in ps] == ["ready"])
+        held = yield fight.allocate(players=["a", "b"])  # fills the first process
+        old = held["instance"]
+        assert (yield version(old)) == 1
+        (tmp_path / "rollfight.py").write_text(FIGHT_HANDLER.format(version=2))
+
+        out, err, code = yield mmo_reload(yellow, "fight", "--json")
+        assert code == 0, (out, err)
+        answer = json.loads(out)
+        assert answer["service"] == "fight" and old in answer["recycled"], answer
+        assert answer["fights"] == 1, answer
+
+        after = yield processes(
+            lambda ps: any(p["state"] == "ready" and not p["drained"] for p in ps)
+        )
+        (fresh,) = [i for i, p in after.items() if not p["drained"] and p["state"] == "ready"]
+        assert fresh not in answer["recycled"] and after[old]["fights"] == 1
+        # The others: drained by the reload (the spare started after the allocation too).
+        assert set(after) - {fresh} <= set(answer["recycled"]), (after, answer)
+        new_fight = yield fight.allocate(players=["c"])
+        assert new_fight["instance"] == fresh
+        assert (yield version(fresh)) == 2
+        assert (yield version(old)) == 1  # its fight goes on, on the code it started with
+
+        yield fight.release(fight_id=held["fight_id"])
+        yield processes(lambda ps: old not in {p["instance"] for p in ps})
+        yield until(lambda: old not in instances(directory, "fight-worker"), what="old one gone")
+    finally:
+        cluster.stop(timeout=30)
+        print(cluster.log_tail(60))
