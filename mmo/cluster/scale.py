@@ -224,8 +224,10 @@ class StatusSignal:
         if signal == "p99":
             for row in status["services"]:
                 if row["service"] == service:
-                    p99 = row["p99_ms"]
-                    return None if p99 is None else float(p99)
+                    if row["p99_ms"] is not None:
+                        return float(row["p99_ms"])
+                    # Measured and idle (no call served): nothing waits, it may shrink.
+                    return 0.0 if row["requests_per_s"] == 0 else None
             return None
         cpus = [p["cpu_percent"] for p in status["processes"] if p["cpu_percent"] is not None]
         return sum(cpus) / len(cpus) if cpus else None
