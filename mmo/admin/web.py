@@ -50,6 +50,9 @@ HEADERS = {
     b"referrer-policy": b"no-referrer",
     b"cache-control": b"no-store",
 }
+#: The cluster supervisor's control endpoint (a rolling reload), and how long one may take.
+CLUSTER_SERVICE = "cluster"
+RELOAD_TIMEOUT = 300.0
 #: The route of an admin's message to players, and what travels with it.
 MESSAGE_ROUTE = "admin.message"
 #: Failed logins from one address within :data:`LOGIN_WINDOW` seconds before it is made
@@ -389,6 +392,7 @@ class Console(resource.Resource):
             b"/api/push": self._push,
             b"/api/drain": self._drain,
             b"/api/drain-fight": self._drain_fight,
+            b"/api/reload": self._reload,
         }
         action = actions.get(path)
         if action is None:
@@ -477,6 +481,24 @@ class Console(resource.Resource):
             "drain_process",
             {"instance": process, "draining": _flag(body, "draining")},
             instance=pool or None,
+        )
+
+    def _reload(self, body: dict[str, Any]) -> Any:
+        service, batch = str(body.get("service") or ""), body.get("batch", 1)
+        if not service:
+            raise ActionError("say which service")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ActionError("batch: a whole number, at least 1")
+        if not self.directory.view.get(CLUSTER_SERVICE):
+            raise ActionError(
+                "no cluster supervisor in the registry: a rolling reload is mmo-cluster's "
+                "(with [cluster] yellow set)"
+            )
+        return self.directory.call(
+            CLUSTER_SERVICE,
+            "reload",
+            {"service": service, "batch": batch},
+            timeout=RELOAD_TIMEOUT,
         )
 
 

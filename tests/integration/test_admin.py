@@ -131,6 +131,15 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
              *METRICS],
             edge.env,
         )  # fmt: skip
+        # A cluster supervisor with one worker of its own: what a rolling reload needs.
+        supervised = tmp / "cluster.toml"
+        supervised.write_text(
+            f'[cluster]\nyellow = "{edge.yellow}"\nstop-timeout = 10.0\n'
+            '[[cluster.process]]\nname = "roll"\nrole = "mmo-worker"\n'
+            f'args = ["--yellow", "{edge.yellow}", "--handler", "{WORKERS["echo-1"]}", '
+            '"--service", "rolled", "--metrics", "127.0.0.1:0"]\n'
+        )
+        edge._start("cluster", "mmo-cluster", ["--config", str(supervised)], edge.env)
         port = free_port()
         edge._start(
             "admin",
@@ -371,6 +380,24 @@ def test_drain_and_undrain_a_worker_and_a_broker(console: Console, page: Any) ->
         expect(state).to_have_text("serving")
         expect(row(page, instance).locator("td.health")).to_have_text("ready")
     expect(page.locator("#audit-lines")).to_contain_text("drain")
+
+
+def test_reload_a_service_from_the_page(console: Console, page: Any) -> None:
+    """Reload (a cluster supervisor is registered): the supervised worker ``roll`` is
+    replaced by ``roll.r1``; a service the supervisor does not run is refused, saying why."""
+    expect(row(page, "roll").locator("td.health")).to_have_text("ready")
+    errors = len(console.errors)
+    row(page, "echo-1").locator("button.reload").click()
+    expect(page.locator("#toast")).to_contain_text("no supervised mmo-worker or mmo-fight")
+    # The browser reports the refusal (400) as a console error: this one is expected.
+    refused = console.errors[errors:]
+    assert len(refused) == 1 and "400 (Bad Request)" in refused[0], refused
+    del console.errors[errors:]
+    row(page, "roll").locator("button.reload").click()
+    expect(row(page, "roll.r1").locator("td.health")).to_have_text("ready")
+    expect(row(page, "roll").locator("td.state")).to_have_text("gone")
+    expect(page.locator("#toast")).to_contain_text("done: Reload rolled")
+    expect(page.locator("#audit-lines")).to_contain_text("reload")
 
 
 def fight_processes(page: Any) -> dict[str, str]:

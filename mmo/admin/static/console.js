@@ -86,8 +86,20 @@ function drainButton(row) {
   }, label);
 }
 
+// A rolling reload of the row's service: offered when a cluster supervisor is registered
+// (it is the one that reloads), on workers and fight dispatchers.
+function reloadButton(row, supervised) {
+  if (!supervised || row.gone || !["worker", "fight"].includes(row.role)) return "";
+  return el("button", {
+    type: "button", class: "reload", "data-service": row.service,
+    onclick: () => act(`Reload ${row.service}: replace its instances by ones running the code on disk now?`,
+      "/api/reload", { service: row.service }),
+  }, "Reload");
+}
+
 function renderProcesses(state) {
   const body = document.querySelector("#processes tbody");
+  const supervised = state.processes.some((row) => row.service === "cluster" && !row.gone);
   body.replaceChildren(...state.processes.map((row) => el("tr",
     { class: row.gone ? "gone" : "", "data-instance": row.instance, "data-role": row.role },
     el("td", {}, row.role), el("td", {}, row.service), el("td", { class: "instance" }, row.instance),
@@ -99,7 +111,7 @@ function renderProcesses(state) {
     el("td", {}, duration(row.uptime_s)),
     el("td", { class: "endpoints" },
       Object.entries(row.endpoints || {}).map(([k, v]) => `${k} ${v}`).join(", ")),
-    el("td", {}, drainButton(row)))));
+    el("td", { class: "actions" }, drainButton(row), " ", reloadButton(row, supervised)))));
   const c = state.cluster;
   document.getElementById("summary").textContent =
     `${c.processes} processes, ${c.ready} ready, ${c.not_ready} not ready, ` +
