@@ -20,6 +20,7 @@ from mmo.cluster.scale import LocalProcesses, Scaler, ScaleService, StatusSignal
 from mmo.logic import OPERATOR_ROLES, Context, Directory, ServiceHandler, callers, idempotent
 from mmo.logic.runtime import load_handler, make_worker_tree
 from mmo.process import ChildProcess, twistd_argv
+from mmo.registry import pid_of
 from mmo.service import OrderedMultiService
 from mmo.types import InlineCallbacks
 
@@ -254,13 +255,27 @@ class ClusterRegistry:
         yield readBody(response)
         return int(response.code)
 
-    def drain(self, service: str, instance_id: str) -> defer.Deferred[Any]:
-        """``ops_drain(draining=True)`` on the instance."""
+    def drain(self, service: str, instance_id: str, draining: bool = True) -> defer.Deferred[Any]:
+        """``ops_drain(draining)`` on the instance."""
         d: defer.Deferred[Any] = self.directory.call(
-            service, "ops_drain", {"draining": True}, instance=instance_id, timeout=self.timeout
+            service,
+            "ops_drain",
+            {"draining": draining},
+            instance=instance_id,
+            timeout=self.timeout,
         )
         return d
 
+    def instances(self, service: str) -> list[str]:
+        """The instance ids the registry lists under ``service``, sorted."""
+        return sorted(i.instance_id for i in self.directory.view.get(service))
+
+    def pid(self, service: str, instance_id: str) -> int | None:
+        """The ``pid`` in ``instance_id``'s record, if listed."""
+        for instance in self.directory.view.get(service):
+            if instance.instance_id == instance_id:
+                return pid_of(instance)
+        return None
 
     def recycle(self, service: str, instance_id: str) -> defer.Deferred[dict[str, Any]]:
         """``recycle()`` on the fight dispatcher."""

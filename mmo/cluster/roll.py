@@ -9,6 +9,9 @@ answer ``Unavailable``), give callers a moment to see it, then stop the old ones
 in their place. A new process that exits or is not ready in time stops the roll: it is
 stopped, and the old ones, not drained yet, keep serving.
 
+Instances another supervisor runs (systemd) are restarted in place instead, one at a time
+after a drain (:class:`RestartRoll`, ``mmo reload SERVICE --restart CMD``).
+
 A fight pool (a supervised ``mmo-fight`` of the service named) is reloaded its own way,
 finish-then-reap: its dispatcher drains every fight process (each finishes its fights,
 then stops) and starts fresh ones (``FightDispatcher.on_recycle``).
@@ -29,7 +32,7 @@ from twisted.logger import Logger
 from mmo.errors import MmoError, RemoteError
 from mmo.types import Clock, InlineCallbacks
 
-__all__ = ["Registry", "Roll", "RollError", "Supervisor", "next_name"]
+__all__ = ["Registry", "RestartRoll", "Restarter", "Roll", "RollError", "Supervisor", "next_name"]
 
 log = Logger()
 
@@ -87,29 +90,44 @@ class Registry(Protocol):
     def ready(self, service: str, instance_id: str) -> defer.Deferred[bool]:
         """Whether ``instance_id`` is listed under ``service`` and ready to serve."""
 
-    def drain(self, service: str, instance_id: str) -> defer.Deferred[Any]:
-        """Drain ``instance_id`` (``ops_drain(draining=True)``)."""
+    def drain(self, service: str, instance_id: str, draining: bool = True) -> defer.Deferred[Any]:
+        """Drain ``instance_id`` (``ops_drain(draining)``: false takes it back)."""
 
     def recycle(self, service: str, instance_id: str) -> defer.Deferred[dict[str, Any]]:
         """Recycle the pool of dispatcher ``instance_id`` (its ``recycle()``)."""
 
+    def instances(self, service: str) -> list[str]:
+        """The instance ids listed under ``service``, sorted."""
 
-class Roll:
-    """Replaces the instances of a service, ``batch`` at a time (see the module).
+    def pid(self, service: str, instance_id: str) -> int | None:
+        """The process id ``instance_id`` registered (its meta ``pid``), if listed."""
+
+
+class Restarter(Protocol):
+    """Restarts one instance in place (the supervisor that runs it: systemd...)."""
+
+    def restart(self, instance_id: str) -> defer.Deferred[Any]:
+        """Restart ``instance_id``'s process; fire once the command is done.
+
+        Raises (through the Deferred):
+            RollError: the restart failed (its output says why).
+        """
+
+
+class _Steps:
+    """What both kinds of reload share: the registry, the clock and their timings.
 
     Args:
-        supervisor: the children.
         registry: the registry and the instances' drain.
         clock: the reactor's clock.
-        ready_timeout: seconds a new process has to be listed and ready.
-        settle: seconds between draining the old instances and stopping them (for
-            callers to see the drain in the registry).
+        ready_timeout: seconds a new (or restarted) process has to be listed and ready.
+        settle: seconds between draining an instance and stopping it (for callers to
+            see the drain in the registry).
         poll: seconds between checks of a new process.
     """
 
     def __init__(
         self,
-        supervisor: Supervisor,
         registry: Registry,
         clock: Clock,
         *,
@@ -117,12 +135,106 @@ class Roll:
         settle: float = 1.5,
         poll: float = 0.2,
     ) -> None:
-        self.supervisor = supervisor
         self.registry = registry
         self.clock = clock
         self.ready_timeout = ready_timeout
         self.settle = settle
         self.poll = poll
+
+    def _pause(self, seconds: float) -> defer.Deferred[None]:
+        return task.deferLater(self.clock, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+class RestartRoll(_Steps):
+    """A rolling reload of instances another supervisor runs (``mmo reload SERVICE
+    --restart CMD``: systemd units, say): one at a time, drain the instance, give callers
+    a moment to see it, restart it in place (same instance id, the code on disk now), and
+    wait until it is listed again with a new process and ready; then the next. A restart
+    that fails, or a process not ready in time, stops the roll there (the instance is
+    taken back: if it still runs, it serves again).
+
+    Unlike :class:`Roll` the capacity is one instance short while it restarts, and a
+    service needs two instances at least: the others serve while one restarts.
+
+    Args:
+        registry: the registry and the instances' drain.
+        restarter: restarts an instance.
+        clock: the reactor's clock.
+        timings: ``ready_timeout``, ``settle``, ``poll`` (see :class:`_Steps`).
+    """
+
+    def __init__(
+        self, registry: Registry, restarter: Restarter, clock: Clock, **timings: float
+    ) -> None:
+        super().__init__(registry, clock, **timings)
+        self.restarter = restarter
+
+    @defer.inlineCallbacks
+    def run(self, service: str) -> InlineCallbacks[dict[str, Any]]:
+        """Restart every instance of ``service``; fire with ``{"service", "restarted"}``.
+
+        Raises (through the Deferred):
+            RollError: fewer than two instances, or one whose restart failed or that was
+                not ready in time (named, with what was restarted before it).
+        """
+        instances = self.registry.instances(service)
+        if len(instances) < 2:
+            raise RollError(
+                f"{service!r} has {len(instances)} instance(s): restarting in place needs two "
+                "at least (the others serve while one restarts)"
+            )
+        restarted: list[str] = []
+        for instance_id in instances:
+            before = self.registry.pid(service, instance_id)
+            try:
+                yield self.registry.drain(service, instance_id)
+                yield self._pause(self.settle)
+                yield self.restarter.restart(instance_id)
+                yield self._ready_again(service, instance_id, before)
+            except Exception as e:
+                done = f" (restarted before: {restarted})" if restarted else ""
+                log.error("reload of {service} stopped: {e}{done}", service=service, e=e, done=done)
+                try:  # if it still runs, it serves again
+                    yield self.registry.drain(service, instance_id, draining=False)
+                except Exception as undrain:
+                    log.warn("could not take {id} back: {e}", id=instance_id, e=undrain)
+                raise RollError(f"{e}{done}") from e
+            restarted.append(instance_id)
+            log.info("reload of {service}: {id} restarted", service=service, id=instance_id)
+        return {"service": service, "restarted": restarted}
+
+    @defer.inlineCallbacks
+    def _ready_again(self, service: str, instance_id: str, before: int | None) -> Any:
+        deadline = self.clock.seconds() + self.ready_timeout
+        while True:
+            pid = self.registry.pid(service, instance_id)
+            if pid is not None and pid != before:
+                ready = yield self.registry.ready(service, instance_id)
+                if ready:
+                    return
+            if self.clock.seconds() >= deadline:
+                raise RollError(
+                    f"{instance_id} was not listed again, ready, with a new process within "
+                    f"{self.ready_timeout:g} s of its restart"
+                )
+            yield self._pause(self.poll)
+
+
+class Roll(_Steps):
+    """Replaces the instances of a service, ``batch`` at a time (see the module).
+
+    Args:
+        supervisor: the children.
+        registry: the registry and the instances' drain.
+        clock: the reactor's clock.
+        timings: ``ready_timeout``, ``settle``, ``poll`` (see :class:`_Steps`).
+    """
+
+    def __init__(
+        self, supervisor: Supervisor, registry: Registry, clock: Clock, **timings: float
+    ) -> None:
+        super().__init__(registry, clock, **timings)
+        self.supervisor = supervisor
         #: The service being rolled now, if any (one roll at a time).
         self.rolling: str | None = None
 
@@ -207,7 +319,7 @@ class Roll:
                     old=sup.instance_of(old),
                     e=e,
                 )
-        yield task.deferLater(self.clock, self.settle, lambda: None)  # type: ignore[arg-type]
+        yield self._pause(self.settle)
         yield defer.gatherResults([sup.replace(old, new) for old, new in pairs], consumeErrors=True)
         replaced.extend(ids)
 
@@ -235,4 +347,4 @@ class Roll:
                     f"{instance_id} was not ready within {self.ready_timeout:g} s; its output "
                     f"ends with:\n{sup.output_tail(new)}"
                 )
-            yield task.deferLater(self.clock, self.poll, lambda: None)  # type: ignore[arg-type]
+            yield self._pause(self.poll)

@@ -232,9 +232,7 @@ class FightDispatcher(ServiceHandler):
             ``{"instance", "recycled": [process ids], "fights": fights they still hold}``.
         """
         recycled = self.pool.recycle()
-        held = sum(
-            len(self.pool.processes[i].fights) for i in recycled if i in self.pool.processes
-        )
+        held = sum(len(self.pool.processes[i].fights) for i in recycled if i in self.pool.processes)
         return {"instance": self.instance_id, "recycled": recycled, "fights": held}
 
     # -- the fight processes' side ---------------------------------------------

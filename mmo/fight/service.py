@@ -35,9 +35,15 @@ from mmo.logic.client import Directory
 from mmo.logic.runtime import WorkerRuntime, WorkerService, worker_telemetry
 from mmo.logic.server import HandlerServer
 from mmo.net import addresses
-from mmo.registry import Change, Instance, Registration, default_instance_id, make_instance
+from mmo.registry import (
+    Change,
+    Instance,
+    Registration,
+    default_instance_id,
+    make_instance,
+    pid_of,
+)
 from mmo.service import OrderedMultiService
-from mmo.wire import from_value
 from mmo.zmq import ZmqContextService
 
 __all__ = ["PoolService", "make_fight_service"]
@@ -124,7 +130,7 @@ class PoolService(Service):
 
     def _ask(self, instance: Instance, *, sweeping: bool = False) -> defer.Deferred[None]:
         iid = instance.instance_id
-        pid = _pid_of(instance)
+        pid = pid_of(instance)
         if (
             iid in self._asking
             or iid in self.pool.processes
@@ -184,7 +190,7 @@ class PoolService(Service):
             return
         if change == Change.UP:
             if instance.instance_id in self.pool.processes:
-                self.pool.process_ready(instance.instance_id, _pid_of(instance))
+                self.pool.process_ready(instance.instance_id, pid_of(instance))
             elif self.running and not self.pool.adopting:
                 self._ask(instance)  # an orphan registering again (or another's: refused)
         else:
@@ -283,9 +289,3 @@ def make_fight_service(
     )
     top.telemetry = telemetry
     return top
-
-
-def _pid_of(instance: Instance) -> int | None:
-    """The process id a fight process registered (``pid`` in its meta), if any."""
-    pid = from_value(instance.meta["pid"]) if "pid" in (instance.meta or {}) else None
-    return pid if isinstance(pid, int) else None

@@ -37,6 +37,7 @@ __all__ = [
     "RegistryView",
     "YellowLink",
     "meta_names",
+    "pid_of",
 ]
 
 log = Logger()
@@ -131,6 +132,12 @@ class YellowLink:
             self._socket = None
         for d in list(self._pending.values()):
             d.cancel()
+
+
+def pid_of(instance: Instance) -> int | None:
+    """The process id ``instance`` registered (its meta ``pid``), if any."""
+    pid = from_value(instance.meta["pid"]) if "pid" in (instance.meta or {}) else None
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
 
 def make_instance(

@@ -13,9 +13,12 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from mmo.testing import free_port
+from mmo.logic.links import drained
+from mmo.registry import pid_of
+from mmo.testing import TwistdProcess, free_port
 
 from .conftest import controlled_cluster_config, instances, sleep, start_cluster, until, wait_links
+from .units import Units
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -88,10 +91,8 @@ class Load:
         assert all(v == [{"i": i}] for i, v in self.answers.items())
 
 
-def pids(directory: Any) -> dict[str, int]:
-    from mmo.wire import from_value
-
-    return {i.instance_id: from_value(i.meta["pid"]) for i in directory.view.get("echo")}
+def pids(directory: Any) -> dict[str, int | None]:
+    return {i.instance_id: pid_of(i) for i in directory.view.get("echo")}
 
 
 @defer.inlineCallbacks
@@ -256,3 +257,53 @@ args = ["--yellow", "{yellow}", "--handler", "rollfight:RollFight", "--cap", "2"
     finally:
         cluster.stop(timeout=30)
         print(cluster.log_tail(60))
+
+
+@pytest.fixture
+def units(tmp_path: Any) -> Any:
+    made = Units(tmp_path)
+    yield made
+    made.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_restarts_in_place_what_another_supervisor_runs(
+    cluster: Any, units: Units, tmp_path: Any, directory_factory: Any
+) -> None:
+    """`mmo reload echo --restart CMD` (systemd's `systemctl restart mmo-worker@{instance}`,
+    here a stand-in): each echo instance in turn is drained, restarted with a new process,
+    and waited for; no call fails or is answered twice. A restart that fails stops the roll
+    and the instance serves again."""
+    cluster.yellow()
+    yellow = cluster.yellows[0]
+    for name in ("echo-1", "echo-2"):
+        args = ["--yellow", yellow, "--handler", "mmo.examples.echo:EchoService",
+                "--instance-id", name, "--metrics", "127.0.0.1:0"]  # fmt: skip
+        units.add(TwistdProcess("mmo-worker", args, tmp_path, name))
+    directory = directory_factory([yellow], caller_role="tool")
+    yield until(lambda: len(instances(directory, "echo")) == 2, what="two echo instances")
+    yield wait_links(directory, "echo", instances(directory, "echo"))
+    before = pids(directory)
+
+    load = Load(directory)
+    loading = load.run()
+    yield sleep(1.0)
+    out, err, code = yield mmo_reload(yellow, "echo", "--restart", units.command, "--json")
+    assert code == 0, (out, err)
+    assert json.loads(out) == {"service": "echo", "restarted": ["echo-1", "echo-2"]}
+    assert units.restarts == ["echo-1", "echo-2"]
+    after = pids(directory)
+    assert set(after) == set(before) and not set(after.values()) & set(before.values())
+
+    out, err, code = yield mmo_reload(yellow, "echo", "--restart", "exit 3 # {instance}")
+    assert code == 1 and "exited with 3" in err.decode(), (out, err)
+    yield until(
+        lambda: not any(drained(i) for i in directory.view.get("echo")),
+        what="echo-1 taken back",
+    )
+    yield sleep(1.0)
+    yield load.stop()
+    yield loading
+    load.check()
+    assert load.sent > 100
+    assert pids(directory) == after

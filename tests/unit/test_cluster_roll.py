@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer, task
 
-from mmo.cluster.roll import Roll, RollError, next_name
+from mmo.cluster.roll import RestartRoll, Roll, RollError, next_name
 
 
 class Child:
@@ -281,3 +281,86 @@ def test_a_service_nothing_supervised_serves_is_refused():
     fakes = Fakes(clock, ["echo-1"])
     failure = run(clock, Roll(fakes, fakes, clock).run("chat"))
     assert "no supervised mmo-worker or mmo-fight serves 'chat'" in str(failure.value)
+
+
+class InPlace:
+    """Registry and restarter of instances another supervisor runs: a restart gives the
+    instance a new pid, listed and ready ``ready_after`` seconds later."""
+
+    def __init__(self, clock: task.Clock, names: list[str], ready_after: float = 1.0) -> None:
+        self.clock = clock
+        self.pids = {n: 100 + i for i, n in enumerate(names)}
+        self.ready_at: dict[str, float] = {}
+        self.ready_after = ready_after
+        self.log: list[tuple[str, str]] = []
+        self.fails: set[str] = set()
+
+    def instances(self, service: str) -> list[str]:
+        return sorted(self.pids) if service == "echo" else []
+
+    def pid(self, service: str, instance_id: str) -> int | None:
+        return self.pids.get(instance_id)
+
+    def drain(self, service: str, instance_id: str, draining: bool = True) -> defer.Deferred[Any]:
+        self.log.append(("drain" if draining else "undrain", instance_id))
+        return defer.succeed({"draining": draining})
+
+    def ready(self, service: str, instance_id: str) -> defer.Deferred[bool]:
+        return defer.succeed(self.clock.seconds() >= self.ready_at.get(instance_id, 0.0))
+
+    def restart(self, instance_id: str) -> defer.Deferred[Any]:
+        self.log.append(("restart", instance_id))
+        if instance_id in self.fails:
+            return defer.fail(RollError("`systemctl restart` exited with 1: no such unit"))
+        self.pids[instance_id] += 1000
+        self.ready_at[instance_id] = self.clock.seconds() + self.ready_after
+        return defer.succeed(None)
+
+
+def test_restart_in_place_drains_restarts_and_waits_for_each_in_turn():
+    clock = task.Clock()
+    fakes = InPlace(clock, ["echo-1", "echo-2"])
+    result = run(clock, RestartRoll(fakes, fakes, clock, settle=1.5).run("echo"))
+    assert result == {"service": "echo", "restarted": ["echo-1", "echo-2"]}
+    assert fakes.log == [
+        ("drain", "echo-1"),
+        ("restart", "echo-1"),
+        ("drain", "echo-2"),
+        ("restart", "echo-2"),
+    ]
+
+
+def test_restart_in_place_waits_for_a_new_process_that_is_ready():
+    """The next instance is drained only once the restarted one is back, ready."""
+    clock = task.Clock()
+    fakes = InPlace(clock, ["echo-1", "echo-2"], ready_after=5.0)
+    d = RestartRoll(fakes, fakes, clock, settle=0.0).run("echo")
+    clock.advance(0)
+    clock.advance(4.8)
+    assert fakes.log[-1] == ("restart", "echo-1")
+    clock.pump([0.2] * 3)
+    assert ("drain", "echo-2") in fakes.log
+    run(clock, d)
+
+
+def test_restart_in_place_stops_at_a_failed_restart_or_one_never_ready():
+    clock = task.Clock()
+    fakes = InPlace(clock, ["echo-1", "echo-2"])
+    fakes.fails.add("echo-2")
+    failure = run(clock, RestartRoll(fakes, fakes, clock).run("echo"))
+    assert "no such unit (restarted before: ['echo-1'])" in str(failure.value)
+    assert fakes.log[-1] == ("undrain", "echo-2")  # if it still runs, it serves again
+    fakes = InPlace(clock, ["echo-1", "echo-2"], ready_after=100.0)
+    failure = run(clock, RestartRoll(fakes, fakes, clock, ready_timeout=10).run("echo"))
+    assert "echo-1 was not listed again, ready, with a new process within 10 s" in str(
+        failure.value
+    )
+    assert ("drain", "echo-2") not in fakes.log
+
+
+def test_restart_in_place_needs_two_instances():
+    clock = task.Clock()
+    fakes = InPlace(clock, ["echo-1"])
+    failure = run(clock, RestartRoll(fakes, fakes, clock).run("echo"))
+    assert "'echo' has 1 instance(s): restarting in place needs two at least" in str(failure.value)
+    assert fakes.log == []
