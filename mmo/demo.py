@@ -16,7 +16,10 @@ each with an operator listener (metrics, health), then:
   ready, a request traced across processes (``mmo trace``), ``mmo status`` while a
   caller sends requests, a rolling reload of the echo workers under calls (``mmo
   reload``), echo scaled up under load, the warnings ``mmo logs`` finds in the
-  collected logs, and the admin console.
+  collected logs, and the admin console;
+* part 4, two realms: a second cluster starts beside the first, a bridge on each side
+  links them (``twistd mmo-bridge``, docs/bridge.md), one realm calls the other's echo,
+  and a player of each chats in one room shared across both.
 
 The cluster runs on the embedded defaults (SQLite, in-process caches: no servers),
 but for the session records: when ``redis-server`` is installed the demo starts one
@@ -31,6 +34,7 @@ step went as expected.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -240,6 +244,8 @@ class Demo:
             yield self.chat(directory, cluster)
             self.say("\n=== part 3: operations (metrics, health, logs, traces) ===")
             yield self.operations(directory)
+            self.say("\n=== part 4: two realms (a bridge between clusters) ===")
+            yield self.realms(data, sink)
             if keep:
                 self.say("\ncluster running; Ctrl-C to stop")
                 yield defer.Deferred()  # until interrupted
@@ -676,6 +682,93 @@ class Demo:
             self.check("the console's login page", False, str(e))
 
     @defer.inlineCallbacks
+    def realms(self, data: Path, sink: Any) -> InlineCallbacks[None]:
+        """A second cluster, realm ``us``, joined to this one (``eu``) by a bridge on each
+        side (CURVE links, each trusting the other's key only); a player of each realm in
+        one room, ``world``, shared by the bridges; the market-less realm calls the other's
+        echo through its bridge."""
+        from mmo.client import Client
+        from mmo.zmq.curve import create_keys
+
+        keys = {realm: data / f"{realm}-bridge" for realm in ("eu", "us")}
+        for directory in keys.values():
+            create_keys(directory)
+        for realm, other in (("eu", "us"), ("us", "eu")):
+            shutil.copyfile(
+                keys[other] / "cluster.key", keys[realm] / "authorized" / f"{other}.key"
+            )
+        us_yellow = f"tcp://127.0.0.1:{free_port()}"
+        us_broker = free_port()
+        links = {realm: f"tcp://127.0.0.1:{free_port()}" for realm in ("eu", "us")}
+
+        def bridge(realm: str, yellow: str, other: str, *extra: str) -> dict[str, Any]:
+            args = ["--yellow", yellow, "--cluster", realm, "--listen", links[realm],
+                    "--peer", f"{other}={links[other]}", "--channel", "room:",
+                    "--link-keys", str(keys[realm]), *extra]  # fmt: skip
+            return {"name": f"bridge-{realm}", "role": "mmo-bridge", "args": args}
+
+        def worker(name: str, handler: str, *extra: str) -> dict[str, Any]:
+            args = ["--yellow", us_yellow, "--handler", handler, *extra]
+            return {"name": f"us-{name}", "role": "mmo-worker", "args": args}
+
+        us_realm = ClusterConfig(
+            process=(
+                {"name": "us-yellow", "role": "mmo-yellow", "args": ["--listen", us_yellow]},
+                worker("session", "mmo.sessions:SessionService"),
+                worker("sso", "mmo.examples.sso:SSOService", "--set", "accounts=frank:pw-frank"),
+                worker("chat", "mmo.examples.chat:ChatService"),
+                {"name": "us-broker", "role": "mmo-broker", "args": [
+                    "--yellow", us_yellow, "--listen", f"tcp:{us_broker}:interface=127.0.0.1"]},
+                bridge("eu", self.yellow, "us", "--export", "echo"),
+                bridge("us", us_yellow, "eu"),
+            ),
+            stop_timeout=10.0,
+        )  # fmt: skip
+        self.say(
+            f"\n19. realm 'us' starts beside this one ('eu'): its own yellow ({us_yellow}), "
+            "session, sso,\n    chat and broker; a bridge on each side links the realms "
+            f"({links['eu']} <-> {links['us']}, CURVE),\n    'eu' exporting echo, both sharing "
+            "the channels room:*"
+        )
+        started = make_cluster_service(us_realm, reactor=self.reactor, sink=sink)
+        started.startService()
+        us = connect(us_yellow, reactor=self.reactor)
+        players: list[Any] = []
+        try:
+            yield us.view.wait_for(lambda: bool(us.view.get("eu:echo")), timeout=30)
+            reply = yield us.get_service("eu:echo").echo(realm="us")
+            self.check("a call from us to eu:echo through the bridges", reply == {"realm": "us"})
+            heard: dict[str, list[str]] = {"bob": [], "frank": []}
+            for user, port in (("bob", self.brokers[0]), ("frank", us_broker)):
+                client = Client(self.reactor, broker=f"127.0.0.1:{port}")
+                yield client.connect()
+                yield client.login(user=user, password=f"pw-{user}")
+                client.on("chat.message", functools.partial(_heard, heard[user]))
+                yield client.request("chat.join", {"room": "world"})
+                players.append(client)
+            self.say("20. bob (realm eu) and frank (realm us) join 'world' and say hello:")
+            hellos = {"bob: hello from bob", "frank: hello from frank"}
+
+            def both(lines: list[str]) -> bool:
+                return hellos <= set(lines)
+
+            for _ in range(40):  # again until heard: the bridges link within a heartbeat or two
+                for client, user in zip(players, heard, strict=True):
+                    client.notify("chat.send", {"content": f"hello from {user}"})
+                yield self.wait_heard(heard, both, timeout=0.5)
+                if all(both(lines) for lines in heard.values()):
+                    break
+            for user, lines in heard.items():
+                self.say(f"   {user} heard: {sorted(set(lines))}")
+            self.check(
+                "each realm's player heard the other's", all(both(x) for x in heard.values())
+            )
+        finally:
+            yield defer.gatherResults([c.close() for c in players], consumeErrors=True)
+            yield us.stopService()
+            yield started.stopService()
+
+    @defer.inlineCallbacks
     def tool(self, *args: str) -> InlineCallbacks[tuple[int, str]]:
         """Run ``mmo ARGS --yellow <the demo's>`` as an operator would: its exit status and
         output."""
@@ -684,6 +777,11 @@ class Demo:
             sys.executable, argv, env=dict(os.environ), reactor=self.reactor
         )
         return code, (out + err).decode(errors="replace").rstrip()
+
+
+def _heard(lines: list[str], route: str, body: Any) -> None:
+    """Keep a chat message as ``from: content``."""
+    lines.append(f"{body['from']}: {body['content']}")
 
 
 def _indent(text: str) -> str:

@@ -408,10 +408,14 @@ class HandlerServer(Service):
         if header.kind != Kind.PUSH:
             self._bad(f"unexpected kind {header.kind} on the push socket")
             return
+        self._pushed(header, frames[1])
+
+    def _pushed(self, header: Header, body: bytes) -> None:
+        """Serve a well-formed push: the handler runs it, nothing answers."""
         self.in_flight += 1
         start = self.context.reactor.seconds()
         trace = from_header(header)
-        d = defer.maybeDeferred(self._traced, trace, header, frames[1], start + 3600.0)
+        d = defer.maybeDeferred(self._traced, trace, header, body, start + 3600.0)
         d.addBoth(self._observe, header, start, trace)
         d.addErrback(self._report, header.method)
         d.addBoth(self._done)

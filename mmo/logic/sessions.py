@@ -7,6 +7,11 @@ A channel broadcast is sent once to each broker, which fans it out to the
 members it holds: the message crosses the internal network once per broker,
 never once per member.
 
+A session of another cluster (joined through a bridge, docs/bridge.md) names its broker
+``CLUSTER:ID``: what is addressed to it goes to a bridge of this cluster (service
+``bridge``), which relays it; and every broadcast is also sent to the bridges, which pass
+those on shared channels to the other clusters.
+
 A player's broker may not be in this process's registry view yet (the broker started
 a moment ago and the player came through it at once: the broker is live, the view is
 behind). What is addressed to such a broker waits for it, in order, up to
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL",
+    "BRIDGE_SERVICE",
     "BROKER_SERVICE",
     "HOLD_FOR",
     "HOLD_MAX",
@@ -58,6 +64,8 @@ def resumed_to(event: Any) -> tuple[str, str] | None:
 
 #: The service brokers register under.
 BROKER_SERVICE = "broker"
+#: The service the bridges to other clusters register under (:mod:`mmo.bridge`).
+BRIDGE_SERVICE = "bridge"
 #: The service that keeps the session records brokers resume from (:mod:`mmo.sessions`).
 SESSION_SERVICE = "session"
 #: The purpose resume tokens are signed for (:func:`mmo.data.tokens.verify`): the session
@@ -107,6 +115,11 @@ class Sessions:
         """
         if not broker:
             return self._drop(broker, method, "the session names no broker")
+        if ":" in broker:
+            # A session of another cluster: a bridge relays it.
+            if self._to_bridge(method, body, broker=broker, **header):
+                return True
+            return self._drop(broker, method, "no bridge to its cluster")
         if broker not in self._held and self.directory.send(
             BROKER_SERVICE, method, body, instance=broker, **header
         ):
@@ -121,6 +134,17 @@ class Sessions:
         if self._expiry is None or not self._expiry.active():
             self._expiry = clock.callLater(HOLD_FOR, self._expire)
         return True
+
+    def _to_bridge(self, method: str, body: bytes, **header: Any) -> bool:
+        """Send one operation to a bridge of this cluster (if there is one): the same
+        bridge each time while its link is up, so that what this process sends keeps its
+        order; the next one at once when it drops (a killed bridge's link drops before
+        the registry says so)."""
+        bridges = self.directory.view.get(BRIDGE_SERVICE)
+        if not bridges:
+            return False
+        first = min(i.instance_id for i in bridges)
+        return self.directory.send(BRIDGE_SERVICE, method, body, prefer=first, **header) is not None
 
     def _drop(self, broker: str | None, method: str, why: str) -> bool:
         self.undeliverable += 1
@@ -186,7 +210,10 @@ class Sessions:
         header: dict[str, Any] = {"channel": channel, "route": route}
         if sender is not None:
             header["session"] = Session(id=sender.id)
-        return self.directory.send_all(BROKER_SERVICE, "broadcast", encode_body(body), **header)
+        data = encode_body(body)
+        # A bridge (if any) passes the shared channels' broadcasts to the other clusters.
+        self._to_bridge("broadcast", data, **header)
+        return self.directory.send_all(BROKER_SERVICE, "broadcast", data, **header)
 
     def push_all(self, route: str, body: Any) -> int:
         """Push to every session on every broker."""

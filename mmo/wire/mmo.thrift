@@ -87,6 +87,8 @@ struct Header {
                                     // or the client's Packet.trace); carried by nested calls,
                                     // pushes and broadcasts
   22: optional bool traced          // with trace_id: every hop records a span (mmo trace ID)
+  23: optional string broker        // a broker operation relayed by a bridge (docs/bridge.md):
+                                    // the broker, in the cluster that receives it, it is for
 }
 
 /* ---- registry (yellow) ---- */

@@ -202,14 +202,22 @@ class ZmqSocket(ZmqConnection):
         self.addEndpoints([ZmqEndpoint("bind", address)])
         return str(self.socket.get(zmq.LAST_ENDPOINT).decode())
 
-    def connect(self, address: str) -> None:
-        """Connect to ``address``; ZeroMQ reconnects by itself when the link drops."""
-        self._secure(address, server=False)
+    def connect(self, address: str, *, server_key: bytes | None = None) -> None:
+        """Connect to ``address``; ZeroMQ reconnects by itself when the link drops.
+
+        Args:
+            server_key: with CURVE, the server's public key when it is not the
+                context's (another cluster's bridge).
+        """
+        self._secure(address, server=False, server_key=server_key)
         self.addEndpoints([ZmqEndpoint("connect", address)])
 
-    def _secure(self, address: str, *, server: bool) -> None:
+    def _secure(self, address: str, *, server: bool, server_key: bytes | None = None) -> None:
         # ZeroMQ copies a socket's options into each bind and connect as it is made.
-        for option, value in self._ctx.security_options(address, server=server).items():
+        options = self._ctx.security_options(address, server=server)
+        if options and server_key is not None:
+            options[zmq.CURVE_SERVERKEY] = server_key  # last: it makes the socket a client
+        for option, value in options.items():
             self.socket.set(option, value)
 
     def disconnect(self, address: str) -> None:

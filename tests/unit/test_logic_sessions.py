@@ -3,7 +3,7 @@ not seen that broker yet; what cannot be delivered is dropped after a while, cou
 
 from __future__ import annotations
 
-from mmo.logic.sessions import BROKER_SERVICE, HOLD_FOR, Sessions
+from mmo.logic.sessions import BRIDGE_SERVICE, BROKER_SERVICE, HOLD_FOR, Sessions
 from mmo.testing import FakeDirectory
 from mmo.wire.gen.mmo.ttypes import Session
 
@@ -63,3 +63,38 @@ def test_a_session_without_a_broker_is_dropped_at_once() -> None:
     sessions = Sessions(directory, "chat-1")  # type: ignore[arg-type]
     assert not sessions.join(Session(id="s", user_id="u"), "room:hall")
     assert sessions.undeliverable == 1
+
+
+def test_operations_on_a_session_of_another_cluster_go_to_one_bridge() -> None:
+    """A session whose broker is ``us:broker-1`` lives in another cluster: its operations
+    go to a bridge (the first by id while its link is up), naming that broker; without a
+    bridge they are dropped and counted."""
+    directory = FakeDirectory()
+    sessions = Sessions(directory, "chat-1")  # type: ignore[arg-type]
+    assert not sessions.push(session("erin", "us:broker-1"), "chat.message", {"x": 1})
+    assert sessions.undeliverable == 1 and directory.sent == []
+    for bridge in ("bridge-b", "bridge-a"):
+        directory.register(BRIDGE_SERVICE, bridge)
+    sessions.join(session("erin", "us:broker-1"), "room:world")
+    sessions.push(session("erin", "us:broker-1"), "chat.message", {"x": 2})
+    sent = [(s.service, s.instance, s.method, s.header["broker"]) for s in directory.sent]
+    assert sent == [
+        (BRIDGE_SERVICE, "bridge-a", "join", "us:broker-1"),
+        (BRIDGE_SERVICE, "bridge-a", "push", "us:broker-1"),
+    ]
+
+
+def test_a_broadcast_goes_to_every_broker_and_to_one_bridge() -> None:
+    directory = FakeDirectory()
+    for broker in ("broker-1", "broker-2"):
+        directory.register(BROKER_SERVICE, broker)
+    sessions = Sessions(directory, "chat-1")  # type: ignore[arg-type]
+    assert sessions.broadcast("room:world", "chat.message", {"x": 1}) == 2
+    assert {s.service for s in directory.sent} == {BROKER_SERVICE}  # no bridge: brokers only
+    directory.sent.clear()
+    for bridge in ("bridge-a", "bridge-b"):
+        directory.register(BRIDGE_SERVICE, bridge)
+    assert sessions.broadcast("room:world", "chat.message", {"x": 2}) == 2
+    to = sorted((s.service, s.instance) for s in directory.sent)
+    assert to == [(BRIDGE_SERVICE, "bridge-a"), (BROKER_SERVICE, "broker-1"),
+                  (BROKER_SERVICE, "broker-2")]  # fmt: skip

@@ -50,3 +50,9 @@ mmo_admin = ServiceMaker(
     "mmo admin console: the cluster live in a browser; kick, push, drain",
     "mmo-admin",
 )
+mmo_bridge = ServiceMaker(
+    "mmo bridge",
+    "mmo.bridge.tap",
+    "mmo bridge: calls, pushes, events, sessions and channels across clusters",
+    "mmo-bridge",
+)

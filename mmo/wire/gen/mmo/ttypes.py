@@ -543,6 +543,7 @@ class Header(object):
      - peer
      - trace_id
      - traced
+     - broker
 
     """
 
@@ -569,10 +570,11 @@ class Header(object):
         'peer',
         'trace_id',
         'traced',
+        'broker',
     )
 
 
-    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None, client_seq=None, caller_role=None, origin=None, peer=None, trace_id=None, traced=None,):
+    def __init__(self, kind=None, call_id=None, service_name=None, method=None, timeout_ms=None, caller=None, session=None, error_code=None, error_type=None, error_message=None, topic=None, one_way=None, targets=None, channel=None, route=None, instance_id=None, client_seq=None, caller_role=None, origin=None, peer=None, trace_id=None, traced=None, broker=None,):
         self.kind = kind
         self.call_id = call_id
         self.service_name = service_name
@@ -595,6 +597,7 @@ class Header(object):
         self.peer = peer
         self.trace_id = trace_id
         self.traced = traced
+        self.broker = broker
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -721,6 +724,11 @@ class Header(object):
                     self.traced = iprot.readBool()
                 else:
                     iprot.skip(ftype)
+            elif fid == 23:
+                if ftype == TType.STRING:
+                    self.broker = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -821,6 +829,10 @@ class Header(object):
         if self.traced is not None:
             oprot.writeFieldBegin('traced', TType.BOOL, 22)
             oprot.writeBool(self.traced)
+            oprot.writeFieldEnd()
+        if self.broker is not None:
+            oprot.writeFieldBegin('broker', TType.STRING, 23)
+            oprot.writeString(self.broker.encode('utf-8') if sys.version_info[0] == 2 else self.broker)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1375,6 +1387,7 @@ Header.thrift_spec = (
     (20, TType.STRING, 'peer', 'UTF8', None, ),  # 20
     (21, TType.STRING, 'trace_id', 'UTF8', None, ),  # 21
     (22, TType.BOOL, 'traced', None, None, ),  # 22
+    (23, TType.STRING, 'broker', 'UTF8', None, ),  # 23
 )
 all_structs.append(Instance)
 Instance.thrift_spec = (
