@@ -21,6 +21,8 @@ from mmo.registry import Change
 from mmo.testing import TwistdProcess, free_port
 from mmo.testing.plugin import ProcessGroup
 
+from .edge import EdgeCluster
+
 ECHO = "mmo.examples.echo:EchoService"
 
 T = TypeVar("T")
@@ -226,3 +228,15 @@ def start_cluster(directory: Path, config: str) -> TwistdProcess:
     return TwistdProcess(
         "mmo-cluster", ["--config", str(path)], directory, "cluster", env={"PYTHONPATH": pythonpath}
     ).start()
+
+
+@pytest.fixture
+def fresh_edge(tmp_path: Path) -> Iterator[EdgeCluster]:
+    """A fresh, ready edge cluster with two brokers (a test that kills one), stopped after
+    the test."""
+    edge = EdgeCluster(tmp_path, brokers=2)
+    try:
+        edge.wait_ready()
+        yield edge
+    finally:
+        edge.stop()

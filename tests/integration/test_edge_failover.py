@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
 from mmo.client import Client
 
 from .conftest import until
-from .edge import EdgeCluster
-
-
-@pytest.fixture
-def edge(tmp_path):
-    """A fresh edge cluster with two brokers (this test kills one)."""
-    cluster = EdgeCluster(tmp_path, brokers=2)
-    try:
-        cluster.wait_ready()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest_twisted.inlineCallbacks
-def test_killed_broker_clients_resume_elsewhere(edge):
+def test_killed_broker_clients_resume_elsewhere(fresh_edge):
     """After kill -9 of a broker its clients resume on the other: same session, same room."""
+    edge = fresh_edge
     users = ["alice", "bob", "carol", "dave"]
     clients: dict[str, Client] = {}
     heard: dict[str, list[str]] = {u: [] for u in users}

@@ -1,0 +1,117 @@
+/**
+ * mmo-client: the JavaScript/TypeScript game-client SDK of mmo (browsers and Node >= 20).
+ * docs/protocol.md section 5 describes the wire; README.md the API.
+ */
+
+export {
+  Client,
+  FINAL_KICKS,
+  type ClientOptions,
+  type ClientState,
+  type LoginReply,
+  type ResumeReply,
+} from "./client.js";
+export {
+  ANY_ROUTE,
+  BrokerConnection,
+  DEFAULT_HEARTBEAT,
+  DEFAULT_TIMEOUT,
+  Listeners,
+  MAX_SEQ,
+  decodeBody,
+  encodeBody,
+  type AbortSignalLike,
+  type BodyOptions,
+  type ConnectionOptions,
+  type ErrorHandler,
+  type NotifyOptions,
+  type PushHandler,
+  type ReplyOptions,
+  type RequestOptions,
+} from "./connection.js";
+export {
+  SCHEMES,
+  brokerUrl,
+  brokersFor,
+  fetchBrokerList,
+  httpFetcher,
+  joinAddress,
+  parseBrokerList,
+  pickBroker,
+  rankBrokers,
+  splitAddress,
+  splitUrl,
+  type BrokerList,
+  type Fetcher,
+  type PickOptions,
+  type TransportName,
+} from "./brokerlist.js";
+export {
+  connector,
+  tcpConnector,
+  webSocketConnector,
+  type Connector,
+  type ConnectorOptions,
+  type PacketSink,
+  type TcpConnectorOptions,
+  type Transport,
+  type WebSocketConnectorOptions,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./transports.js";
+export {
+  BadPacketError,
+  BadRequestError,
+  BrokerError,
+  ClientError,
+  ClientTimeoutError,
+  ConnectError,
+  DisconnectedError,
+  ERROR_CLASSES,
+  IdleError,
+  KickedError,
+  LoginFailedError,
+  LoginTimeoutError,
+  MmoError,
+  NotLoggedInError,
+  RateLimitedError,
+  ReplacedError,
+  ResumeFailedError,
+  ServiceError,
+  ServiceTimeoutError,
+  ShutdownError,
+  SlowConsumerError,
+  TooLargeError,
+  UnavailableError,
+  UnknownRouteError,
+  WireError,
+  brokerError,
+  errorName,
+  type ClientErrorCode,
+  type ClientErrorName,
+} from "./errors.js";
+export {
+  FrameDecoder,
+  MAX_INCOMING_FRAME,
+  PacketKind,
+  PacketStruct,
+  decodePacket,
+  encodePacket,
+  frame,
+  type Packet,
+  type PacketKindName,
+} from "./packet.js";
+export {
+  Double,
+  decodeValue,
+  double,
+  encodeValue,
+  readValue,
+  writeValue,
+  type DecodeOptions,
+  type EncodeOptions,
+  type WireValue,
+} from "./value.js";
+export { defineStruct, ttypeOf, type FieldSpec, type FieldType, type StructCodec } from "./struct.js";
+export { DEFAULT_LIMITS, ThriftReader, ThriftWriter, TType, type Limits } from "./thrift.js";
+export { MAX_DELAY, consoleLogger, silentLogger, systemClock, type Clock, type Logger } from "./clock.js";
