@@ -71,11 +71,13 @@ def cluster_config(
     sessions_cache: str | None = None,
     yellow_metrics: int = 0,
     admin: int = 0,
+    websockets: list[int] | None = None,
 ) -> ClusterConfig:
     """The cluster of etc/cluster.toml, on the given ports, its SQLite file and collected
     logs in ``data``; with ``sessions_cache``, two session instances whose records live in
     that cache; the yellow's operator listener on ``yellow_metrics``, the admin console on
-    ``admin``."""
+    ``admin``; with ``websockets``, each broker's WebSocket listener on its port there (the
+    browser game's, served by the brokerlist at ``/game/``)."""
 
     def worker(name: str, handler: str, count: int = 1, *extra: str) -> dict[str, Any]:
         args = ["--yellow", yellow, "--handler", handler, *extra]
@@ -135,6 +137,11 @@ def cluster_config(
                         address,
                         "--route",
                         "fight=fight-worker",
+                        *(
+                            ("--websocket", f"tcp:{websockets[i]}:interface=127.0.0.1")
+                            if websockets
+                            else ()
+                        ),
                     ],
                 }
                 for i, address in enumerate(listen)
@@ -197,6 +204,7 @@ class Demo:
         """Start the cluster, run the steps, stop the cluster."""
         yellow = f"tcp://127.0.0.1:{free_port()}"
         self.brokers = [free_port(), free_port()]
+        websockets = [free_port(), free_port()]
         self.http = free_port()
         self.yellow = yellow
         self.yellow_metrics = free_port()
@@ -222,6 +230,7 @@ class Demo:
             redis.url if redis is not None else None,
             self.yellow_metrics,
             self.admin,
+            websockets,
         )
         # As mmo-cluster --metrics does: every child gets an operator listener.
         ops = OpsConfig(metrics="127.0.0.1:0")
@@ -232,6 +241,10 @@ class Demo:
         self.say(
             f"the admin console: http://127.0.0.1:{self.admin}/ (admin / "
             f"{os.environ.get('MMO_ADMIN_PASSWORD', 'admin')}; --keep to keep it running)"
+        )
+        self.say(
+            f"the game, in a browser: http://127.0.0.1:{self.http}/game/ "
+            f"(alice / pw-alice, bob / pw-bob, ...; docs/game.md)"
         )
         if redis is not None:
             self.say(f"session records in a Redis of the demo's own at {redis.url}")
@@ -735,7 +748,10 @@ class Demo:
         us = connect(us_yellow, reactor=self.reactor)
         players: list[Any] = []
         try:
-            yield us.view.wait_for(lambda: bool(us.view.get("eu:echo")), timeout=30)
+            # Its broker (it registers once it listens) and the import of eu's echo.
+            yield us.view.wait_for(
+                lambda: bool(us.view.get("eu:echo") and us.view.get("broker")), timeout=30
+            )
             reply = yield us.get_service("eu:echo").echo(realm="us")
             self.check("a call from us to eu:echo through the bridges", reply == {"realm": "us"})
             heard: dict[str, list[str]] = {"bob": [], "frank": []}
