@@ -130,6 +130,7 @@ class ServerSet:
         burst: int,
         capacity: int,
         telemetry: bool = False,
+        colocated: bool = False,
     ) -> Target:
         """Start yellow, session, sso, chat and one broker; return where to connect.
 
@@ -142,6 +143,8 @@ class ServerSet:
             telemetry: every process gets an operator listener (``--metrics``) and ships
                 its logs to a log collector (started too, and measured); without, none
                 listens and none ships (``--log-queue 0``).
+            colocated: chat runs in the broker's process (``--serve chat=...``), not as
+                a worker of its own: the co-located layout.
         """
         yellow = f"tcp://127.0.0.1:{free_port()}"
         port = free_port()
@@ -170,7 +173,8 @@ class ServerSet:
             logs = ["--yellow", yellow, "--dir", str(self.log_dir / "collected"), *ops()]
             p = self._start(TwistdProcess("mmo-logs", logs, self.log_dir, "logs", env))
             pids["logs"] = p.pid
-        for name, handler in (("session", SESSION), ("sso", SSO), ("chat", CHAT)):
+        workers = (("session", SESSION), ("sso", SSO), *(() if colocated else (("chat", CHAT),)))
+        for name, handler in workers:
             args = ["--yellow", yellow, "--handler", handler, "--instance-id", name, *ops()]
             if name == "session":
                 # More clients than accounts share them, one session each (a game's
@@ -204,6 +208,7 @@ class ServerSet:
             str(burst),
             "--channel-budget",
             str(2**40),
+            *(("--serve", f"chat={CHAT}") if colocated else ()),
             *ops(),
         ]
         p = self._start(TwistdProcess("mmo-broker", args, self.log_dir, "broker", env))

@@ -60,6 +60,11 @@ class BrokerConfig:
         trace_sample: the share of players' requests traced at every hop (a span per
             hop, for ``mmo trace``), 0 to 1; a request carrying the client's own trace
             id is always traced.
+        serve: service -> handler (``module:Class``) hosted in the broker's process
+            (co-located: its players' requests for it are served in process, no
+            ZeroMQ on the way; it is registered like any worker, instance
+            ``<broker id>.<service>``, so others reach it too, and other instances of
+            the service take calls when it is busy: docs/benchmarks.md).
     """
 
     yellow: tuple[str, ...]
@@ -94,6 +99,7 @@ class BrokerConfig:
     sender_rate: float = 20.0
     sender_burst: int = 40
     trace_sample: float = 0.0
+    serve: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Check values against each other."""
@@ -119,6 +125,9 @@ class BrokerConfig:
         for prefix, service in self.routes.items():
             if not isinstance(service, str) or not service:
                 raise ConfigError(f"routes.{prefix}", "must name a service")
+        for service, handler in self.serve.items():
+            if not service or not isinstance(handler, str) or ":" not in handler:
+                raise ConfigError(f"serve.{service}", "SERVICE=module:HandlerClass")
         for key in ("listen_routes", "websocket_routes"):
             patterns = getattr(self, key)
             if not patterns or not all(patterns):

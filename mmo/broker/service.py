@@ -29,6 +29,7 @@ from mmo.broker.metrics import broker_metrics
 from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.logic.client import Directory
+from mmo.logic.runtime import handler_settings, load_handler, make_worker
 from mmo.logic.sessions import BROKER_SERVICE
 from mmo.net import WILDCARDS, advertised_host
 from mmo.registry import Registration, default_instance_id, make_instance
@@ -220,6 +221,11 @@ class BrokerService(OrderedMultiService):
         )
 
 
+#: Seconds a hosted handler keeps the outcome of a non-idempotent client request (as a
+#: worker does by default: a resend is answered, not run again).
+HOSTED_MEMO_TTL = 60.0
+
+
 def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> OrderedMultiService:
     """Build (without starting) the service tree of a broker process.
 
@@ -235,6 +241,28 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
     ctx = zmq_service.context
     directory = Directory(ctx, config.yellow, caller_id=instance_id, caller_role="broker")
     directory.setServiceParent(top)
+
+    hosted = [
+        make_worker(
+            load_handler(path),
+            service=service,
+            instance_id=f"{instance_id}.{service}",
+            yellow=config.yellow,
+            directory=directory,
+            settings=handler_settings(load_handler(path), {}),
+            bind_host=config.bind_host,
+            advertise_host=config.advertise_host,
+            heartbeat=config.registry_heartbeat,
+            drain_timeout=config.drain_timeout,
+            memo_ttl=HOSTED_MEMO_TTL,
+            colocated=True,
+        )
+        for service, path in sorted(config.serve.items())
+    ]
+    for worker in hosted:
+        # Started after the directory, stopped after the edge (its players' calls first).
+        worker.setName(f"serve-{worker.handler.service_name}")
+        worker.setServiceParent(top)
 
     meta: dict[str, Any] = {"pid": os.getpid()}
     instance = make_instance(
@@ -274,6 +302,9 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
     telemetry.add_metrics(lambda: broker_metrics(broker))
     telemetry.add_check("admitting", broker.readiness)
     telemetry.add_check("registry", directory.readiness)
+    for worker in hosted:
+        telemetry.add_metrics(worker.server.metrics)
+        telemetry.add_check(f"serving {worker.handler.service_name}", worker.server.readiness)
 
     def drained(draining: bool) -> None:
         telemetry.draining = draining

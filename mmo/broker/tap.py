@@ -8,6 +8,7 @@ from twisted.application.service import IService
 from typing_extensions import override
 
 from mmo.broker.config import BrokerConfig
+from mmo.config import ConfigError
 from mmo.tap import MemberOptions
 
 
@@ -16,7 +17,7 @@ class Options(MemberOptions):
 
     section = "broker"
     config_class = BrokerConfig
-    pairs = {"route": "routes"}
+    pairs = {"route": "routes", "serve": "serve"}
     optParameters: ClassVar[list[list[Any]]] = [
         *MemberOptions.optParameters,
         ["listen", "l", None, "Endpoint for TCP clients, e.g. tcp:6100:interface=127.0.0.1."],
@@ -47,6 +48,21 @@ class Options(MemberOptions):
     def opt_route(self, mapping: str) -> None:
         """Route prefix to service, PREFIX=SERVICE (repeat for several)."""
         self.add_pair("route", mapping)
+
+    def opt_serve(self, mapping: str) -> None:
+        """Host a handler in this process, SERVICE=module:Class (repeat for several)."""
+        self.add_pair("serve", mapping)
+
+    @override
+    def check(self) -> None:
+        """Every hosted handler loads."""
+        from mmo.logic.runtime import load_handler
+
+        for service, path in self.config.serve.items():
+            try:
+                load_handler(path)
+            except Exception as e:
+                raise ConfigError(f"serve.{service}", f"{path}: {e}") from e
 
     @override
     def build(self) -> IService:

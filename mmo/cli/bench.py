@@ -117,6 +117,14 @@ def add_parser(sub: Any) -> None:
         help="with --telemetry compare: run each pair this many times, alternating, and "
         "print the median of the ratios",
     )
+    bench.add_argument(
+        "--layout",
+        choices=("distributed", "colocated", "both"),
+        default="distributed",
+        help="distributed: chat is a worker of its own; colocated: it runs in the broker's "
+        "process (mmo-broker --serve); both: each workload in both, the colocated line with "
+        "its ratios to the distributed one",
+    )
     calls = bench.add_argument_group("calls")
     calls.add_argument(
         "--concurrency", type=int, nargs="+", default=[1, 50], help="calls in flight"
@@ -247,14 +255,17 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
     results: dict[str, dict[str, Any]] = {}
     failed = True
     modes = {"off": [False], "on": [True], "compare": [False, True]}[args.telemetry]
+    layouts = {"distributed": [False], "colocated": [True], "both": [False, True]}[args.layout]
     runs = [
-        (w, on)
+        (w, on, colocated)
         for _ in range(args.repeat if args.telemetry == "compare" else 1)
         for w in workloads
         for on in (modes if w != "floor" else [False])
+        for colocated in (layouts if w != "floor" else [False])
     ]
     ratios: dict[str, list[dict[str, float]]] = {}
     without: dict[str, dict[str, Any]] = {}  # the last run of each workload without
+    distributed: dict[str, dict[str, Any]] = {}  # ... and of each in the distributed layout
 
     def ready(target: Target, servers: ServerSet | None) -> defer.Deferred[None]:
         return wait_ready(
@@ -269,7 +280,7 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
 
     @defer.inlineCallbacks
     def start_servers(
-        workload: str, servers: ServerSet, telemetry: bool
+        workload: str, servers: ServerSet, telemetry: bool, colocated: bool
     ) -> InlineCallbacks[Target]:
         # A port found free may be taken before the server binds it: try afresh.
         for attempt in range(1, START_ATTEMPTS + 1):
@@ -282,6 +293,7 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
                     burst=args.burst,
                     capacity=capacity,
                     telemetry=telemetry,
+                    colocated=colocated,
                 )
             try:
                 yield ready(target, servers)
@@ -293,8 +305,9 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
         raise AssertionError("unreachable")
 
     try:
-        for workload, telemetry in runs:
+        for workload, telemetry, colocated in runs:
             run = f"{workload}-telemetry" if telemetry else workload
+            run += "-colocated" if colocated else ""
             if args.repeat > 1:
                 run += f"-{len(results)}"
             servers: ServerSet | None = None
@@ -308,7 +321,7 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
                     target = against
                     yield ready(target, None)
                 else:
-                    target = yield start_servers(workload, servers, telemetry)
+                    target = yield start_servers(workload, servers, telemetry, colocated)
                 if target.metrics:
                     scraper = scrape_every(reactor, target.metrics)
                 result = yield runners[workload](reactor, target, settings)
@@ -322,10 +335,15 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
                     servers.stop()
             result["against"] = args.against if servers is None else None
             result["telemetry"] = telemetry
+            result["layout"] = "colocated" if colocated else "distributed"
             if workload == "w1" and "floor" in results:
                 add_floor_ratio(result, results["floor"])
+            if colocated and workload in distributed:
+                result["colocated_ratio"] = figure_ratios(result, distributed[workload])
+            elif not colocated:
+                distributed[workload] = result
             if telemetry and workload in without:
-                add_telemetry_ratio(result, without[workload])
+                result["telemetry_ratio"] = figure_ratios(result, without[workload])
                 ratios.setdefault(workload, []).append(result["telemetry_ratio"])
             elif not telemetry:
                 without[workload] = result
@@ -356,15 +374,16 @@ TELEMETRY_FIGURES = {
 }
 
 
-def add_telemetry_ratio(on: dict[str, Any], off: dict[str, Any]) -> None:
-    """Put the ratios of a run with telemetry to the same workload's run without (same
-    invocation) into ``on`` as ``telemetry_ratio`` (1.0: no cost)."""
+def figure_ratios(result: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    """The ratios of a run's main figures to those of the same workload's ``base`` run
+    (same invocation): with telemetry to without (``telemetry_ratio``, 1.0: no cost),
+    co-located to distributed (``colocated_ratio``)."""
     ratios = {}
-    for figure in TELEMETRY_FIGURES.get(on["workload"], ()):
-        ours, theirs = on.get(figure), off.get(figure)
+    for figure in TELEMETRY_FIGURES.get(result["workload"], ()):
+        ours, theirs = result.get(figure), base.get(figure)
         if ours and theirs:
             ratios[figure] = round(ours / theirs, 3)
-    on["telemetry_ratio"] = ratios
+    return ratios
 
 
 def median_ratios(workload: str, pairs: list[dict[str, float]]) -> dict[str, Any]:
@@ -472,10 +491,13 @@ def table(result: dict[str, Any]) -> str:
         rows.append(("first error", result["first_error"]))
     if result.get("telemetry"):
         title += " (telemetry on)"
-    ratios = result.get("telemetry_ratio")
-    if ratios:
-        text = ", ".join(f"{figure} {ratio:.3f}" for figure, ratio in ratios.items())
-        rows.append(("on/off", text))
+    if result.get("layout") == "colocated":
+        title += " (co-located: chat in the broker's process)"
+    for key, label in (("telemetry_ratio", "on/off"), ("colocated_ratio", "vs distributed")):
+        ratios = result.get(key)
+        if ratios:
+            text = ", ".join(f"{figure} {ratio:.3f}" for figure, ratio in ratios.items())
+            rows.append((label, text))
     width = max(len(label) for label, _ in rows)
     return "\n".join([title, *(f"  {label:<{width}}  {value}" for label, value in rows)])
 

@@ -15,21 +15,42 @@ call or one-way request that names the instance still reaches it (what it holds,
 operator's own ``ops_*`` calls, a broker's players' pushes and broadcasts). Its ``pull``
 endpoint is disconnected, so pushes go to the others. An UP whose meta no longer says
 ``draining`` takes it back.
+
+**Co-located services.** A :class:`~mmo.logic.server.HandlerServer` made ``colocated``
+(a broker hosting handlers: ``mmo-broker --serve``) is listed in :data:`LOCAL_SERVERS`
+under its instance id. A process's link to that instance (the same id and ``rep``
+endpoint as the registry lists) is a :class:`LocalLink`: the request's frames are handed
+to the server in process and its answer comes back the same way, so the call keeps every
+rule of the wire (deadline, errors, origin and client-method checks, memo, drain) with
+no ZeroMQ on the way. The instance stays registered: other processes reach it over
+ZeroMQ as usual, and the callers of this process send to the other instances of the
+service as well, once the local one has :data:`LOCAL_PREFERENCE` more calls in flight
+than they have (the local one is busy) or when it is gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import zmq
+from typing_extensions import override
 
 from mmo.registry import Change, Instance, RegistryView, meta_names
 from mmo.wire import WireError, from_value
 from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, ZmqContext, ZmqSocket
 
-__all__ = ["Link", "Pool", "Pools", "drained"]
+__all__ = [
+    "LOCAL_PREFERENCE",
+    "LOCAL_SERVERS",
+    "Link",
+    "LocalLink",
+    "LocalServer",
+    "Pool",
+    "Pools",
+    "drained",
+]
 
 #: What is outstanding on a link (the calls in flight: :class:`mmo.logic.calls.Call`).
 C = TypeVar("C")
@@ -42,6 +63,33 @@ _LINK_OPTIONS = {
     zmq.SNDHWM: 0,
     zmq.RCVHWM: 0,
 }
+
+
+#: How many more calls in flight a co-located instance may have than a remote one before
+#: the remote one is picked instead (the local one costs no hop; past this it is busy).
+LOCAL_PREFERENCE = 8
+
+
+class LocalServer(Protocol):
+    """A server of this process that takes requests in process (a co-located service)."""
+
+    @property
+    def rep_endpoint(self) -> str | None:
+        """The ``rep`` address it is registered with."""
+
+    def attach(self, ident: bytes, answer: Callable[[list[bytes]], None]) -> None:
+        """Send what is answered to messages from ``ident`` to ``answer`` (the frames
+        after the identity)."""
+
+    def detach(self, ident: bytes) -> None:
+        """Forget ``ident``."""
+
+    def take(self, frames: list[bytes]) -> None:
+        """One request's frames, ``[ident, header, body]``, as its ROUTER would read them."""
+
+
+#: The co-located servers of this process, by instance id.
+LOCAL_SERVERS: dict[str, LocalServer] = {}
 
 
 def drained(instance: Instance) -> bool:
@@ -96,12 +144,14 @@ class Link(Generic[C]):
         self.outstanding: dict[int, C] = {}
         self.sent = 0
         self.idempotent = meta_names(instance, "idempotent")
-        assert instance.endpoints is not None
-        self.socket: ZmqSocket | None = context.socket(
-            zmq.DEALER, self._received, options=_LINK_OPTIONS
-        )
+        self.socket: ZmqSocket | None = None
+        self._open(context)
+
+    def _open(self, context: ZmqContext) -> None:
+        assert self.instance.endpoints is not None
+        self.socket = context.socket(zmq.DEALER, self._received, options=_LINK_OPTIONS)
         self.socket.monitor(self._event)
-        self.socket.connect(instance.endpoints["rep"])
+        self.socket.connect(self.instance.endpoints["rep"])
 
     def update(self, instance: Instance) -> None:
         """The instance's record changed (same endpoint)."""
@@ -135,6 +185,51 @@ class Link(Generic[C]):
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+
+
+class LocalLink(Link[C]):
+    """The link to a co-located instance: requests and answers are handed over in
+    process (see the module); it is always up.
+
+    Args:
+        server: the instance's server, in this process.
+        instance, on_reply, on_lost: as :class:`Link`'s.
+    """
+
+    _idents = iter(range(1, 2**62))
+
+    def __init__(
+        self,
+        server: LocalServer,
+        instance: Instance,
+        on_reply: Callable[[Link[C], list[bytes]], None],
+        on_lost: Callable[[Link[C], str], None],
+    ) -> None:
+        self.server = server
+        # Not a ZeroMQ routing id (those are 5 bytes, first byte 0): never mistaken for one.
+        self.ident = b"local-" + next(self._idents).to_bytes(8, "big")
+        super().__init__(None, instance, on_reply, on_lost)  # type: ignore[arg-type]
+
+    @override
+    def _open(self, context: ZmqContext) -> None:
+        self.server.attach(self.ident, self._received)
+        self.up = True
+
+    @override
+    def send(self, frames: list[bytes]) -> None:
+        """Hand one request to the server (its answer may come back before this returns)."""
+        self.sent += 1
+        self.server.take([self.ident, *frames])
+
+    @override
+    def drain_input(self) -> None:
+        """Nothing waits to be read: answers are handed over as they are made."""
+
+    @override
+    def close(self) -> None:
+        """Stop taking the server's answers."""
+        self.server.detach(self.ident)
+        self.up = False
 
 
 class Pool(Generic[C]):
@@ -191,8 +286,11 @@ class Pool(Generic[C]):
         for i, link in enumerate(self.conns.values()):
             if link.draining or link.instance_id in exclude:
                 continue
+            load = len(link.outstanding)
+            if isinstance(link, LocalLink):
+                load -= LOCAL_PREFERENCE  # no hop: taken first until it is busy
             # Rotate among equals so that an idle pool spreads calls evenly.
-            key = (0 if link.up else 1, len(link.outstanding), (i - self.turn) % len(self.conns))
+            key = (0 if link.up else 1, load, (i - self.turn) % len(self.conns))
             if best_key is None or key < best_key:
                 best, best_key = link, key
         return best
@@ -324,7 +422,11 @@ class Pools(Generic[C]):
             # Back (an UP ends a goodbye), or drained by an operator.
             link.draining = link.drained
         elif "rep" in endpoints:
-            pool.conns[iid] = Link(self.context, instance, self.on_reply, self.on_lost)
+            local = LOCAL_SERVERS.get(iid)
+            if local is not None and local.rep_endpoint == endpoints["rep"]:
+                pool.conns[iid] = LocalLink(local, instance, self.on_reply, self.on_lost)
+            else:
+                pool.conns[iid] = Link(self.context, instance, self.on_reply, self.on_lost)
         off = drained(instance)
         for kind, sock in pool.sockets.items():
             known = pool.endpoints.setdefault(kind, {})

@@ -42,6 +42,7 @@ __all__ = [
     "WorkerService",
     "handler_settings",
     "load_handler",
+    "make_worker",
     "make_worker_tree",
     "prepare_data",
     "worker_telemetry",
@@ -321,9 +322,52 @@ def make_worker_tree(
         if data_service is not None:
             data_service.setName(name)
             data_service.setServiceParent(top)
-    runtime = WorkerRuntime(
-        service, instance_id, ctx.reactor, directory, db, cache_service, settings
+    worker = make_worker(
+        handler_class,
+        service=service,
+        instance_id=instance_id,
+        yellow=yellow,
+        directory=directory,
+        settings=settings,
+        db=db,
+        cache=cache_service,
+        bind_host=bind_host,
+        advertise_host=advertise_host,
+        heartbeat=heartbeat,
+        drain_timeout=drain_timeout,
+        memo_ttl=memo_ttl,
+        memo_size=memo_size,
     )
+    worker.setName("worker")
+    worker.setServiceParent(top)
+    top.telemetry = worker_telemetry(role, worker, directory, worker.server.advertise_host)
+    return top
+
+
+def make_worker(
+    handler_class: type[ServiceHandler],
+    *,
+    service: str,
+    instance_id: str,
+    yellow: tuple[str, ...],
+    directory: Directory,
+    settings: Any = None,
+    db: Database | None = None,
+    cache: Cache | None = None,
+    bind_host: str | None = None,
+    advertise_host: str | None = None,
+    heartbeat: float = 1.0,
+    drain_timeout: float = 10.0,
+    memo_ttl: float = 0.0,
+    memo_size: int = 100_000,
+    colocated: bool = False,
+) -> WorkerService:
+    """The worker of one handler in a process that has its ZeroMQ context and
+    ``directory`` already: its runtime, the handler, its sockets and its registration
+    (not started). ``colocated``: this process's callers reach it in process
+    (``mmo-broker --serve``, :mod:`mmo.logic.links`)."""
+    ctx = directory.context
+    runtime = WorkerRuntime(service, instance_id, ctx.reactor, directory, db, cache, settings)
     handler = handler_class(runtime)
     memo = ReplyMemo(ctx.reactor, ttl=memo_ttl, size=memo_size) if memo_ttl else None
     bind, advertise = addresses(bind_host, advertise_host)
@@ -334,6 +378,7 @@ def make_worker_tree(
         advertise_host=advertise,
         drain_timeout=drain_timeout,
         memo=memo,
+        colocated=colocated,
     )
     runtime.server = server
     instance = make_instance(
@@ -344,8 +389,4 @@ def make_worker_tree(
         heartbeat=heartbeat,
     )
     registration = Registration(ctx, yellow, instance, heartbeat)
-    worker = WorkerService(handler, server, registration, db, cache_service)
-    worker.setName("worker")
-    worker.setServiceParent(top)
-    top.telemetry = worker_telemetry(role, worker, directory, advertise)
-    return top
+    return WorkerService(handler, server, registration, db, cache)

@@ -34,6 +34,7 @@ from typing_extensions import override
 
 from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable, outcome
 from mmo.logic.handler import OPS_PREFIX, Context, ServiceHandler
+from mmo.logic.links import LOCAL_SERVERS
 from mmo.logic.memo import Entry, Key, ReplyMemo
 from mmo.net import with_host
 from mmo.telemetry.metrics import Latencies, Metric, counter, gauge
@@ -132,6 +133,8 @@ class HandlerServer(Service):
         max_message: largest message accepted, in bytes (ZeroMQ drops a bigger sender).
         memo: where outcomes of non-idempotent client requests are kept for resends
             (None: a resend runs again).
+        colocated: callers in this process reach it in process, not over ZeroMQ
+            (:data:`mmo.logic.links.LOCAL_SERVERS`; a broker's hosted handlers).
 
     Attributes:
         latencies: requests served, by method and outcome, with how long they took
@@ -152,8 +155,12 @@ class HandlerServer(Service):
         drain_timeout: float = 10.0,
         max_message: int = 16 * 1024 * 1024,
         memo: ReplyMemo | None = None,
+        colocated: bool = False,
     ) -> None:
         self.context = context
+        self.colocated = colocated
+        #: Callers in this process (co-located): identity -> where their answers go.
+        self._local: dict[bytes, Callable[[list[bytes]], None]] = {}
         self.handler = handler
         self.bind_host = bind_host
         self.advertise_host = advertise_host or bind_host
@@ -198,7 +205,30 @@ class HandlerServer(Service):
             }
             # What others connect to: the port each got, under the advertised host.
             self.endpoints = {k: with_host(v, self.advertise_host) for k, v in bound.items()}
+            if self.colocated:
+                LOCAL_SERVERS[self.handler.instance_id] = self
         return self.endpoints
+
+    # -- callers in this process (co-located: mmo.logic.links.LocalLink) --------------
+
+    @property
+    def rep_endpoint(self) -> str | None:
+        """The ``rep`` address it is registered with (once bound)."""
+        return self.endpoints.get("rep")
+
+    def attach(self, ident: bytes, answer: Callable[[list[bytes]], None]) -> None:
+        """Send the answers to requests from ``ident`` to ``answer`` (the frames after
+        the identity), not to the ROUTER socket."""
+        self._local[ident] = answer
+
+    def detach(self, ident: bytes) -> None:
+        """Forget a caller of this process."""
+        self._local.pop(ident, None)
+
+    def take(self, frames: list[bytes]) -> None:
+        """A request of a caller in this process, ``[ident, header, body]``: served as if
+        the ROUTER had read it."""
+        self._request(frames)
 
     @override
     def startService(self) -> None:
@@ -249,6 +279,8 @@ class HandlerServer(Service):
         )
 
     def _close(self, _: Any) -> None:
+        if LOCAL_SERVERS.get(self.handler.instance_id) is self:
+            del LOCAL_SERVERS[self.handler.instance_id]
         for sock in (self._rep, self._pub):
             if sock is not None:
                 sock.close()
@@ -481,6 +513,11 @@ class HandlerServer(Service):
     # -- outgoing ------------------------------------------------------------
 
     def _send(self, frames: list[bytes]) -> None:
+        if self._local:
+            answer = self._local.get(frames[0])
+            if answer is not None:
+                answer(frames[1:])
+                return
         if self._rep is None:
             return
         try:

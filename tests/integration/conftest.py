@@ -21,7 +21,7 @@ from mmo.registry import Change
 from mmo.testing import TwistdProcess, free_port
 from mmo.testing.plugin import ProcessGroup
 
-from .edge import EdgeCluster
+from .edge import EdgeCluster, running
 
 ECHO = "mmo.examples.echo:EchoService"
 
@@ -234,9 +234,5 @@ def start_cluster(directory: Path, config: str) -> TwistdProcess:
 def fresh_edge(tmp_path: Path) -> Iterator[EdgeCluster]:
     """A fresh, ready edge cluster with two brokers (a test that kills one), stopped after
     the test."""
-    edge = EdgeCluster(tmp_path, brokers=2)
-    try:
-        edge.wait_ready()
+    with running(EdgeCluster(tmp_path, brokers=2)) as edge:
         yield edge
-    finally:
-        edge.stop()

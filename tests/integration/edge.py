@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,16 @@ class EdgeCluster:
         """Stop everything (brokers first)."""
         for name in reversed(list(self.processes)):
             self.processes[name].stop(timeout=10)
+
+
+@contextlib.contextmanager
+def running(edge: EdgeCluster) -> Iterator[EdgeCluster]:
+    """``edge`` once ready (see :meth:`EdgeCluster.wait_ready`); stopped after."""
+    try:
+        edge.wait_ready()
+        yield edge
+    finally:
+        edge.stop()
 
 
 class Player:

@@ -23,19 +23,15 @@ from mmo.testing.rawclient import RawClient
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
 from .conftest import until
-from .edge import EdgeCluster
+from .edge import EdgeCluster, running
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[EdgeCluster]:
-    cluster = EdgeCluster(tmp_path)
-    try:
-        cluster.wait_ready()
+    with running(EdgeCluster(tmp_path)) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @defer.inlineCallbacks
