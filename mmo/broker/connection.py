@@ -10,10 +10,12 @@ only frame bytes and apply back-pressure.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.tcp import Connection as TCPConnection
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -29,6 +31,35 @@ if TYPE_CHECKING:
     from mmo.types import Clock
 
 _HEARTBEAT = None  # filled lazily: the encoded HEARTBEAT frame
+_LENGTH = struct.Struct("!I")
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """Write ``data`` to ``transport``; on a plain TCP connection with nothing waiting to
+    be sent, with one ``send(2)`` at once.
+
+    Twisted's ``write`` queues the data and registers the socket for writing; the next
+    poll sends it and unregisters it: two ``epoll_ctl`` and a turn of the loop for every
+    answer, a large share of a broker's CPU under small request-reply traffic
+    (docs/benchmarks.md). What the kernel does not take at once, and anything on a
+    connection with data already queued (order), a TLS one or another kind, goes through
+    ``write`` as usual, so back-pressure and errors are Twisted's own.
+    """
+    if (
+        isinstance(transport, TCPConnection)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataBuffer
+        and len(transport.dataBuffer) == transport.offset
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # full (EAGAIN), or broken: write() finds out and reports it
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def packet_bytes(kind: int, seq: int | None = None, **fields: Any) -> bytes:
@@ -380,7 +411,7 @@ class TCPClientProtocol(_Carrier, Int32StringReceiver):
         """Admit the client (or refuse it when full)."""
         self.connection = ClientConnection(self.broker, self, self.broker.tcp_routes)
         self._queue = _OutboundQueue(
-            self.sendString, self.broker.config.max_outbound, self.connection.slow_consumer
+            self._send_string, self.broker.config.max_outbound, self.connection.slow_consumer
         )
         tcp = self._tcp()
         # Small packets must leave at once: Nagle's algorithm held pushes for up to
@@ -389,6 +420,10 @@ class TCPClientProtocol(_Carrier, Int32StringReceiver):
             tcp.setTcpNoDelay(True)
         tcp.registerProducer(self._queue, True)
         self.broker.connection_made(self.connection)
+
+    def _send_string(self, data: bytes) -> None:
+        """Send one length-prefixed frame (:func:`send_now`)."""
+        send_now(self.transport, _LENGTH.pack(len(data)) + data)
 
     @override
     def stringReceived(self, data: bytes) -> None:

@@ -161,7 +161,7 @@ class Calls:
         self.caller_id = caller_id
         self.caller_role = caller_role
         self.default_timeout = default_timeout
-        self.pools: Pools[Call] = Pools(context, view, self._answered, self._lost)
+        self.pools: Pools[Call] = Pools(context, view, self._answered, self._lost, self._answer)
         self.on_one_way_error: Callable[[Header], None] | None = None
         self.late_replies = 0
         self.latencies = Latencies(
@@ -342,7 +342,7 @@ class Calls:
         call.link = link
         link.outstanding[call.call_id] = call
         try:
-            link.send([encode(header), call.body])
+            link.request(header, call.body)
         except zmq.ZMQError as e:
             del link.outstanding[call.call_id]
             self._finish(call, error=NoLiveInstance(f"cannot send to {link.instance_id}: {e}"))
@@ -353,6 +353,10 @@ class Calls:
         except (WireError, IndexError) as e:
             log.warn("call: bad reply from {id}: {e}", id=link.instance_id, e=e)
             return
+        self._answer(link, header, frames[1] if len(frames) > 1 else b"")
+
+    def _answer(self, link: Link[Call], header: Header, body: bytes) -> None:
+        """An answer on ``link`` (read and decoded, or handed over in process)."""
         if header.one_way:
             # A one-way request made for a player failed: whoever sent it may tell them.
             if self.on_one_way_error is not None:
@@ -365,11 +369,11 @@ class Calls:
         self.pools.release(link)
         if header.kind == Kind.REPLY:
             if call.raw:
-                self._finish(call, result=frames[1] if len(frames) > 1 else b"")
+                self._finish(call, result=body)
                 return
             try:
-                result = decode_value(frames[1])
-            except (WireError, IndexError) as e:
+                result = decode_value(body)
+            except WireError as e:
                 self._finish(call, error=BadRequest(f"undecodable reply: {e}"))
                 return
             self._finish(call, result=result)

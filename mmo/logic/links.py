@@ -38,7 +38,8 @@ import zmq
 from typing_extensions import override
 
 from mmo.registry import Change, Instance, RegistryView, meta_names
-from mmo.wire import WireError, from_value
+from mmo.wire import WireError, decode, encode, from_value
+from mmo.wire.gen.mmo.ttypes import Header
 from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, ZmqContext, ZmqSocket
 
 __all__ = [
@@ -77,15 +78,14 @@ class LocalServer(Protocol):
     def rep_endpoint(self) -> str | None:
         """The ``rep`` address it is registered with."""
 
-    def attach(self, ident: bytes, answer: Callable[[list[bytes]], None]) -> None:
-        """Send what is answered to messages from ``ident`` to ``answer`` (the frames
-        after the identity)."""
+    def attach(self, ident: bytes, answer: Callable[[Header, bytes], None]) -> None:
+        """Send what is answered to requests from ``ident`` to ``answer(header, body)``."""
 
     def detach(self, ident: bytes) -> None:
         """Forget ``ident``."""
 
-    def take(self, frames: list[bytes]) -> None:
-        """One request's frames, ``[ident, header, body]``, as its ROUTER would read them."""
+    def take(self, ident: bytes, header: Header, body: bytes) -> None:
+        """One request from ``ident``, its header as made (not encoded)."""
 
 
 #: The co-located servers of this process, by instance id.
@@ -165,6 +165,10 @@ class Link(Generic[C]):
         self.socket.send(frames)
         self.sent += 1
 
+    def request(self, header: Header, body: bytes) -> None:
+        """Send one request (raises ``zmq.ZMQError`` if it cannot)."""
+        self.send([encode(header), body])
+
     def _received(self, frames: list[bytes]) -> None:
         self.on_reply(self, frames)
 
@@ -204,22 +208,33 @@ class LocalLink(Link[C]):
         instance: Instance,
         on_reply: Callable[[Link[C], list[bytes]], None],
         on_lost: Callable[[Link[C], str], None],
+        on_answer: Callable[[Link[C], Header, bytes], None],
     ) -> None:
         self.server = server
+        self.on_answer = on_answer
         # Not a ZeroMQ routing id (those are 5 bytes, first byte 0): never mistaken for one.
         self.ident = b"local-" + next(self._idents).to_bytes(8, "big")
         super().__init__(None, instance, on_reply, on_lost)  # type: ignore[arg-type]
 
     @override
     def _open(self, context: ZmqContext) -> None:
-        self.server.attach(self.ident, self._received)
+        self.server.attach(self.ident, self._answered)
         self.up = True
+
+    def _answered(self, header: Header, body: bytes) -> None:
+        self.on_answer(self, header, body)
 
     @override
     def send(self, frames: list[bytes]) -> None:
-        """Hand one request to the server (its answer may come back before this returns)."""
+        """Hand one encoded request to the server."""
+        self.request(decode(Header, frames[0]), frames[1])
+
+    @override
+    def request(self, header: Header, body: bytes) -> None:
+        """Hand one request to the server, its header as made (its answer may come back
+        before this returns)."""
         self.sent += 1
-        self.server.take([self.ident, *frames])
+        self.server.take(self.ident, header, body)
 
     @override
     def drain_input(self) -> None:
@@ -245,6 +260,7 @@ class Pool(Generic[C]):
     def __init__(self, name: str) -> None:
         self.name = name
         self.conns: dict[str, Link[C]] = {}
+        self._idempotent: frozenset[str] | None = None
         self.turn = 0
         self.sockets: dict[str, ZmqSocket] = {}
         self.endpoints: dict[str, dict[str, str]] = {}
@@ -296,8 +312,15 @@ class Pool(Generic[C]):
         return best
 
     def idempotent(self, method: str) -> bool:
-        """Whether the service's instances say ``method`` is idempotent."""
-        return any(method in link.idempotent for link in self.conns.values())
+        """Whether the service's instances say ``method`` is idempotent (asked for every
+        call: the union is kept until an instance comes, changes or goes)."""
+        if self._idempotent is None:
+            self._idempotent = frozenset().union(*(link.idempotent for link in self.conns.values()))
+        return method in self._idempotent
+
+    def changed(self) -> None:
+        """An instance came, changed or went: what is idempotent is read again."""
+        self._idempotent = None
 
 
 class Pools(Generic[C]):
@@ -309,6 +332,8 @@ class Pools(Generic[C]):
         on_reply: called with ``(link, frames)`` for each message on a link.
         on_lost: called with ``(link, why)`` when a link is lost, before it is closed
             (its outstanding calls may be moved elsewhere).
+        on_answer: called with ``(link, header, body)`` for each answer on a link to a
+            co-located instance (nothing to decode).
     """
 
     def __init__(
@@ -317,11 +342,13 @@ class Pools(Generic[C]):
         view: RegistryView,
         on_reply: Callable[[Link[C], list[bytes]], None],
         on_lost: Callable[[Link[C], str], None],
+        on_answer: Callable[[Link[C], Header, bytes], None],
     ) -> None:
         self.context = context
         self.view = view
         self.on_reply = on_reply
         self.on_lost = on_lost
+        self.on_answer = on_answer
         self.pools: dict[str, Pool[C]] = {}
 
     def pool(self, service: str) -> Pool[C]:
@@ -419,14 +446,18 @@ class Pools(Generic[C]):
             link = None
         if link is not None:
             link.update(instance)
+            pool.changed()
             # Back (an UP ends a goodbye), or drained by an operator.
             link.draining = link.drained
         elif "rep" in endpoints:
             local = LOCAL_SERVERS.get(iid)
             if local is not None and local.rep_endpoint == endpoints["rep"]:
-                pool.conns[iid] = LocalLink(local, instance, self.on_reply, self.on_lost)
+                pool.conns[iid] = LocalLink(
+                    local, instance, self.on_reply, self.on_lost, self.on_answer
+                )
             else:
                 pool.conns[iid] = Link(self.context, instance, self.on_reply, self.on_lost)
+            pool.changed()
         off = drained(instance)
         for kind, sock in pool.sockets.items():
             known = pool.endpoints.setdefault(kind, {})
@@ -445,4 +476,5 @@ class Pools(Generic[C]):
         pool = self.pools.get(link.instance.service_name)
         if pool is not None and pool.conns.get(link.instance_id) is link:
             del pool.conns[link.instance_id]
+            pool.changed()
         link.close()

@@ -160,7 +160,7 @@ class HandlerServer(Service):
         self.context = context
         self.colocated = colocated
         #: Callers in this process (co-located): identity -> where their answers go.
-        self._local: dict[bytes, Callable[[list[bytes]], None]] = {}
+        self._local: dict[bytes, Callable[[Header, bytes], None]] = {}
         self.handler = handler
         self.bind_host = bind_host
         self.advertise_host = advertise_host or bind_host
@@ -216,19 +216,19 @@ class HandlerServer(Service):
         """The ``rep`` address it is registered with (once bound)."""
         return self.endpoints.get("rep")
 
-    def attach(self, ident: bytes, answer: Callable[[list[bytes]], None]) -> None:
-        """Send the answers to requests from ``ident`` to ``answer`` (the frames after
-        the identity), not to the ROUTER socket."""
+    def attach(self, ident: bytes, answer: Callable[[Header, bytes], None]) -> None:
+        """Send the answers to requests from ``ident`` to ``answer(header, body)``, not
+        to the ROUTER socket (nothing encoded: a caller of this process)."""
         self._local[ident] = answer
 
     def detach(self, ident: bytes) -> None:
         """Forget a caller of this process."""
         self._local.pop(ident, None)
 
-    def take(self, frames: list[bytes]) -> None:
-        """A request of a caller in this process, ``[ident, header, body]``: served as if
-        the ROUTER had read it."""
-        self._request(frames)
+    def take(self, ident: bytes, header: Header, body: bytes) -> None:
+        """A request of a caller in this process (attached as ``ident``): served as if
+        the ROUTER had read it, the header as it was made (not encoded, not decoded)."""
+        self._serve(ident, header, body)
 
     @override
     def startService(self) -> None:
@@ -349,6 +349,10 @@ class HandlerServer(Service):
         except WireError as e:
             self._bad(str(e))
             return
+        self._serve(ident, header, body)
+
+    def _serve(self, ident: bytes, header: Header, body: bytes) -> None:
+        """Serve one request (read from the ROUTER, or handed over in process)."""
         if header.kind != Kind.REQUEST:
             self._bad(f"unexpected kind {header.kind} on the request socket")
             return
@@ -512,12 +516,17 @@ class HandlerServer(Service):
 
     # -- outgoing ------------------------------------------------------------
 
-    def _send(self, frames: list[bytes]) -> None:
+    def _send_answer(self, ident: bytes, header: Header, body: bytes) -> None:
+        """Answer the caller ``ident``: in process (a co-located caller), or encoded on
+        the ROUTER."""
         if self._local:
-            answer = self._local.get(frames[0])
+            answer = self._local.get(ident)
             if answer is not None:
-                answer(frames[1:])
+                answer(header, body)
                 return
+        self._send([ident, encode(header), body])
+
+    def _send(self, frames: list[bytes]) -> None:
         if self._rep is None:
             return
         try:
@@ -527,7 +536,7 @@ class HandlerServer(Service):
 
     def _answer(self, outcome: tuple[dict[str, Any], bytes], ident: bytes, call_id: int) -> None:
         fields, body = outcome
-        self._send([ident, encode(Header(call_id=call_id, **fields)), body])
+        self._send_answer(ident, Header(call_id=call_id, **fields), body)
 
     def _answered(
         self,
@@ -597,4 +606,4 @@ class HandlerServer(Service):
             method=header.method,
             **fields,
         )
-        self._send([ident, encode(reply), _EMPTY])
+        self._send_answer(ident, reply, _EMPTY)
