@@ -6,22 +6,25 @@ broker, and an HTTP site whose :class:`BrokerlistResource` answers from them on
 each request. A broker is listed while its link is up, so a killed broker drops
 out as soon as its TCP connection breaks, well before the registry expires it. A
 broker an operator drained (meta ``drained: true``) is not listed: it admits no
-new player.
+new player. The same site serves the demo game's page under ``/game/`` (the files of
+``mmo/game/static``, docs/game.md), a browser client that finds brokers here.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
-from twisted.web import server
-from twisted.web.resource import Resource
+from twisted.web import pages, resource, server
+from twisted.web.resource import IResource, Resource
 from typing_extensions import override
 
 from mmo import __version__
@@ -34,14 +37,23 @@ from mmo.telemetry.metrics import Metric, gauge
 from mmo.wire import WireError, from_value
 from mmo.zmq import ZmqContextService
 
+with warnings.catch_warnings():
+    # Twisted's static module makes its default error pages at import, with a class
+    # deprecated since 22.10 (their fixed text needs no escaping).
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from twisted.web import static
+
 __all__ = [
     "BROKER_SERVICE",
+    "GAME_DIR",
     "YOUNG",
     "BrokerSource",
     "BrokerState",
     "BrokerlistResource",
+    "GameFiles",
     "LiveBrokers",
     "broker_load",
+    "game_resource",
     "make_brokerlist_service",
 ]
 
@@ -51,6 +63,16 @@ log = Logger()
 BROKER_SERVICE = "broker"
 #: Seconds a newly seen broker is listed while its link is still coming up.
 YOUNG = 1.0
+#: The demo game's files (the page, its script and styles, the vendored JS SDK).
+GAME_DIR = Path(__file__).resolve().parent.parent / "game" / "static"
+#: The path segment the game is served under.
+GAME_PATH = b"game"
+#: The game's content security policy: its own files (and an empty icon); fetches to this
+#: origin, WebSockets to the brokers (on other ports, or hosts).
+GAME_POLICY = (
+    b"default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; "
+    b"frame-ancestors 'none'; form-action 'none'"
+)
 
 
 @dataclass(frozen=True)
@@ -243,8 +265,44 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+class GameFiles(static.File):
+    """The game's static files: no directory listing (a directory without ``index.html``
+    is 404), the content types of the page's files set here rather than by the host's
+    ``mime.types``, ``Cache-Control: no-cache`` (a page reloaded after an upgrade gets the
+    new scripts) and a content security policy: the page's own files only, and its
+    connections to this origin (the brokerlist) and to brokers' WebSockets."""
+
+    contentTypes = {
+        **static.File.contentTypes,
+        ".html": "text/html; charset=utf-8",
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+    }
+    indexNames = ["index.html"]
+
+    @override
+    def directoryListing(self) -> IResource:
+        """No listing: a directory without an index is not found."""
+        return pages.notFound()
+
+    @override
+    def render(self, request: server.Request) -> bytes | int:
+        """Serve the file (or redirect a directory to its slashed path), never cached unchecked."""
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", GAME_POLICY)
+        result: bytes | int = super().render(request)
+        return result
+
+
+def game_resource(directory: Path = GAME_DIR) -> GameFiles:
+    """The resource serving the game's files from ``directory``."""
+    return GameFiles(str(directory))
+
+
 class BrokerlistResource(Resource):
-    """Answers ``GET /`` (the broker list) and ``GET /status`` (every broker's record).
+    """Answers ``GET /`` (the broker list) and ``GET /status`` (every broker's record);
+    with ``game``, hands the paths under ``/game`` to it (the demo game's page).
 
     ``GET /`` is ``{"version": ..., "brokerList": {"host:port": load, ...},
     "websocketList": {"host:port": load, ...}, "tls": ["host:port", ...]}``, least
@@ -256,19 +314,35 @@ class BrokerlistResource(Resource):
     Args:
         source: the brokers (a :class:`LiveBrokers`).
         version: the version announced (mmo's by default).
+        game: what serves ``/game`` and the paths under it (a :class:`GameFiles`);
+            None: those are 404 like any other path.
     """
 
     isLeaf = True
     allowed_methods = (b"GET", b"HEAD")
 
-    def __init__(self, source: BrokerSource, version: str = __version__) -> None:
+    def __init__(
+        self,
+        source: BrokerSource,
+        version: str = __version__,
+        *,
+        game: IResource | None = None,
+    ) -> None:
         super().__init__()
         self.source = source
         self.version = version
+        self.game = game
 
     @override
-    def render(self, request: server.Request) -> bytes:
-        """Dispatch on path and method; always answer with JSON."""
+    def render(self, request: server.Request) -> bytes | int:
+        """Dispatch on path and method; always answer with JSON (but for the game's files)."""
+        if self.game is not None and request.postpath and request.postpath[0] == GAME_PATH:
+            # Traversal from here, as Site does from its root: /game -> /game/ (a redirect),
+            # /game/ -> index.html, /game/sdk/index.js -> that file.
+            request.prepath = [*(request.prepath or []), request.postpath.pop(0)]
+            child = resource.getChildForRequest(self.game, request)
+            rendered: bytes | int = child.render(request)
+            return rendered
         path = b"/".join(request.postpath or [b""])
         if path not in (b"", b"status"):
             return self._answer(request, 404, {"error": "not found"})
@@ -338,7 +412,7 @@ def make_brokerlist_service(config: BrokerlistConfig, *, reactor: Any = None) ->
     brokers = LiveBrokers(directory)
     brokers.setName("brokers")
     brokers.setServiceParent(top)
-    site = server.Site(BrokerlistResource(brokers))
+    site = server.Site(BrokerlistResource(brokers, game=game_resource()))
     http = strports.service(config.listen, site, reactor=ctx.reactor)
     http.setName("http")
     http.setServiceParent(top)
