@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import threading
 import time
 import urllib.error
@@ -33,6 +32,7 @@ from mmo.testing import TwistdProcess, free_port
 from mmo.testing.rawclient import RawClient
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
+from .browser import chromium_binary
 from .conftest import wait_until
 from .edge import WORKERS, EdgeCluster, Player
 
@@ -45,15 +45,6 @@ WAIT_MS = 30_000
 SHOTS_ENV = "MMO_ADMIN_SCREENSHOTS"
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def chromium_binary() -> str:
-    """Where Debian's ``chromium`` is; a missing one fails the tests (it is not a reason to
-    skip)."""
-    found = shutil.which("chromium") or shutil.which("chromium", path="/usr/bin")
-    if found is None:
-        pytest.fail("chromium is not installed: run scripts/ensure-servers (as root)")
-    return found
 
 
 class Console:

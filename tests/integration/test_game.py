@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -27,6 +26,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from mmo.testing import TwistdProcess
 
+from .browser import chromium_binary
 from .conftest import wait_until
 from .edge import EdgeCluster
 
@@ -42,15 +42,6 @@ MAX_TURNS = 20
 MMO = [sys.executable, "-c", "from mmo.cli import main; main()"]
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def chromium_binary() -> str:
-    """Where Debian's ``chromium`` is; a missing one fails the tests (it is not a reason to
-    skip)."""
-    found = shutil.which("chromium") or shutil.which("chromium", path="/usr/bin")
-    if found is None:
-        pytest.fail("chromium is not installed: run scripts/ensure-servers (as root)")
-    return found
 
 
 class Game:
