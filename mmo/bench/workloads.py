@@ -9,6 +9,7 @@ nearest rank; the first ``warmup`` seconds are not counted; server CPU is the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from mmo.bench.wire import RESPONSE, Frame, encode_fast, value_ts
 from mmo.types import InlineCallbacks
 from mmo.wire import WireError, decode_value
 
-__all__ = ["Settings", "run_echo", "run_idle", "run_rooms"]
+__all__ = ["Settings", "held", "run_echo", "run_idle", "run_rooms", "run_rooms_max"]
 
 clock = time.monotonic
 
@@ -430,6 +431,81 @@ def run_rooms(reactor: Any, target: Target, settings: Settings) -> InlineCallbac
     }
 
 
+#: The p99 a W2 rate must keep to be held (ms), by default.
+HELD_P99_MS = 50.0
+#: The least share of the expected deliveries a held rate delivers.
+HELD_RATIO = 0.999
+
+
+def held(result: dict[str, Any], p99_bound_ms: float) -> bool:
+    """Whether a W2 run held its rate: (nearly) every delivery, p99 within the bound."""
+    return bool(
+        result["delivery_ratio"] >= HELD_RATIO
+        and result["p99_ms"] is not None
+        and result["p99_ms"] <= p99_bound_ms
+    )
+
+
+@defer.inlineCallbacks
+def run_rooms_max(
+    reactor: Any, target: Target, settings: Settings, p99_bound_ms: float = HELD_P99_MS
+) -> InlineCallbacks[dict[str, Any]]:
+    """W2's highest held rate: W2 on the same servers at a rising offered rate (the
+    interval halved while every run holds: :func:`held`), then two bisection steps
+    between the last held and the first not held; the highest held run's figures."""
+    steps: list[dict[str, Any]] = []
+
+    @defer.inlineCallbacks
+    def at(interval: float) -> InlineCallbacks[dict[str, Any]]:
+        result = yield run_rooms(reactor, target, dataclasses.replace(settings, interval=interval))
+        result["held"] = held(result, p99_bound_ms)
+        steps.append(result)
+        return result
+
+    interval = settings.interval
+    best: dict[str, Any] | None = None
+    failed: float | None = None
+    for _ in range(8):
+        result = yield at(interval)
+        if not result["held"]:
+            failed = interval
+            break
+        best = result
+        interval /= 2
+    if best is not None and failed is not None:
+        good = best["interval_s"]
+        for _ in range(2):
+            middle = (good + failed) / 2
+            result = yield at(middle)
+            if result["held"]:
+                best, good = result, middle
+            else:
+                failed = middle
+    summary = dict(best if best is not None else steps[0])
+    summary.update(
+        {
+            "workload": "w2max",
+            "p99_bound_ms": p99_bound_ms,
+            "held_deliveries_per_s": best["delivered_per_s"] if best is not None else 0.0,
+            "steps": [
+                {
+                    k: r[k]
+                    for k in (
+                        "interval_s",
+                        "delivered_per_s",
+                        "delivery_ratio",
+                        "p99_ms",
+                        "held",
+                        "server_cpu_total_s",
+                    )
+                }
+                for r in steps
+            ],
+        }
+    )
+    return summary
+
+
 # -- W3 idle connections -----------------------------------------------------------
 
 
@@ -483,6 +559,10 @@ def run_idle(reactor: Any, target: Target, settings: Settings) -> InlineCallback
         "broker_rss_after_kib": rss_after.get(broker) if broker else None,
         "rss_kib_per_conn": growth.get(broker) if broker else None,
         "rss_kib_per_conn_by_process": growth,
+        # Every server process together (the broker's share and the session service's...).
+        "rss_kib_per_conn_all": (
+            round(sum(v for v in growth.values() if v is not None), 2) if still_open else None
+        ),
         "opening_cpu_s": figures["server_cpu_s"],
         "opening_generator_cpu_s": figures["generator_cpu_s"],
         "opening_other_cpu_s": figures["other_cpu_s"],

@@ -1,12 +1,15 @@
 """``mmo bench WORKLOAD``: run the standard workloads against fresh servers (or ``--against``).
 
-    mmo bench {w1,w2,w3,floor,all} [--duration S] [--clients C] [--json]
+    mmo bench {w1,w2,w2max,w3,floor,all} [--duration S] [--clients C] [--json]
               [--against HOST:PORT [--server-pids [NAME=]PID ...]] ...
     mmo bench calls [--concurrency 1 50] [--duration S] [--yellow URL] [--json]
 
 Each workload prints one JSON line (and, without ``--json``, a readable table).
 ``all`` runs floor, w1, w2 and w3 in one invocation; ``w1`` runs the floor
 first (unless ``--no-floor``) so that its figures come with their ratio to it.
+``w2max`` finds W2's highest held rate: W2 again and again on the same servers, the rate
+doubled while (nearly) every message is delivered with p99 within ``--p99-bound`` ms,
+then bisected.
 docs/benchmarks.md describes the workloads and the figures.
 """
 
@@ -30,7 +33,7 @@ from mmo.cli.common import CommandError
 from mmo.types import InlineCallbacks
 
 ECHO = "mmo.examples.echo:EchoService"
-WORKLOADS = ("w1", "w2", "w3", "floor", "all", "calls")
+WORKLOADS = ("w1", "w2", "w2max", "w3", "floor", "all", "calls")
 #: Most accounts seeded into sso (its setting ``accounts``); more clients than this
 #: share accounts (one session each).
 MAX_ACCOUNTS = 4000
@@ -118,6 +121,12 @@ def add_parser(sub: Any) -> None:
         "print the median of the ratios",
     )
     bench.add_argument(
+        "--p99-bound",
+        type=float,
+        default=50.0,
+        help="w2max: the p99 (ms) a rate must keep to be held",
+    )
+    bench.add_argument(
         "--layout",
         choices=("distributed", "colocated", "both"),
         default="distributed",
@@ -187,7 +196,8 @@ def settings_of(args: argparse.Namespace, workloads: list[str]) -> Any:
 
 def most_clients(args: argparse.Namespace, workloads: list[str]) -> int:
     """The most connections any of ``workloads`` opens at once."""
-    sizes = {"floor": args.clients, "w1": args.clients, "w2": args.rooms * args.members}
+    rooms = args.rooms * args.members
+    sizes = {"floor": args.clients, "w1": args.clients, "w2": rooms, "w2max": rooms}
     sizes["w3"] = args.conns
     return max(sizes[w] for w in workloads)
 
@@ -235,7 +245,7 @@ def parse_against(args: argparse.Namespace) -> Any:
 def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[None]:
     """Run each planned workload on fresh servers (or ``--against``), print its figures."""
     from mmo.bench.servers import BenchError, ServerSet, Target, scrape_every, wait_ready
-    from mmo.bench.workloads import run_echo, run_idle, run_rooms
+    from mmo.bench.workloads import run_echo, run_idle, run_rooms, run_rooms_max
 
     workloads = plan(args)
     settings = settings_of(args, workloads)
@@ -250,6 +260,7 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
         "floor": lambda r, t, s: run_echo(r, t, s, workload="floor"),
         "w1": lambda r, t, s: run_echo(r, t, s, workload="w1"),
         "w2": run_rooms,
+        "w2max": lambda r, t, s: run_rooms_max(r, t, s, args.p99_bound),
         "w3": run_idle,
     }
     results: dict[str, dict[str, Any]] = {}
@@ -370,6 +381,7 @@ def cmd_workloads(reactor: Any, args: argparse.Namespace) -> InlineCallbacks[Non
 TELEMETRY_FIGURES = {
     "w1": ("requests_per_s", "server_cpu_us_per_request", "p99_ms"),
     "w2": ("server_cpu_total_s", "server_cpu_us_per_delivery", "p99_ms"),
+    "w2max": ("held_deliveries_per_s", "p99_ms"),
     "w3": ("rss_kib_per_conn",),
 }
 
@@ -452,6 +464,25 @@ def table(result: dict[str, Any]) -> str:
                     f"{result['floor_cpu_ratio']}x the CPU/request",
                 ),
             ]
+    elif w == "w2max":
+        title = (
+            f"W2 highest held rate: {result['rooms']} x {result['members']}, "
+            f"p99 <= {result['p99_bound_ms']:g} ms, {result['duration_s']:g} s a step"
+        )
+        rows += [
+            ("held", f"{result['held_deliveries_per_s']:.1f} deliveries/s"),
+            ("latency ms", _latency(result)),
+            ("server CPU", _cpu_line(result)),
+        ]
+        rows += [
+            (
+                f"step {i + 1}",
+                f"every {step['interval_s']:.4g} s: {step['delivered_per_s']:.0f}/s, ratio "
+                f"{step['delivery_ratio']:.4f}, p99 {step['p99_ms']} ms"
+                f"{'' if step['held'] else ' (not held)'}",
+            )
+            for i, step in enumerate(result["steps"])
+        ]
     elif w == "w2":
         title = (
             f"W2 rooms: {result['rooms']} x {result['members']}, "
@@ -485,6 +516,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{result['broker_rss_before_kib']} -> {result['broker_rss_after_kib']} KiB",
             ),
             ("RSS/connection", f"{result['rss_kib_per_conn']} KiB"),
+            ("RSS/conn, all", f"{result.get('rss_kib_per_conn_all')} KiB (every server process)"),
             ("errors", result["errors"]),
         ]
     if result.get("first_error"):

@@ -94,8 +94,9 @@ def test_echo_grows_under_load_and_shrinks_after_it(scaled_cluster, directory_fa
     assert "scale echo up" in log and "scale echo down" in log, log
 
 
-#: An echo whose instances each have the capacity of a small resource (a pool of 2
-#: connections, 50 ms a call): its latency grows with the calls waiting, whatever the CPU.
+#: An echo whose instances each have the capacity of a small resource (one connection,
+#: 100 ms a call): its latency grows with the calls waiting, whatever the CPU (long enough
+#: that the delays of a busy machine count little beside it).
 BOUNDED = """
 from twisted.internet import defer, task
 
@@ -105,11 +106,15 @@ from mmo.examples.echo import EchoService
 class BoundedEcho(EchoService):
     def __init__(self, runtime):
         super().__init__(runtime)
-        self.slots = defer.DeferredSemaphore(2)
+        self.slots = defer.DeferredSemaphore(1)
 
     def on_work(self, ctx):
-        return self.slots.run(task.deferLater, self.clock, 0.05, lambda: "done")
+        return self.slots.run(task.deferLater, self.clock, 0.1, lambda: "done")
 """
+
+
+#: The p99 (s) the ramp's policy keeps: what 12 callers see with 3 instances.
+TARGET_S = 0.4
 
 
 class Ramp:
@@ -149,7 +154,7 @@ class Ramp:
     def p99(self, since: float, until: float) -> float:
         """The p99 latency (s) of the calls that ended in ``[since, until)``."""
         window = sorted(lat for end, lat in self.calls if since <= end < until)
-        assert len(window) >= 20, window
+        assert len(window) >= 10, window
         return window[int(len(window) * 0.99)]
 
 
@@ -157,14 +162,15 @@ class Ramp:
 def test_a_ramp_grows_the_service_to_its_max_on_p99_and_latency_recovers(
     tmp_path: Any, directory_factory: Any
 ) -> None:
-    """1 to 12 closed-loop callers of an echo whose instance serves 2 calls at a time: the
-    p99 policy grows it to its max (3), under the same load the p99 falls well below its
-    peak, and once the load stops it shrinks back to 1; no call fails."""
+    """1 to 12 closed-loop callers of an echo whose instance serves 1 call at a time: the
+    p99 policy grows it to its max (3) once the p99 passes its target, under the same load
+    the p99 comes back near the target, and once the load stops it shrinks back to 1; no
+    call fails."""
     from twisted.internet import reactor
 
     (tmp_path / "boundedecho.py").write_text(BOUNDED)
     yellow = f"tcp://127.0.0.1:{free_port()}"
-    policy = scale_policy(signal="p99", target=100, down_cooldown=3)
+    policy = scale_policy(signal="p99", target=TARGET_S * 1000, down_cooldown=3)
     cluster = start_cluster(
         tmp_path, controlled_cluster_config(yellow, "boundedecho:BoundedEcho", 1, policy)
     )
@@ -186,11 +192,14 @@ def test_a_ramp_grows_the_service_to_its_max_on_p99_and_latency_recovers(
             ramp.running = False
             yield running
         assert ramp.failures == [], ramp.failures[:5]
-        peak = max(ramp.p99(t, t + 1.0) for t in _seconds(started, at_max))
+        peak = max(ramp.p99(t, t + 2.0) for t in _seconds(started, at_max - 2.0))
         recovered = ramp.p99(ended - 2.0, ended)
         print(f"RAMP p99 peak {peak * 1000:.0f} ms -> {recovered * 1000:.0f} ms at 3 instances "
               f"(3 instances {at_max - started:.1f} s after the ramp began)")  # fmt: skip
-        assert recovered < 0.6 * peak, (peak, recovered)
+        # The load outgrew one instance (its p99 passed the policy's target), and three keep
+        # it near the target again: 12 callers over 3 instances of 10 calls/s is 0.4 s.
+        assert peak > TARGET_S, (peak, recovered)
+        assert recovered < 1.5 * TARGET_S, (peak, recovered)
         yield until(
             lambda: instances(directory, "echo") == {"echo"}, timeout=40, what="back to one"
         )
