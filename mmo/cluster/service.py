@@ -126,6 +126,7 @@ def make_cluster_service(
             children.append(child)
             specs[child] = (spec.role, tuple(args))
     scalers: list[Any] = []
+    telemetry = Telemetry("cluster", f"cluster-{os.getpid()}")
     if config.yellow:
         from mmo.cluster.control import make_control_tree
 
@@ -133,8 +134,9 @@ def make_cluster_service(
         # built when it starts, with the CURVE keys FreshKeys made by then.
         yellow = tuple(y.strip() for y in config.yellow.split(",") if y.strip())
         policies = tuple(config.policies())
-        control = BuiltOnStart(
-            lambda: make_control_tree(
+
+        def build_control() -> Service:
+            tree = make_control_tree(
                 yellow,
                 children,
                 specs,
@@ -143,10 +145,13 @@ def make_cluster_service(
                 policies=policies,
                 scalers=scalers,
             )
-        )
+            # Its registry entry says where the cluster's operator listener is.
+            telemetry.publish_to(tree.getServiceNamed("worker").registration)
+            return tree
+
+        control = BuiltOnStart(build_control)
         control.setName("control")
         control.setServiceParent(top)
-    telemetry = Telemetry("cluster", f"cluster-{os.getpid()}")
     telemetry.add_metrics(lambda: _children_metrics(children))
     telemetry.add_metrics(lambda: _scale_metrics(scalers))
     telemetry.add_check("children", lambda: _children_running(children))

@@ -49,7 +49,7 @@ FORWARDED = "mmo_broker_forwarded_total"
 #: warm-up may not know every process yet) before listing what it knows.
 VIEW_WAIT = 5.0
 #: Services that are their role's name (a process without a listener has no ``role`` meta).
-ROLE_SERVICES = frozenset({"broker", "brokerlist", "yellow", "logs", "bridge"})
+ROLE_SERVICES = frozenset({"broker", "brokerlist", "yellow", "logs", "bridge", "cluster"})
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 Buckets = dict[float, float]

@@ -191,6 +191,14 @@ class Telemetry:
             registration.instance.meta["metrics"] = to_value(address)
             registration.instance.meta["role"] = to_value(self.role)
 
+    def publish_to(self, registration: Any) -> None:
+        """One more registry entry that says where the listener is (now, if it listens
+        already: an entry made after the process started)."""
+        self.registrations.append(registration)
+        if self.address is not None:
+            registration.instance.meta["metrics"] = to_value(self.address)
+            registration.instance.meta["role"] = to_value(self.role)
+
     def add_check(self, name: str, check: Callable[[], tuple[bool, str]]) -> None:
         """A condition of readiness: ``check()`` returns ``(ok, why)``."""
         self.checks[name] = check

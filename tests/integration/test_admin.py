@@ -125,7 +125,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         # A cluster supervisor with one worker of its own: what a rolling reload needs.
         supervised = tmp / "cluster.toml"
         supervised.write_text(
-            f'[cluster]\nyellow = "{edge.yellow}"\nstop-timeout = 10.0\n'
+            f'[cluster]\nyellow = "{edge.yellow}"\nstop-timeout = 10.0\nmetrics = "127.0.0.1:0"\n'
             '[[cluster.process]]\nname = "roll"\nrole = "mmo-worker"\n'
             f'args = ["--yellow", "{edge.yellow}", "--handler", "{WORKERS["echo-1"]}", '
             '"--service", "rolled", "--metrics", "127.0.0.1:0"]\n'
