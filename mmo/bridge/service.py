@@ -68,7 +68,7 @@ from mmo.errors import (
 )
 from mmo.logic.client import Directory
 from mmo.logic.handler import Context, ServiceHandler
-from mmo.logic.links import drained
+from mmo.logic.links import BATCH_META, drained
 from mmo.logic.runtime import WorkerRuntime, WorkerService
 from mmo.logic.server import HandlerServer, error_fields
 from mmo.logic.sessions import BRIDGE_SERVICE, BROKER_SERVICE
@@ -444,7 +444,7 @@ class Bridge(MultiService):
             name,
             self.instance_id,
             {},
-            {**meta, "bridge": cluster, "pid": os.getpid()},
+            {**meta, "bridge": cluster, "pid": os.getpid(), BATCH_META: True},
             heartbeat=self.config.heartbeat,
         )
         registration = Registration(

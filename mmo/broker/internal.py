@@ -107,11 +107,15 @@ class InternalEndpoint:
         self._sender_budget.prune(now)
 
     def received(self, frames: list[bytes]) -> None:
-        """One message from logic: ``[identity, header, body]``."""
-        if len(frames) != 3:
+        """One message from logic: ``[identity, header, body]``, or a batch of what one
+        process sent in one turn, ``[identity, h1, b1, h2, b2, ...]`` (in order)."""
+        if len(frames) < 3 or len(frames) % 2 == 0:
             self.counters.count("bad_internal")
             return
-        _, raw_header, body = frames
+        for i in range(1, len(frames), 2):
+            self._one(frames[i], frames[i + 1])
+
+    def _one(self, raw_header: bytes, body: bytes) -> None:
         try:
             header = decode(Header, raw_header)
         except WireError as e:

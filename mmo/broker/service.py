@@ -29,6 +29,7 @@ from mmo.broker.metrics import broker_metrics
 from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.logic.client import Directory
+from mmo.logic.links import BATCH_META
 from mmo.logic.runtime import handler_settings, load_handler, make_worker
 from mmo.logic.sessions import BROKER_SERVICE
 from mmo.net import WILDCARDS, advertised_host
@@ -264,7 +265,8 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
         worker.setName(f"serve-{worker.handler.service_name}")
         worker.setServiceParent(top)
 
-    meta: dict[str, Any] = {"pid": os.getpid()}
+    # Its internal endpoint takes batches (several operations of one process in one message).
+    meta: dict[str, Any] = {"pid": os.getpid(), BATCH_META: True}
     instance = make_instance(
         BROKER_SERVICE, instance_id, {}, meta, heartbeat=config.registry_heartbeat
     )

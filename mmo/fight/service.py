@@ -32,6 +32,7 @@ from mmo.fight.dispatcher import FightDispatcher
 from mmo.fight.pool import FightPool, Spawner
 from mmo.fight.spawner import AdoptedProcess, ProcessSpawner, runs_instance
 from mmo.logic.client import Directory
+from mmo.logic.links import BATCH_META
 from mmo.logic.runtime import WorkerRuntime, WorkerService, worker_telemetry
 from mmo.logic.server import HandlerServer
 from mmo.net import addresses
@@ -265,7 +266,12 @@ def make_fight_service(
         config.service,
         instance_id,
         {},
-        {**FightDispatcher.registry_meta(), "fight_handler": config.handler, "pid": os.getpid()},
+        {
+            **FightDispatcher.registry_meta(),
+            "fight_handler": config.handler,
+            "pid": os.getpid(),
+            BATCH_META: True,
+        },
         heartbeat=config.heartbeat,
     )
     registration = Registration(ctx, config.yellow, instance, config.heartbeat)

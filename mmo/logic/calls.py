@@ -348,12 +348,17 @@ class Calls:
             self._finish(call, error=NoLiveInstance(f"cannot send to {link.instance_id}: {e}"))
 
     def _answered(self, link: Link[Call], frames: list[bytes]) -> None:
-        try:
-            header = decode(Header, frames[0])
-        except (WireError, IndexError) as e:
-            log.warn("call: bad reply from {id}: {e}", id=link.instance_id, e=e)
-            return
-        self._answer(link, header, frames[1] if len(frames) > 1 else b"")
+        """A message on ``link``: one answer ``[header, body]``, or a batch of them
+        (``[h1, b1, h2, b2, ...]``, from a worker answering a batch)."""
+        if len(frames) < 2:
+            frames = [*frames, b""]
+        for i in range(0, len(frames) - 1, 2):
+            try:
+                header = decode(Header, frames[i])
+            except WireError as e:
+                log.warn("call: bad reply from {id}: {e}", id=link.instance_id, e=e)
+                continue
+            self._answer(link, header, frames[i + 1])
 
     def _answer(self, link: Link[Call], header: Header, body: bytes) -> None:
         """An answer on ``link`` (read and decoded, or handed over in process)."""

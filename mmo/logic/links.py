@@ -43,6 +43,7 @@ from mmo.wire.gen.mmo.ttypes import Header
 from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, ZmqContext, ZmqSocket
 
 __all__ = [
+    "BATCH_META",
     "LOCAL_PREFERENCE",
     "LOCAL_SERVERS",
     "Link",
@@ -65,6 +66,11 @@ _LINK_OPTIONS = {
     zmq.RCVHWM: 0,
 }
 
+
+#: The registry meta of an instance that takes batches on its ``rep`` endpoint (several
+#: ``header, body`` pairs in one message: :meth:`Link.send`); callers send one message at
+#: a time to the others.
+BATCH_META = "batch"
 
 #: How many more calls in flight a co-located instance may have than a remote one before
 #: the remote one is picked instead (the local one costs no hop; past this it is busy).
@@ -90,6 +96,14 @@ class LocalServer(Protocol):
 
 #: The co-located servers of this process, by instance id.
 LOCAL_SERVERS: dict[str, LocalServer] = {}
+
+
+def _takes_batches(instance: Instance) -> bool:
+    value = (instance.meta or {}).get(BATCH_META)
+    try:
+        return value is not None and from_value(value) is True
+    except WireError:
+        return False
 
 
 def drained(instance: Instance) -> bool:
@@ -144,7 +158,11 @@ class Link(Generic[C]):
         self.outstanding: dict[int, C] = {}
         self.sent = 0
         self.idempotent = meta_names(instance, "idempotent")
+        self.batching = _takes_batches(instance)
         self.socket: ZmqSocket | None = None
+        self._batch: list[bytes] = []
+        self._flush: Any = None
+        self._reactor = context.reactor if context is not None else None
         self._open(context)
 
     def _open(self, context: ZmqContext) -> None:
@@ -158,11 +176,35 @@ class Link(Generic[C]):
         self.instance = instance
         self.idempotent = meta_names(instance, "idempotent")
         self.drained = drained(instance)
+        self.batching = _takes_batches(instance)
 
     def send(self, frames: list[bytes]) -> None:
-        """Send one message (raises ``zmq.ZMQError`` if it cannot)."""
+        """Send one message, ``[header, body]`` (raises ``zmq.ZMQError`` if it cannot).
+
+        To an instance that takes batches, what is sent in one turn of the reactor
+        leaves at the end of it as one ZeroMQ message (``[h1, b1, h2, b2, ...]``), in the
+        order it was sent: never held back by a timer, and one message's cost for many.
+        """
         assert self.socket is not None
-        self.socket.send(frames)
+        if not self.batching:
+            self.socket.send(frames)
+            self.sent += 1
+            return
+        self._batch += frames
+        if self._flush is None:
+            self._flush = self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send what this turn batched (a link that cannot is lost: its calls fail over)."""
+        self._flush = None
+        batch, self._batch = self._batch, []
+        if not batch or self.socket is None:
+            return
+        try:
+            self.socket.send(batch)
+        except zmq.ZMQError as e:
+            self.on_lost(self, f"a send failed: {e}")
+            return
         self.sent += 1
 
     def request(self, header: Header, body: bytes) -> None:
@@ -185,7 +227,10 @@ class Link(Generic[C]):
             self.socket.doRead()
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket (what is batched goes first)."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+            self.flush()
         if self.socket is not None:
             self.socket.close()
             self.socket = None

@@ -25,6 +25,7 @@ from mmo.data import Cache, Database, DatabaseUnavailable, make_cache, make_data
 from mmo.errors import MmoError
 from mmo.logic.client import Directory
 from mmo.logic.handler import ServiceHandler
+from mmo.logic.links import BATCH_META
 from mmo.logic.memo import ReplyMemo
 from mmo.logic.server import HandlerServer
 from mmo.logic.sessions import Sessions
@@ -385,7 +386,7 @@ def make_worker(
         service,
         instance_id,
         {},
-        {**handler_class.registry_meta(), "pid": os.getpid()},
+        {**handler_class.registry_meta(), "pid": os.getpid(), BATCH_META: True},
         heartbeat=heartbeat,
     )
     registration = Registration(ctx, yellow, instance, heartbeat)

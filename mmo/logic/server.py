@@ -161,6 +161,11 @@ class HandlerServer(Service):
         self.colocated = colocated
         #: Callers in this process (co-located): identity -> where their answers go.
         self._local: dict[bytes, Callable[[Header, bytes], None]] = {}
+        #: Callers that send batches (so take them: :meth:`_send_answer`), and this turn's
+        #: answers to them.
+        self._batching: set[bytes] = set()
+        self._outbox: dict[bytes, list[bytes]] = {}
+        self._flush: Any = None
         self.handler = handler
         self.bind_host = bind_host
         self.advertise_host = advertise_host or bind_host
@@ -279,6 +284,9 @@ class HandlerServer(Service):
         )
 
     def _close(self, _: Any) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+            self._flush_answers()
         if LOCAL_SERVERS.get(self.handler.instance_id) is self:
             del LOCAL_SERVERS[self.handler.instance_id]
         for sock in (self._rep, self._pub):
@@ -340,16 +348,21 @@ class HandlerServer(Service):
         log.warn("worker: bad message ({reason})", reason=reason)
 
     def _request(self, frames: list[bytes]) -> None:
-        if len(frames) != 3:
-            self._bad(f"expected 3 frames, got {len(frames)}")
+        """A message on the ROUTER: ``[ident, header, body]``, or a caller's batch
+        ``[ident, h1, b1, h2, b2, ...]`` (served in order; answered in batches too)."""
+        if len(frames) < 3 or len(frames) % 2 == 0:
+            self._bad(f"expected an identity and header-body pairs, got {len(frames)} frames")
             return
-        ident, raw_header, body = frames
-        try:
-            header = decode(Header, raw_header)
-        except WireError as e:
-            self._bad(str(e))
-            return
-        self._serve(ident, header, body)
+        ident = frames[0]
+        if len(frames) > 3:
+            self._batching.add(ident)
+        for i in range(1, len(frames), 2):
+            try:
+                header = decode(Header, frames[i])
+            except WireError as e:
+                self._bad(str(e))
+                continue
+            self._serve(ident, header, frames[i + 1])
 
     def _serve(self, ident: bytes, header: Header, body: bytes) -> None:
         """Serve one request (read from the ROUTER, or handed over in process)."""
@@ -517,14 +530,29 @@ class HandlerServer(Service):
     # -- outgoing ------------------------------------------------------------
 
     def _send_answer(self, ident: bytes, header: Header, body: bytes) -> None:
-        """Answer the caller ``ident``: in process (a co-located caller), or encoded on
-        the ROUTER."""
+        """Answer the caller ``ident``: in process (a co-located caller); batched, at the
+        end of this turn of the reactor, to a caller that sends batches; else at once."""
         if self._local:
             answer = self._local.get(ident)
             if answer is not None:
                 answer(header, body)
                 return
-        self._send([ident, encode(header), body])
+        if ident not in self._batching:
+            self._send([ident, encode(header), body])
+            return
+        pending = self._outbox.get(ident)
+        if pending is None:
+            pending = self._outbox[ident] = [ident]
+            if self._flush is None:
+                self._flush = self.context.reactor.callLater(0, self._flush_answers)
+        pending += (encode(header), body)
+
+    def _flush_answers(self) -> None:
+        """Send each batching caller this turn's answers, as one message."""
+        self._flush = None
+        outbox, self._outbox = self._outbox, {}
+        for frames in outbox.values():
+            self._send(frames)
 
     def _send(self, frames: list[bytes]) -> None:
         if self._rep is None:
