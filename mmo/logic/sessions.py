@@ -9,8 +9,8 @@ never once per member.
 
 A session of another cluster (joined through a bridge, docs/bridge.md) names its broker
 ``CLUSTER:ID``: what is addressed to it goes to a bridge of this cluster (service
-``bridge``), which relays it; and every broadcast is also sent to the bridges, which pass
-those on shared channels to the other clusters.
+``bridge``), which relays it; and every broadcast is also sent to one bridge (the same
+while its link is up), which passes those on shared channels to the other clusters.
 
 A player's broker may not be in this process's registry view yet (the broker started
 a moment ago and the player came through it at once: the broker is live, the view is
