@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from mmo.testing import TwistdProcess, free_port
 from mmo.testing.rawclient import RawClient
 from mmo.wire.gen.mmo.ttypes import PacketKind
 
-from .browser import chromium_binary
+from .browser import headless_chromium
 from .conftest import wait_until
 from .edge import WORKERS, EdgeCluster, Player
 
@@ -153,13 +153,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
 @pytest.fixture(scope="module")
 def browser(console: Console) -> Iterator[Any]:
     """A headless Chromium (Debian's)."""
-    chromium = chromium_binary()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        yield browser
 
 
 def log_in(console: Console, page: Any, password: str) -> None:

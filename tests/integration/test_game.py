@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from mmo.testing import TwistdProcess
 
-from .browser import chromium_binary
+from .browser import headless_chromium
 from .conftest import wait_until
 from .edge import EdgeCluster
 
@@ -181,15 +181,12 @@ def game(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Game]:
 @pytest.fixture(scope="module")
 def browser(game: Game) -> Iterator[Any]:
     """A headless Chromium (Debian's); every ``expect`` waits up to ``WAIT_MS`` meanwhile."""
-    chromium = chromium_binary()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    with headless_chromium() as browser:
         expect.set_options(timeout=WAIT_MS)
         try:
             yield browser
         finally:
             expect.set_options(timeout=EXPECT_DEFAULT_MS)
-            browser.close()
 
 
 @pytest.fixture
