@@ -251,10 +251,15 @@ class Calls:
         *,
         instance: str | None = None,
         prefer: str | None = None,
+        flush: bool = False,
         **header: Any,
     ) -> str | None:
         """Send a one-way request (no answer) to ``instance`` (or the least busy one;
         ``prefer`` while its link is connected: see :meth:`Pool.pick`).
+
+        ``flush``: hand it to ZeroMQ now, with what the link batched before it, not at the
+        end of the reactor's turn (what the process sends next, on any link, goes after it:
+        a log record of a failure before the answer that follows it).
 
         Unlike a push, it travels on the same link as calls, so it keeps its order
         relative to them and can reach one chosen instance. ``header`` sets extra
@@ -266,6 +271,8 @@ class Calls:
         link = self.pools.pool(service).pick((), instance, prefer=prefer)
         if link is None or not self._send_one_way(link, service, method, body, header):
             return None
+        if flush:
+            link.flush()
         return link.instance_id
 
     def send_all(self, service: str, method: str, body: bytes, **header: Any) -> int:

@@ -52,6 +52,7 @@ __all__ = [
     "Pool",
     "Pools",
     "drained",
+    "flush_batches",
 ]
 
 #: What is outstanding on a link (the calls in flight: :class:`mmo.logic.calls.Call`).
@@ -96,6 +97,16 @@ class LocalServer(Protocol):
 
 #: The co-located servers of this process, by instance id.
 LOCAL_SERVERS: dict[str, LocalServer] = {}
+
+#: The links of this process holding a batch for the end of the turn.
+_BATCHING: set[Link[Any]] = set()
+
+
+def flush_batches() -> None:
+    """Hand every link's batch to ZeroMQ now: what the process sent before an answer it
+    is about to send at once leaves before that answer (as without batches)."""
+    for link in list(_BATCHING):
+        link.flush()
 
 
 def _takes_batches(instance: Instance) -> bool:
@@ -193,10 +204,14 @@ class Link(Generic[C]):
         self._batch += frames
         if self._flush is None:
             self._flush = self._reactor.callLater(0, self.flush)
+            _BATCHING.add(self)
 
     def flush(self) -> None:
         """Send what this turn batched (a link that cannot is lost: its calls fail over)."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
         self._flush = None
+        _BATCHING.discard(self)
         batch, self._batch = self._batch, []
         if not batch or self.socket is None:
             return
@@ -280,6 +295,10 @@ class LocalLink(Link[C]):
         before this returns)."""
         self.sent += 1
         self.server.take(self.ident, header, body)
+
+    @override
+    def flush(self) -> None:
+        """Nothing is batched: requests are handed over as they are made."""
 
     @override
     def drain_input(self) -> None:

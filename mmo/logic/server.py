@@ -34,7 +34,7 @@ from typing_extensions import override
 
 from mmo.errors import BadRequest, MmoError, RemoteError, Unavailable, outcome
 from mmo.logic.handler import OPS_PREFIX, Context, ServiceHandler
-from mmo.logic.links import LOCAL_SERVERS
+from mmo.logic.links import LOCAL_SERVERS, flush_batches
 from mmo.logic.memo import Entry, Key, ReplyMemo
 from mmo.net import with_host
 from mmo.telemetry.metrics import Latencies, Metric, counter, gauge
@@ -538,6 +538,7 @@ class HandlerServer(Service):
                 answer(header, body)
                 return
         if ident not in self._batching:
+            flush_batches()  # what the handler sent before its answer goes first
             self._send([ident, encode(header), body])
             return
         pending = self._outbox.get(ident)
@@ -548,7 +549,9 @@ class HandlerServer(Service):
         pending += (encode(header), body)
 
     def _flush_answers(self) -> None:
-        """Send each batching caller this turn's answers, as one message."""
+        """Send each batching caller this turn's answers, as one message (after what the
+        handlers sent before them)."""
+        flush_batches()
         self._flush = None
         outbox, self._outbox = self._outbox, {}
         for frames in outbox.values():

@@ -270,7 +270,11 @@ class LogShipper(Service):
                 return False
             lines, size = self._batch()
             body = encode_value({"events": lines})
-            went = self.directory.send(COLLECTOR_SERVICE, SHIP_METHOD, body, instance=target)
+            # Handed to ZeroMQ now (not batched to the end of the turn): a record logged
+            # before an answer leaves before it.
+            went = self.directory.send(
+                COLLECTOR_SERVICE, SHIP_METHOD, body, instance=target, flush=True
+            )
             if went is None:
                 self.target = None
                 return False
