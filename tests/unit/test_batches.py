@@ -98,3 +98,16 @@ def test_a_link_sends_at_once_to_an_instance_that_does_not() -> None:
     link.send(request(1))
     link.send(request(2))
     assert dealer.sent == [request(1), request(2)]
+
+
+def test_what_a_link_batched_is_handed_over_before_an_answer_sent_at_once() -> None:
+    """A worker that sent something on a batching link (a log record, a push) and then
+    answers an unbatched caller: the batch leaves first, as it would without batches."""
+    link, dealer, clock = link_to({BATCH_META: True})
+    server, router = serving(handler_factory(Counter, clock=clock))
+    link.send(request(99))
+    assert dealer.sent == []
+    server._request([b"old", *request(1)])  # answered at once: the batch goes before it
+    assert dealer.sent == [request(99)] and len(router.sent) == 1
+    clock.advance(0)
+    assert dealer.sent == [request(99)]  # once
