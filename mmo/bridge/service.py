@@ -257,6 +257,8 @@ class Bridge(MultiService):
         self._local: ZmqSocket | None = None
         self._subscriptions: list[Any] = []
         self._loop: task.LoopingCall | None = None
+        #: This bridge's HELLO, made once a heartbeat (and answered to every peer's).
+        self.hello = b""
         self.endpoint: str | None = None
         bind, advertise = addresses(config.bind_host, config.advertise_host)
         self._bind_host, self.advertise_host = bind, advertise
@@ -386,7 +388,7 @@ class Bridge(MultiService):
     # -- every heartbeat -----------------------------------------------------------
 
     def _beat(self) -> None:
-        hello = self._hello()
+        hello = self.hello = self._hello()
         active = self.active()
         subscribed: set[str] = set()
         for link in self.links:
@@ -608,7 +610,7 @@ class Bridge(MultiService):
                     self.callers[ident] = _Caller(cluster, str(hello.get("instance")), now)
                 else:
                     caller.heard = now
-                self._send_to(ident, [HELLO, self._hello()])
+                self._send_to(ident, [HELLO, self.hello])
                 return
             caller = self.callers.get(ident)
             if caller is None:

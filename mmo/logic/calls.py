@@ -43,7 +43,7 @@ from mmo.registry import RegistryView
 from mmo.telemetry.metrics import Latencies
 from mmo.telemetry.trace import CURRENT, Trace, header_fields, span
 from mmo.types import DelayedCall
-from mmo.wire import WireError, decode, decode_value, encode, encode_value
+from mmo.wire import WireError, decode, decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import Header, Kind, Session
 from mmo.zmq import ZmqContext
 
@@ -251,15 +251,10 @@ class Calls:
         *,
         instance: str | None = None,
         prefer: str | None = None,
-        flush: bool = False,
         **header: Any,
     ) -> str | None:
         """Send a one-way request (no answer) to ``instance`` (or the least busy one;
         ``prefer`` while its link is connected: see :meth:`Pool.pick`).
-
-        ``flush``: hand it to ZeroMQ now, with what the link batched before it, not at the
-        end of the reactor's turn (what the process sends next, on any link, goes after it:
-        a log record of a failure before the answer that follows it).
 
         Unlike a push, it travels on the same link as calls, so it keeps its order
         relative to them and can reach one chosen instance. ``header`` sets extra
@@ -271,8 +266,6 @@ class Calls:
         link = self.pools.pool(service).pick((), instance, prefer=prefer)
         if link is None or not self._send_one_way(link, service, method, body, header):
             return None
-        if flush:
-            link.flush()
         return link.instance_id
 
     def send_all(self, service: str, method: str, body: bytes, **header: Any) -> int:
@@ -300,7 +293,7 @@ class Calls:
             **{**header_fields(), **fields},
         )
         try:
-            link.send([encode(header), body])
+            link.request(header, body)
         except zmq.ZMQError as e:
             log.warn("send to {id} failed: {e}", id=link.instance_id, e=e)
             return False

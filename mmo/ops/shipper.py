@@ -21,8 +21,9 @@ there is none, the records stay queued (bounded) and it tries again every
 
 An ``error`` or ``critical`` record is not left for the next turn: once a collector is
 connected, the queue is sent in the emitter's call, that record last. A worker that logs
-a failure and then answers has handed the record to ZeroMQ before its answer, so it is
-shipped even if the process is killed the moment the answer is out. This is the one
+a failure and then answers has handed the record to ZeroMQ before its answer (an answer
+first sends what the process's links batched: :func:`mmo.logic.links.flush_batches`), so
+it is shipped even if the process is killed the moment the answer is out. This is the one
 hand-over done in the observer: non-blocking (the links have no high-water mark), on a
 link already open (the directory is only read, nothing is opened from the emitter's
 call), and anything that goes wrong leaves the records queued. Other events go at most a
@@ -270,11 +271,7 @@ class LogShipper(Service):
                 return False
             lines, size = self._batch()
             body = encode_value({"events": lines})
-            # Handed to ZeroMQ now (not batched to the end of the turn): a record logged
-            # before an answer leaves before it.
-            went = self.directory.send(
-                COLLECTOR_SERVICE, SHIP_METHOD, body, instance=target, flush=True
-            )
+            went = self.directory.send(COLLECTOR_SERVICE, SHIP_METHOD, body, instance=target)
             if went is None:
                 self.target = None
                 return False

@@ -414,7 +414,6 @@ class FakeDirectory:
         *,
         instance: str | None = None,
         prefer: str | None = None,
-        flush: bool = False,
         **header: Any,
     ) -> str | None:
         """Record a one-way request to ``instance`` (or ``prefer`` while its link is up,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from mmo.testing import free_port
-from mmo.testing.processes import TwistdProcess, twistd_command
+from mmo.testing.processes import twistd_command
 
-from .conftest import POLL_TIMEOUT, wait_until
+from .conftest import POLL_TIMEOUT, start_cluster, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MMO = [sys.executable, "-c", "from mmo.cli import main; main()"]
@@ -70,8 +70,8 @@ def test_wheel_ships_the_plugin_and_not_twisted(tmp_path):
 def echo_cluster(tmp_path):
     """`twistd mmo-cluster` running a yellow and two echo workers."""
     yellow = f"tcp://127.0.0.1:{free_port()}"
-    config = tmp_path / "cluster.toml"
-    config.write_text(
+    cluster = start_cluster(
+        tmp_path,
         f"""
 [cluster]
 stop-timeout = 10.0
@@ -85,9 +85,8 @@ role = "mmo-worker"
 count = 2
 args = ["--yellow", "{yellow}", "--service", "echo",
         "--handler", "mmo.examples.echo:EchoService"]
-"""
+""",
     )
-    cluster = TwistdProcess("mmo-cluster", ["--config", str(config)], tmp_path, "cluster").start()
     yield yellow, cluster
     cluster.stop()
     print(cluster.log_tail(60))
