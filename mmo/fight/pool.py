@@ -267,6 +267,11 @@ class FightPool:
         #: Called with the instance id of each process that ended: its registry record,
         #: if it still has one (it was killed), must not outlive it.
         self.on_gone: Callable[[str], None] = lambda _instance_id: None
+        #: Whether the cluster routes to the processes as this pool knows them: the
+        #: dispatcher's registry view is fresh. While it is not (a cut network, healed
+        #: or not), a process may have been dropped by the registry unknown to the pool:
+        #: allocations wait (within their deadlines) instead of naming it.
+        self.routable: Callable[[], bool] = lambda: True
         #: While True no process is started: the processes already running (a previous
         #: dispatcher's) are being asked for first, so that they count against the maximum.
         self.adopting = False
@@ -424,6 +429,8 @@ class FightPool:
             # It may have been the reason for a spawn: spares are recounted on the next tick.
 
     def _pick(self, seats: int) -> FightProcess | None:
+        if not self.routable():
+            return None
         best: FightProcess | None = None
         for proc in self.processes.values():
             if proc.state != READY or proc.drained or self.cap - proc.load < seats:
@@ -886,6 +893,7 @@ class FightPool:
         """Stop processes idle for ``idle_timeout`` beyond the spare count; top the pool up."""
         if self.draining or not self.running:
             return
+        self._serve_waiters()  # those that waited for the registry (see routable)
         if not self._waiters:
             now = self.clock.seconds()
             spares = sum(

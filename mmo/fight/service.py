@@ -97,6 +97,8 @@ class PoolService(Service):
         self._refused: set[str] = set()
         self.directory.view.listen(self._changed)
         pool.on_gone = lambda iid: registration.forget(worker_service, iid)
+        view = directory.view
+        pool.routable = lambda: view.fresh
 
     @override
     def startService(self) -> None:

@@ -40,7 +40,7 @@ from typing_extensions import override
 from mmo.registry import Change, Instance, RegistryView, meta_names
 from mmo.wire import WireError, decode, encode, from_value
 from mmo.wire.gen.mmo.ttypes import Header
-from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, ZmqContext, ZmqSocket
+from mmo.zmq import EVENT_CONNECTED, EVENT_DISCONNECTED, LIVENESS, ZmqContext, ZmqSocket
 
 __all__ = [
     "BATCH_META",
@@ -61,8 +61,7 @@ C = TypeVar("C")
 # ZeroMQ heartbeats on each link to an instance: a hung (stopped) process is
 # disconnected after HEARTBEAT_TIMEOUT and its calls fail over like a dead one's.
 _LINK_OPTIONS = {
-    zmq.HEARTBEAT_IVL: 1000,
-    zmq.HEARTBEAT_TIMEOUT: 3000,
+    **LIVENESS,
     zmq.SNDHWM: 0,
     zmq.RCVHWM: 0,
 }

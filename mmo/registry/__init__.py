@@ -28,7 +28,7 @@ from mmo.errors import DeadlineExceeded
 from mmo.types import DelayedCall
 from mmo.wire import WireError, decode, encode, from_value, to_value
 from mmo.wire.gen.mmo.ttypes import Change, Instance, RegistryMessage, RegistryOp
-from mmo.zmq import ZmqContext, ZmqSocket
+from mmo.zmq import LIVENESS, ZmqContext, ZmqSocket
 
 __all__ = [
     "Change",
@@ -74,7 +74,7 @@ class YellowLink:
         self._socket: ZmqSocket | None = context.socket(
             zmq.DEALER,
             self._received,
-            options={zmq.SNDHWM: 16, zmq.RCVHWM: 0, zmq.MAXMSGSIZE: MAX_MESSAGE},
+            options={**LIVENESS, zmq.SNDHWM: 16, zmq.RCVHWM: 0, zmq.MAXMSGSIZE: MAX_MESSAGE},
         )
         self._socket.connect(address)
 
@@ -320,6 +320,13 @@ class RegistryView(Service):
     def last_heard(self) -> float:
         """When the yellow watched last said anything (reactor seconds; -1: never)."""
         return self._link.last_heard if self._link is not None else -1.0
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the view is synced and its yellow spoke within ``quiet`` seconds: a
+        stale view (a cut network) may still list instances the cluster has dropped."""
+        now = self._context.reactor.seconds()
+        return self.synced and now - self.last_heard <= self.quiet
 
     @property
     def warm(self) -> bool:

@@ -38,6 +38,7 @@ __all__ = [
     "EVENT_DISCONNECTED",
     "FOR_ROLE",
     "FROM_ENVIRONMENT",
+    "LIVENESS",
     "CurveKeys",
     "ZmqContext",
     "ZmqContextService",
@@ -51,6 +52,16 @@ EVENT_DISCONNECTED = zmq.EVENT_DISCONNECTED
 
 MessageHandler = Callable[[list[bytes]], None]
 EventHandler = Callable[[int, str], None]
+
+#: Options for a link that must notice a dead peer by itself: ZeroMQ heartbeats drop a
+#: connection silent for 3 s (a hung process, a cut network) and ZeroMQ connects again; a
+#: connection attempt still unanswered after 1 s is given up and made afresh, so that a
+#: healed network is used within a second or so, not after the kernel's SYN back-off.
+LIVENESS = {
+    zmq.HEARTBEAT_IVL: 1000,
+    zmq.HEARTBEAT_TIMEOUT: 3000,
+    zmq.CONNECT_TIMEOUT: 1000,
+}
 
 _monitor_ids = itertools.count(1)
 # Plain ints: combining pyzmq's enum flags on every frame costs more than the send.

@@ -64,7 +64,9 @@ def test_a_draining_dispatcher_leaves_routing_to_the_live_one(cluster, directory
     still released on the draining one."""
     cluster.yellow()
     one = start_dispatcher(cluster, "fight-a", "--cap", "2", "--drain-timeout", "60")
-    start_dispatcher(cluster, "fight-b", "--cap", "2", "--drain-timeout", "1")
+    # fight-b seats 10 per process: the 20 allocations below need two processes, not ten
+    # started at once (on a loaded machine ten take longer than the calls' deadline).
+    start_dispatcher(cluster, "fight-b", "--cap", "10", "--drain-timeout", "1")
     directory = directory_factory(cluster.yellows)
     fight = directory.get_service("fight", timeout=10)
     a = yield wait_status(fight, lambda s: s["instance"] == "fight-a" and len(ready(s)) == 1)

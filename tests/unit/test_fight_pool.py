@@ -220,6 +220,25 @@ def test_a_release_serves_a_waiting_allocation():
     assert result(waiting).players == ("b", "c")
 
 
+def test_no_fight_is_handed_out_while_the_registry_is_out_of_reach():
+    """While the dispatcher's registry view is stale (a cut network) an allocation waits,
+    starts nothing (there is room), and is served once the view is fresh again, on a
+    process the registry still lists; if the view does not come back it fails in time."""
+    pool, clock, spawner, _ = make_pool(cap=10, min_spare=1)
+    ready_all(pool)
+    fresh = [False]
+    pool.routable = lambda: fresh[0]
+    waiting = pool.allocate(["a", "b"], timeout=5)
+    given_up = pool.allocate(["c"], timeout=1)
+    clock.advance(1.5)
+    assert not waiting.called and spawner.spawned == 1
+    assert given_up.called and isinstance(given_up.result.value, PoolFull)
+    given_up.addErrback(lambda _: None)
+    fresh[0] = True
+    clock.advance(1.0)  # the pool's next tick
+    assert result(waiting).players == ("a", "b")
+
+
 def test_unclaimed_reservation_expires_and_a_claimed_one_stays():
     """A fight whose players do not all arrive in time is released; a claimed one is kept."""
     pool, clock, _, listener = make_pool(cap=10, reservation_timeout=15)

@@ -414,6 +414,20 @@ def test_quiet_yellow_fails_over_to_next(ctx: FakeZmqContext, events: list[Any])
     view.stopService()
 
 
+def test_a_view_is_fresh_while_its_yellow_speaks(view: RegistryView, ctx: FakeZmqContext) -> None:
+    """Fresh once synced, as long as the yellow answers; stale after ``quiet`` seconds of
+    silence (what it lists may be gone), fresh again at the next answer."""
+    assert not view.fresh
+    snapshot(ctx.last, "A", 1, [inst("a")])
+    assert view.fresh
+    ctx.reactor.pump([RENEW] * int(QUIET / RENEW))
+    assert view.fresh
+    ctx.reactor.advance(RENEW)
+    assert not view.fresh and ids(view) == ["a"]
+    ack(ctx.last, "A", 1)
+    assert view.fresh
+
+
 def test_answering_yellow_is_kept(ctx: FakeZmqContext, events: list[Any]) -> None:
     """A yellow that answers every renewal is never failed over from."""
     view = start_view(ctx, events, [Y1, Y2])
