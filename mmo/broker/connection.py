@@ -161,6 +161,29 @@ class ClientConnection:
         bindings: route prefix -> instance id (dynamic routing).
     """
 
+    # One per client: slots save the per-instance dict.
+    __slots__ = (
+        "_dropped_in_row",
+        "_refilled",
+        "_session",
+        "_tokens",
+        "bindings",
+        "broker",
+        "carrier",
+        "channels",
+        "closed",
+        "connected_at",
+        "host",
+        "last_seen",
+        "logging_in",
+        "props",
+        "routes",
+        "session_id",
+        "sticky",
+        "token",
+        "user_id",
+    )
+
     def __init__(self, broker: Edge, carrier: Carrier, routes: RoutePatterns) -> None:
         self.broker = broker
         self.carrier = carrier
@@ -334,25 +357,31 @@ def _heartbeat() -> bytes:
 
 @implementer(IPushProducer)
 class _OutboundQueue:
-    """Back-pressure: frames wait here while the transport is full; too many: drop the client."""
+    """Back-pressure: frames wait here while the transport is full; too many: drop the client.
+
+    One per connection, so it is kept small (slots; the deque only while paused).
+    """
+
+    __slots__ = ("limit", "on_overflow", "paused", "queued", "size", "write")
 
     def __init__(self, write: Any, limit: int, on_overflow: Any) -> None:
         self.write = write
         self.limit = limit
         self.on_overflow = on_overflow
         self.paused = False
-        self.queued: deque[bytes] = deque()
+        self.queued: deque[bytes] | None = None
         self.size = 0
 
     def send(self, data: bytes) -> None:
         if not self.paused:
             self.write(data)
             return
+        if self.queued is None:
+            self.queued = deque()
         self.queued.append(data)
         self.size += len(data)
         if self.size > self.limit:
-            self.queued.clear()
-            self.size = 0
+            self.stopProducing()
             self.on_overflow()
 
     def pauseProducing(self) -> None:
@@ -362,14 +391,17 @@ class _OutboundQueue:
     def resumeProducing(self) -> None:
         """The transport drained: send what waited."""
         self.paused = False
-        while self.queued and not self.paused:
-            data = self.queued.popleft()
+        queued = self.queued
+        while queued and not self.paused:
+            data = queued.popleft()
             self.size -= len(data)
             self.write(data)
+        if not queued:
+            self.queued = None
 
     def stopProducing(self) -> None:
         """The connection is gone."""
-        self.queued.clear()
+        self.queued = None
         self.size = 0
 
 

@@ -67,6 +67,7 @@ _monitor_ids = itertools.count(1)
 # Plain ints: combining pyzmq's enum flags on every frame costs more than the send.
 _MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _LAST = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
 
 
 class _Default(enum.Enum):
@@ -264,10 +265,30 @@ class ZmqSocket(ZmqConnection):
             self.read_scheduled = self._ctx.reactor.callLater(0, self.doRead)
 
     @override
-    def messageReceived(self, message: list[bytes]) -> None:
-        """Hand a complete multipart message to the callback."""
-        if self.on_message is not None:
-            self.on_message(message)
+    def doRead(self) -> None:
+        """Hand every complete message waiting on the socket to the callback.
+
+        txZMQ's own loop reads frame by frame (a ``recv`` and an ``RCVMORE`` lookup each)
+        and wraps every message in a logging context; this one takes a message with one
+        ``recv_multipart`` while ``EVENTS`` says one is waiting (the check that also
+        re-arms ZeroMQ's edge-triggered descriptor), and only catches what the callback
+        raises: logged, and the messages after it are still read (nothing left behind
+        would raise another edge).
+        """
+        scheduled, self.read_scheduled = self.read_scheduled, None
+        if scheduled is not None and scheduled.active():
+            scheduled.cancel()
+        sock = self.socket
+        while not self.closed and sock.get(zmq.EVENTS) & _POLLIN:
+            try:
+                message = sock.recv_multipart(_LAST)
+            except zmq.Again:
+                continue
+            if self.on_message is not None:
+                try:
+                    self.on_message(message)
+                except Exception:
+                    log.failure("mmo.zmq: a message's handler failed")
 
     def close(self) -> None:
         """Close the socket (and its monitor)."""

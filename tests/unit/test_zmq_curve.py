@@ -394,3 +394,35 @@ def test_payload_is_readable_on_the_wire_only_without_curve(
     pair.connect(relay.address).round_trip()
     assert (SECRET in relay.seen) is not secure
     assert (b"reply: " + SECRET in relay.seen) is not secure
+
+
+def test_a_failing_handler_is_logged_and_the_messages_after_it_are_read(contexts: Any) -> None:
+    """A message whose handler raises is logged; the messages behind it in the same read
+    still reach the handler (the edge-triggered descriptor would not raise another edge)."""
+    got: list[bytes] = []
+
+    def handle(frames: list[bytes]) -> None:
+        got.append(frames[-1])
+        if frames[-1] == b"1":
+            raise ValueError("bad message")
+
+    server = contexts(None).socket(zmq.ROUTER, handle)
+    address = server.bind("tcp://127.0.0.1:*")
+    client = contexts(None).socket(zmq.DEALER)
+    client.connect(address)
+    for body in (b"1", b"2", b"3"):
+        client.send([body])
+    with capturedLogs() as events:
+        read_until([server], lambda: len(got) == 3)
+    assert got == [b"1", b"2", b"3"]
+    (failed,) = [e for e in events if e.get("log_failure") is not None]
+    assert failed["log_failure"].check(ValueError)
+
+
+def test_a_send_only_socket_reads_nothing_and_fails_nothing(contexts: Any) -> None:
+    """A PUB socket (it cannot receive) is made, read by the reactor and closed quietly."""
+    pub = contexts(None).socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:*")
+    pub.send([b"topic", b"body"])
+    pub.doRead()
+    pub.close()
