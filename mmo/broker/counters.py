@@ -46,13 +46,21 @@ class InFlight:
 
     def track(self, d: defer.Deferred[Any]) -> None:
         """Count ``d`` in flight until it fires (add its handlers first)."""
-        self.count += 1
+        self.begin()
         d.addBoth(self._done)
 
-    def _done(self, result: Any) -> Any:
+    def begin(self) -> None:
+        """One more in flight, until :meth:`end`."""
+        self.count += 1
+
+    def end(self) -> None:
+        """One fewer in flight."""
         self.count -= 1
         if self.count == 0 and self._drained is not None and not self._drained.called:
             self._drained.callback(None)
+
+    def _done(self, result: Any) -> Any:
+        self.end()
         return result
 
     def drained(self, timeout: float, clock: Any) -> defer.Deferred[None]:

@@ -12,9 +12,9 @@ and never takes identity from the body. A failure comes back to the player as a
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import ClientConnection
@@ -112,10 +112,21 @@ class Forwarder:
         reply or a ClientError."""
         logged_in = origin == Origin.CLIENT
         self.counters.count("requests")
-        d = self.directory.call(
+        in_flight = self.in_flight
+
+        def done(body: Any, error: MmoError | None) -> None:
+            in_flight.end()
+            if error is None:
+                conn.respond(packet.seq, body)
+            else:
+                self._refused(error, conn, packet, bound)
+
+        in_flight.begin()
+        self.directory.forward(
             service,
             method,
-            raw_body=packet.body or b"",
+            packet.body or b"",
+            done,
             session=conn.session() if logged_in else None,
             instance=bound,
             timeout=self.config.request_timeout,
@@ -124,13 +135,6 @@ class Forwarder:
             peer=conn.host,
             trace=self.trace(packet),
         )
-        d.addCallbacks(
-            self._answered,
-            self._refused,
-            callbackArgs=(conn, packet.seq),
-            errbackArgs=(conn, packet, bound),
-        )
-        self.in_flight.track(d)
 
     def notify(self, conn: ClientConnection, packet: Packet) -> None:
         """Forward a NOTIFY one-way, to the same instance as the session's last one
@@ -200,20 +204,13 @@ class Forwarder:
         prefix, service, method = target
         return prefix, service, method, conn.bindings.get(prefix)
 
-    def _answered(self, body: bytes, conn: ClientConnection, seq: int | None) -> None:
-        conn.respond(seq, body)
-
     def _refused(
-        self, failure: Failure, conn: ClientConnection, packet: Packet, bound: str | None
+        self, error: MmoError, conn: ClientConnection, packet: Packet, bound: str | None
     ) -> None:
-        error = failure.value
-        assert error is not None
         if bound is not None and isinstance(error, NoLiveInstance):
             # The bound instance is gone: route by load from now on.
             prefix = (packet.route or "").partition(".")[0]
             conn.bindings.pop(prefix, None)
         code, message = client_error(error, packet.route)
         self.counters.count(f"errors_{ClientError._VALUES_TO_NAMES.get(code, code)}".lower())
-        if not isinstance(error, MmoError):
-            self.log.failure("broker: forwarding failed", failure)
         conn.error(packet.seq, code, message)

@@ -47,7 +47,7 @@ from mmo.wire import WireError, decode, decode_value, encode_value
 from mmo.wire.gen.mmo.ttypes import Header, Kind, Session
 from mmo.zmq import ZmqContext
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_ATTEMPTS", "Call", "Calls"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_ATTEMPTS", "Call", "Calls", "Done"]
 
 log = Logger()
 
@@ -58,11 +58,19 @@ MAX_ATTEMPTS = 3
 _MAX_TIMEOUT_MS = 2**31 - 1
 
 
+#: What a forwarded call's outcome is handed to: ``done(reply, None)`` or
+#: ``done(None, error)``.
+Done = Callable[[Any, MmoError | None], None]
+
+
 class Call:
     """One call in flight: what it asks, where it went, when it expires.
 
     Attributes:
-        d: fires with the reply, or fails with an MmoError.
+        d: fires with the reply, or fails with an MmoError (a :meth:`Calls.call`).
+        done: called with ``(reply, None)`` or ``(None, error)`` instead (a
+            :meth:`Calls.forward`: no Deferred).
+        over: answered, failed or cancelled.
         attempts: how many instances it was sent to.
         link: the link it is outstanding on, if any.
         instance: the only instance it may go to (a bound one), if any.
@@ -76,10 +84,12 @@ class Call:
         "client_seq",
         "d",
         "deadline",
+        "done",
         "instance",
         "link",
         "method",
         "origin",
+        "over",
         "peer",
         "raw",
         "service",
@@ -105,6 +115,7 @@ class Call:
         peer: str | None,
         raw: bool,
         trace: Trace | None,
+        done: Done | None,
         on_cancel: Callable[[Call], None],
     ) -> None:
         self.call_id = call_id
@@ -123,7 +134,11 @@ class Call:
         self.attempts = 0
         self.link: Link[Call] | None = None
         self.timer: DelayedCall | None = None
-        self.d: defer.Deferred[Any] = defer.Deferred(lambda _: on_cancel(self))
+        self.over = False
+        self.done = done
+        self.d: defer.Deferred[Any] | None = (
+            None if done is not None else defer.Deferred(lambda _: on_cancel(self))
+        )
 
 
 class Calls:
@@ -202,7 +217,6 @@ class Calls:
             trace: the client request it serves (default: the one being served, if any:
                 :data:`mmo.telemetry.trace.CURRENT`).
         """
-        timeout = self.default_timeout if timeout is None else timeout
         if raw_body is not None:
             body = raw_body
         else:
@@ -210,6 +224,73 @@ class Calls:
                 body = encode_value(kwargs or {})
             except WireError as e:
                 return defer.fail(BadRequest(f"{service}.{method}: {e}"))
+        call = self._start(
+            service,
+            method,
+            body,
+            timeout,
+            session,
+            instance=instance,
+            client_seq=client_seq,
+            origin=origin,
+            peer=peer,
+            raw=raw_body is not None,
+            trace=trace,
+            done=None,
+        )
+        assert call.d is not None
+        return call.d
+
+    def forward(
+        self,
+        service: str,
+        method: str,
+        body: bytes,
+        done: Done,
+        *,
+        timeout: float | None = None,
+        session: Session | None = None,
+        instance: str | None = None,
+        client_seq: int | None = None,
+        origin: int | None = None,
+        peer: str | None = None,
+        trace: Trace | None = None,
+    ) -> None:
+        """:meth:`call` with ``raw_body=body`` for a broker's hot path: the reply's body
+        or the MmoError goes to ``done(body, None)`` or ``done(None, error)``, called once
+        (and what it raises is logged); no Deferred is made."""
+        self._start(
+            service,
+            method,
+            body,
+            timeout,
+            session,
+            instance=instance,
+            client_seq=client_seq,
+            origin=origin,
+            peer=peer,
+            raw=True,
+            trace=trace,
+            done=done,
+        )
+
+    def _start(
+        self,
+        service: str,
+        method: str,
+        body: bytes,
+        timeout: float | None,
+        session: Session | None,
+        *,
+        instance: str | None,
+        client_seq: int | None,
+        origin: int | None,
+        peer: str | None,
+        raw: bool,
+        trace: Trace | None,
+        done: Done | None,
+    ) -> Call:
+        timeout = self.default_timeout if timeout is None else timeout
         call = Call(
             next(self._call_ids),
             service,
@@ -222,8 +303,9 @@ class Calls:
             client_seq=client_seq,
             origin=origin,
             peer=peer,
-            raw=raw_body is not None,
+            raw=raw,
             trace=trace or CURRENT.get(),
+            done=done,
             on_cancel=self._cancelled,
         )
         call.timer = self.clock.callLater(timeout, self._expired, call)
@@ -233,7 +315,7 @@ class Calls:
             # Before the first snapshot nothing is known yet: wait for it (within the deadline).
             waiting = self.view.wait_for(lambda: self.view.synced, timeout)
             waiting.addCallbacks(lambda _: self._dispatch(call), lambda _: None)
-        return call.d
+        return call
 
     def abandon(self, why: str) -> None:
         """Fail every call outstanding on a link with ``DeadlineExceeded(why)``."""
@@ -302,7 +384,7 @@ class Calls:
     # -- the state machine --------------------------------------------------------------
 
     def _dispatch(self, call: Call, exclude: Iterable[str] = ()) -> None:
-        if call.d.called:
+        if call.over:
             return
         pool = self.pools.pool(call.service)
         affinity = None
@@ -396,17 +478,29 @@ class Calls:
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         call.timer = None
-        if call.d.called:
+        if call.over:
             return
+        call.over = True
         took = self.clock.seconds() - (call.deadline - call.timeout)
         ended = outcome(error)
         self.latencies.observe((call.service, call.method, ended), took)
         if call.trace is not None and call.trace.traced:
             peer = call.link.instance_id if call.link is not None else ""
             span(call.trace, "client", call.service, call.method, ended, took, peer)
-        if error is None:
+        if call.done is not None:
+            try:
+                call.done(result, error)
+            except Exception:
+                log.failure(
+                    "call: the outcome's handler of {service}.{method} failed",
+                    service=call.service,
+                    method=call.method,
+                )
+        elif error is None:
+            assert call.d is not None
             call.d.callback(result)
         else:
+            assert call.d is not None
             call.d.errback(error)
 
     def _expired(self, call: Call) -> None:
@@ -428,6 +522,7 @@ class Calls:
         )
 
     def _cancelled(self, call: Call) -> None:
+        call.over = True
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         self._detach(call)

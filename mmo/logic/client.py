@@ -64,6 +64,8 @@ class Directory(MultiService):
     Attributes:
         call: a request-reply call, ``call(service, method, kwargs, *, timeout, ...)``: a
             Deferred of the reply (:meth:`mmo.logic.calls.Calls.call`).
+        forward: the same with a raw body, the outcome handed to a callback, no
+            Deferred (a broker's players' requests: :meth:`mmo.logic.calls.Calls.forward`).
         send: a one-way request on the call links, ``send(service, method, body, *,
             instance, **header)``: the instance id it went to, or None
             (:meth:`mmo.logic.calls.Calls.send`).
@@ -112,6 +114,7 @@ class Directory(MultiService):
         self.pubsub = PubSub(context, self.pools, caller_id=self.caller_id, caller_role=caller_role)
         # What the directory does is its parts' own methods (no extra hop per request).
         self.call = self.calls.call
+        self.forward = self.calls.forward
         self.send = self.calls.send
         self.send_all = self.calls.send_all
         self.push = self.pubsub.push

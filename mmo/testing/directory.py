@@ -31,6 +31,7 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from mmo.errors import BadRequest, DeadlineExceeded, NoLiveInstance, from_wire
+from mmo.logic.calls import Done
 from mmo.logic.client import Directory
 from mmo.logic.handler import Origin, ServiceHandler, Session
 from mmo.logic.server import error_fields
@@ -405,6 +406,11 @@ class FakeDirectory:
             raise DeadlineExceeded(f"{service}.{method} got no answer within {timeout:g}s")
 
         return d.addTimeout(timeout, self.clock, onTimeoutCancel=timed_out)  # type: ignore[arg-type]
+
+    def forward(self, service: str, method: str, body: bytes, done: Done, **call: Any) -> None:
+        """:meth:`call` with ``raw_body=body``, its outcome handed to ``done``."""
+        d = self.call(service, method, raw_body=body, **call)
+        d.addCallbacks(lambda reply: done(reply, None), lambda failure: done(None, failure.value))
 
     def send(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import zmq
 from twisted.internet import defer
+from twisted.logger import capturedLogs
 
 from mmo.errors import DeadlineExceeded, InstanceLost, NoLiveInstance
 from mmo.logic.client import Directory, get_service
@@ -204,6 +205,39 @@ def test_a_call_without_an_answer_fails_at_its_deadline_and_a_late_reply_is_drop
     assert directory.stats()["echo"]["echo-a"]["outstanding"] == 0
     reply(link, requests(link)[0], "too late")
     assert directory.late_replies == 1
+
+
+def test_a_forwarded_call_hands_its_outcome_to_its_callback_once(
+    directory: Directory, ctx: FakeZmqContext, yellow: Yellow
+) -> None:
+    """forward (a broker's players' requests): the body goes out as it is, the reply's
+    body comes back undecoded to ``done``; an unanswered one gets its DeadlineExceeded
+    there, once, and a reply after it changes nothing; what ``done`` raises is logged
+    and the next calls are served."""
+    (link,) = live(directory, ctx, yellow, inst("echo-a"))
+    outcomes: list[tuple[Any, Any]] = []
+    body = encode_value({"n": 1})
+    directory.forward("echo", "whoami", body, lambda *o: outcomes.append(o), timeout=2.0)
+    directory.forward("echo", "slow", body, lambda *o: outcomes.append(o), timeout=2.0)
+    first, slow = requests(link)
+    assert link.sent[0][1] == body and not outcomes
+    reply(link, first, {"me": "echo-a"})
+    assert outcomes == [(encode_value({"me": "echo-a"}), None)]
+    ctx.reactor.advance(2.1)
+    assert outcomes[1][0] is None and isinstance(outcomes[1][1], DeadlineExceeded)
+    reply(link, slow, "too late")
+    assert len(outcomes) == 2 and directory.late_replies == 1
+
+    def broken(reply: Any, error: Any) -> None:
+        raise RuntimeError("a bug in the caller")
+
+    directory.forward("echo", "whoami", body, broken, timeout=2.0)
+    with capturedLogs() as events:
+        reply(link, requests(link)[-1], "x")
+    assert any(e.get("log_failure") is not None for e in events)
+    d = directory.call("echo", "whoami", timeout=2.0)
+    reply(link, requests(link)[-1], "still served")
+    assert result_of(d) == "still served"
 
 
 def test_a_call_waits_for_the_first_snapshot_and_says_when_the_registry_never_answered(
