@@ -352,8 +352,13 @@ class Pool(Generic[C]):
                 return None
             return link
         if affinity is not None:
+            eligible = [
+                k for k in self.conns.values() if not k.draining and k.instance_id not in exclude
+            ]
+            if len(eligible) == 1:
+                return eligible[0]  # nothing to choose: no hash to compute
             return max(
-                (k for k in self.conns.values() if not k.draining and k.instance_id not in exclude),
+                eligible,
                 # Connected links first (a killed instance is not chosen while the
                 # registry still lists it), then the hash.
                 key=lambda k: (k.up, _rendezvous(affinity, k.instance_id)),
