@@ -400,8 +400,10 @@ class _OutboundQueue:
             self.queued = None
 
     def stopProducing(self) -> None:
-        """The connection is gone."""
-        self.queued = None
+        """The connection is gone (a resume in progress stops writing)."""
+        if self.queued is not None:
+            self.queued.clear()
+            self.queued = None
         self.size = 0
 
 

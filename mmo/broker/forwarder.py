@@ -14,8 +14,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from twisted.logger import Logger
-
 from mmo.broker.config import BrokerConfig
 from mmo.broker.connection import ClientConnection
 from mmo.broker.counters import Counters, InFlight
@@ -70,8 +68,6 @@ class Forwarder:
         counters: where requests, notifies and errors are counted.
         in_flight: the broker's requests in flight (a stop waits for them).
     """
-
-    log = Logger()
 
     def __init__(
         self,

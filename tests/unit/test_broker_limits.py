@@ -206,3 +206,33 @@ def test_broadcasts_are_held_to_the_channels_byte_budget() -> None:
     clock.advance(2.0)
     broadcast(broker, "room:big", body)
     assert sum(len(parse_output(t.value())) for _, t in members) == 10
+
+
+def test_a_paused_client_gets_its_frames_in_order_and_an_overflowing_one_is_dropped() -> None:
+    """While a client does not read, its frames wait and leave in order when it does; past
+    the limit the queue is emptied and the client dropped; a connection lost in the middle
+    of a resume gets nothing more."""
+    from mmo.broker.connection import _OutboundQueue
+
+    written: list[bytes] = []
+    dropped: list[bool] = []
+    queue = _OutboundQueue(written.append, 10, lambda: dropped.append(True))
+    queue.send(b"a")
+    queue.pauseProducing()
+    queue.send(b"bb")
+    queue.send(b"cc")
+    assert written == [b"a"] and queue.size == 4
+    queue.resumeProducing()
+    assert written == [b"a", b"bb", b"cc"] and queue.size == 0 and queue.queued is None
+    queue.pauseProducing()
+    queue.send(b"123456")
+    queue.send(b"789012")
+    assert dropped == [True] and queue.size == 0 and queue.queued is None
+
+    lost: list[bytes] = []
+    cut = _OutboundQueue(lambda data: (lost.append(data), cut.stopProducing()), 100, None)
+    cut.pauseProducing()
+    cut.send(b"x")
+    cut.send(b"y")
+    cut.resumeProducing()
+    assert lost == [b"x"]
