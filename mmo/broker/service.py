@@ -30,6 +30,7 @@ from mmo.config import ConfigError
 from mmo.data import tokens
 from mmo.logic.client import Directory
 from mmo.logic.links import BATCH_META
+from mmo.logic.memo import MEMO_TTL
 from mmo.logic.runtime import handler_settings, load_handler, make_worker
 from mmo.logic.sessions import BROKER_SERVICE
 from mmo.net import WILDCARDS, advertised_host
@@ -222,11 +223,6 @@ class BrokerService(OrderedMultiService):
         )
 
 
-#: Seconds a hosted handler keeps the outcome of a non-idempotent client request (as a
-#: worker does by default: a resend is answered, not run again).
-HOSTED_MEMO_TTL = 60.0
-
-
 def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> OrderedMultiService:
     """Build (without starting) the service tree of a broker process.
 
@@ -243,23 +239,25 @@ def make_broker_service(config: BrokerConfig, *, reactor: Any = None) -> Ordered
     directory = Directory(ctx, config.yellow, caller_id=instance_id, caller_role="broker")
     directory.setServiceParent(top)
 
-    hosted = [
-        make_worker(
-            load_handler(path),
-            service=service,
-            instance_id=f"{instance_id}.{service}",
-            yellow=config.yellow,
-            directory=directory,
-            settings=handler_settings(load_handler(path), {}),
-            bind_host=config.bind_host,
-            advertise_host=config.advertise_host,
-            heartbeat=config.registry_heartbeat,
-            drain_timeout=config.drain_timeout,
-            memo_ttl=HOSTED_MEMO_TTL,
-            colocated=True,
+    hosted = []
+    for service, path in sorted(config.serve.items()):
+        handler_class = load_handler(path)
+        hosted.append(
+            make_worker(
+                handler_class,
+                service=service,
+                instance_id=f"{instance_id}.{service}",
+                yellow=config.yellow,
+                directory=directory,
+                settings=handler_settings(handler_class, {}),
+                bind_host=config.bind_host,
+                advertise_host=config.advertise_host,
+                heartbeat=config.registry_heartbeat,
+                drain_timeout=config.drain_timeout,
+                memo_ttl=MEMO_TTL,
+                colocated=True,
+            )
         )
-        for service, path in sorted(config.serve.items())
-    ]
     for worker in hosted:
         # Started after the directory, stopped after the edge (its players' calls first).
         worker.setName(f"serve-{worker.handler.service_name}")

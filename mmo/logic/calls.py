@@ -228,26 +228,34 @@ class Calls:
             service,
             method,
             body,
-            timeout,
-            session,
+            raw=raw_body is not None,
+            done=None,
+            timeout=timeout,
+            session=session,
             instance=instance,
             client_seq=client_seq,
             origin=origin,
             peer=peer,
-            raw=raw_body is not None,
             trace=trace,
-            done=None,
         )
         assert call.d is not None
         return call.d
 
-    def forward(
+    def forward(self, service: str, method: str, body: bytes, done: Done, **fields: Any) -> None:
+        """:meth:`call` with ``raw_body=body`` for a broker's hot path (``fields``: its
+        other keyword arguments, ``kwargs`` aside): the reply's body or the MmoError goes
+        to ``done(body, None)`` or ``done(None, error)``, called once (and what it raises
+        is logged); no Deferred is made."""
+        self._start(service, method, body, raw=True, done=done, **fields)
+
+    def _start(
         self,
         service: str,
         method: str,
         body: bytes,
-        done: Done,
         *,
+        raw: bool,
+        done: Done | None,
         timeout: float | None = None,
         session: Session | None = None,
         instance: str | None = None,
@@ -255,40 +263,6 @@ class Calls:
         origin: int | None = None,
         peer: str | None = None,
         trace: Trace | None = None,
-    ) -> None:
-        """:meth:`call` with ``raw_body=body`` for a broker's hot path: the reply's body
-        or the MmoError goes to ``done(body, None)`` or ``done(None, error)``, called once
-        (and what it raises is logged); no Deferred is made."""
-        self._start(
-            service,
-            method,
-            body,
-            timeout,
-            session,
-            instance=instance,
-            client_seq=client_seq,
-            origin=origin,
-            peer=peer,
-            raw=True,
-            trace=trace,
-            done=done,
-        )
-
-    def _start(
-        self,
-        service: str,
-        method: str,
-        body: bytes,
-        timeout: float | None,
-        session: Session | None,
-        *,
-        instance: str | None,
-        client_seq: int | None,
-        origin: int | None,
-        peer: str | None,
-        raw: bool,
-        trace: Trace | None,
-        done: Done | None,
     ) -> Call:
         timeout = self.default_timeout if timeout is None else timeout
         call = Call(

@@ -104,8 +104,9 @@ _BATCHING: set[Link[Any]] = set()
 def flush_batches() -> None:
     """Hand every link's batch to ZeroMQ now: what the process sent before an answer it
     is about to send at once leaves before that answer (as without batches)."""
-    for link in list(_BATCHING):
-        link.flush()
+    if _BATCHING:  # asked before every answer sent at once: most often there is none
+        for link in list(_BATCHING):
+            link.flush()
 
 
 def _takes_batches(instance: Instance) -> bool:
@@ -242,9 +243,7 @@ class Link(Generic[C]):
 
     def close(self) -> None:
         """Close the socket (what is batched goes first)."""
-        if self._flush is not None and self._flush.active():
-            self._flush.cancel()
-            self.flush()
+        self.flush()
         if self.socket is not None:
             self.socket.close()
             self.socket = None

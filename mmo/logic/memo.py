@@ -30,7 +30,12 @@ from typing import Any
 
 from mmo.types import Clock
 
-__all__ = ["Entry", "ReplyMemo"]
+__all__ = ["MEMO_TTL", "Entry", "ReplyMemo"]
+
+#: Seconds a worker keeps the outcome of a non-idempotent client request by default (a
+#: resend within them is answered, not run again): a worker's and a broker's hosted
+#: handlers'.
+MEMO_TTL = 60.0
 
 #: What identifies one client request: (session id, client seq).
 Key = tuple[str, int]

@@ -7,6 +7,7 @@ from typing import Any
 
 from mmo.config import ConfigError, check_zmq_address
 from mmo.data.urls import parse_cache_url, parse_database_url
+from mmo.logic.memo import MEMO_TTL
 from mmo.net import advertised_host
 
 
@@ -53,7 +54,7 @@ class WorkerConfig:
     call_timeout: float = 5.0
     database: str | None = None
     cache: str | None = None
-    memo_ttl: float = 60.0
+    memo_ttl: float = MEMO_TTL
     memo_size: int = 100_000
     settings: dict[str, Any] = field(default_factory=dict)
 
